@@ -1,0 +1,134 @@
+"""clean-annotations stage: drop bad items, fix boxes, map class names to ids."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from stages import sources
+from stages.cli import run_main
+from stages.executor import pmap
+from stages.metrics import class_counts, write_json, write_plot
+from stages.params import load_params, source_params
+from stages.store import Row, Store, rebase, write_manifest
+
+log = logging.getLogger("stages.clean")
+
+
+def inspect_image(data: bytes, decode: bool) -> tuple[int, int] | str:
+    """Return (width, height) of an image, or why it is unusable."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            size = im.size
+            if decode:
+                im.load()
+    except Exception as exc:  # Pillow raises many types for bad data
+        return f"undecodable image: {type(exc).__name__}"
+    return size
+
+
+def clean_boxes(row: Row, width: int, height: int, min_size: float, counts: Counter) -> list[dict]:
+    """Scale boxes to the real image size, clamp them into it, drop degenerate ones."""
+    sx = width / row.width if row.width else 1.0
+    sy = height / row.height if row.height else 1.0
+    out = []
+    for box in row.boxes:
+        x, y = box["x"] * sx, box["y"] * sy
+        x2, y2 = x + box["w"] * sx, y + box["h"] * sy
+        cx, cy = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+        if (cx, cy, cx2, cy2) != (x, y, x2, y2):
+            counts["boxes_clamped"] += 1
+        if cx2 - cx < min_size or cy2 - cy < min_size:
+            counts["boxes_dropped_degenerate"] += 1
+            continue
+        out.append({"label": box["label"], "x": cx, "y": cy, "w": cx2 - cx, "h": cy2 - cy})
+    return out
+
+
+def clean(store: Store, names: list[str], cfg: dict) -> tuple[list[Row], dict]:
+    """Return the cleaned rows (payloads unchanged) and the counts of what was dropped."""
+    ids = {n: i for i, n in enumerate(names)}
+    decode = bool(cfg.get("decode_check", True))
+    min_size = float(cfg.get("min_box_size", 1.0))
+    counts: Counter = Counter()
+    dropped: Counter = Counter()
+    rows = store.rows()
+    usable = [r for r in rows if r.status == "ok"]
+    for r in rows:
+        if r.status != "ok":
+            dropped[f"{r.status}_at_fetch"] += 1
+
+    def probe(row: Row):
+        return row, inspect_image(store.read(row), decode)
+
+    kept = []
+    for row, info in pmap(probe, usable):
+        if isinstance(info, str):
+            dropped["corrupt_image"] += 1
+            continue
+        width, height = info
+        if (row.width, row.height) != (None, None) and (row.width, row.height) != info:
+            counts["size_mismatch"] += 1
+        known = [lab for lab in row.labels if lab in ids]
+        if len(known) != len(row.labels):
+            counts["labels_unknown"] += len(row.labels) - len(known)
+        if not known and cfg.get("drop_unlabeled", True):
+            dropped["unlabeled"] += 1
+            continue
+        counts["boxes_in"] += len(row.boxes)
+        row.boxes = [b for b in clean_boxes(row, width, height, min_size, counts)
+                     if b["label"] in ids]
+        counts["boxes_out"] += len(row.boxes)
+        row.width, row.height = width, height
+        row.labels = sorted(known, key=ids.__getitem__)
+        row.label_ids = [ids[lab] for lab in row.labels]
+        kept.append(row)
+    metrics = {
+        "items_in": len(rows),
+        "items_out": len(kept),
+        "dropped": dict(sorted(dropped.items())),
+        "dropped_total": sum(dropped.values()),
+        **{k: counts.get(k, 0) for k in (
+            "boxes_in", "boxes_out", "boxes_clamped", "boxes_dropped_degenerate",
+            "size_mismatch", "labels_unknown")},
+        "classes": class_counts(kept, names),
+        "class_ids": ids,
+        "bytes": sum(r.bytes or 0 for r in kept),
+    }
+    return kept, metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run clean-annotations for one source."""
+    ap = argparse.ArgumentParser(prog="python -m stages.clean_annotations", description=__doc__)
+    ap.add_argument("source")
+    ap.add_argument("inp", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("metrics", type=Path)
+    ap.add_argument("plot", type=Path)
+    args = ap.parse_args(argv)
+    params = load_params()
+    src_cfg = source_params(params, args.source)
+    names = sources.load(args.source).classes(src_cfg)
+    store = Store(args.inp)
+    rows, metrics = clean(store, names, params.get("clean", {}))
+    args.out.mkdir(parents=True, exist_ok=True)
+    # Payloads are unchanged: the manifest points into the upstream shards.
+    write_manifest(args.out, rebase(rows, args.inp, args.out))
+    write_json(args.metrics, metrics)
+    write_plot(args.plot, metrics["classes"])
+    log.info("clean@%s: kept %d of %d (%s)", args.source, metrics["items_out"],
+             metrics["items_in"], ", ".join(f"{k} {v}" for k, v in metrics["dropped"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    run_main(main)

@@ -1,0 +1,385 @@
+"""One downloader: pooled connections, bounded retries, verified atomic writes, a ledger."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import logging
+import os
+import random
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import urllib3
+from tqdm import tqdm
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+log = logging.getLogger("stages.download")
+
+# Statuses: ok; missing (404/410) and corrupt (bad bytes at the source) are permanent;
+# failed is transient (connection errors, 429, 5xx, auth) and is retried by the next run.
+PERMANENT = {"missing", "corrupt"}
+TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+MISSING_HTTP = {404, 410}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Downloader settings (the `fetch` section of params.yaml)."""
+
+    workers: int = 16
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    retries: int = 5
+    backoff: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 120.0
+    verify_decode: bool = False
+    retry_permanent: bool = False
+    allow_transient_failures: bool = False
+    keep_cache: bool = True
+
+    @classmethod
+    def from_params(cls, section: dict | None) -> Config:
+        """Build from a params section, ignoring unknown keys."""
+        section = section or {}
+        return cls(**{k: v for k, v in section.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Result:
+    """The outcome for one URL."""
+
+    url: str
+    status: str
+    reason: str = ""
+    sha256: str | None = None
+    bytes: int | None = None
+    http_status: int | None = None
+    attempts: int = 0
+
+    @property
+    def transient(self) -> bool:
+        """Tell whether a later run should try again."""
+        return self.status == "failed"
+
+
+class Retry(Exception):
+    """A transient failure; carries the server's Retry-After if any."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, http_status=None):
+        super().__init__(reason)
+        self.reason, self.retry_after, self.http_status = reason, retry_after, http_status
+
+
+class Permanent(Exception):
+    """A failure that retrying will not fix."""
+
+    def __init__(self, status: str, reason: str, http_status=None):
+        super().__init__(reason)
+        self.status, self.reason, self.http_status = status, reason, http_status
+
+
+def cache_root() -> Path:
+    """Return the download cache directory ($DSREPO_CACHE_DIR, else ~/.cache/dsrepo)."""
+    env = os.environ.get("DSREPO_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dsrepo"
+
+
+def redact(url: str) -> str:
+    """Drop the query string, which may hold a SAS token, from a URL for logs."""
+    return url.split("?", 1)[0]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Parse Retry-After as seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def check_structure(kind: str, head: bytes, tail: bytes) -> str | None:
+    """Return why bytes are not a whole JPEG/PNG, or None if they look complete."""
+    if kind == "jpeg":
+        if not head.startswith(b"\xff\xd8"):
+            return "not a JPEG (no SOI marker)"
+        # Some cameras pad after EOI; the marker must still be there.
+        if not tail.rstrip(b"\x00\r\n\x20\xff").endswith(b"\xff\xd9") and b"\xff\xd9" not in tail:
+            return "truncated JPEG (no EOI marker)"
+    elif kind == "png":
+        if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+            return "not a PNG (bad signature)"
+        if b"IEND" not in tail[-16:]:
+            return "truncated PNG (no IEND chunk)"
+    return None
+
+
+def kind_of(url: str) -> str:
+    """Guess the payload kind from the URL's extension."""
+    path = redact(url).lower()
+    if path.endswith((".jpg", ".jpeg")):
+        return "jpeg"
+    if path.endswith(".png"):
+        return "png"
+    return "any"
+
+
+def decode_check(path: Path) -> str | None:
+    """Fully decode an image; return the error, or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as exc:  # Pillow raises many types for bad data
+        return f"undecodable image: {exc}"
+    return None
+
+
+class Ledger:
+    """Per-URL outcomes that survive crashes (SQLite, WAL), so re-runs resume."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS results (url TEXT PRIMARY KEY, status TEXT, reason TEXT,"
+            " sha256 TEXT, bytes INTEGER, http_status INTEGER, attempts INTEGER)"
+        )
+        self.lock = threading.Lock()
+
+    def get(self, url: str) -> Result | None:
+        """Return the recorded result for a URL."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT url, status, reason, sha256, bytes, http_status, attempts"
+                " FROM results WHERE url=?",
+                (url,),
+            ).fetchone()
+        return Result(*row) if row else None
+
+    def put(self, res: Result) -> None:
+        """Record a result."""
+        with self.lock:
+            self.db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?)",
+                (res.url, res.status, res.reason, res.sha256, res.bytes, res.http_status,
+                 res.attempts),
+            )
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+
+class Downloader:
+    """Fetch URLs into a content-addressed cache with verification and retries."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        cache_dir: Path | None = None,
+        *,
+        ledger_name: str = "ledger",
+        url_suffix: str = "",
+        headers: dict | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.cfg = cfg
+        self.root = Path(cache_dir) if cache_dir else cache_root()
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(self.root / f"{ledger_name}.sqlite")
+        # A secret (e.g. a SAS token) is appended at request time only: never stored or logged.
+        self.url_suffix = url_suffix
+        self.headers = {"User-Agent": "dsrepo/0.1", **(headers or {})}
+        self.sleep = sleep
+        self.pool = urllib3.PoolManager(
+            num_pools=8,
+            maxsize=max(1, cfg.workers),
+            block=False,
+            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
+        )
+        self.timeout = urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout)
+
+    def object_path(self, sha256: str) -> Path:
+        """Return where content with this hash lives in the cache."""
+        return self.objects / sha256[:2] / sha256
+
+    def cached(self, url: str) -> Result | None:
+        """Return a prior result that needs no new request, if any."""
+        res = self.ledger.get(url)
+        if res is None:
+            return None
+        if res.status == "ok":
+            path = self.object_path(res.sha256)
+            if path.is_file() and path.stat().st_size == res.bytes:
+                return res
+            return None
+        if res.status in PERMANENT and not self.cfg.retry_permanent:
+            return res
+        return None
+
+    def _attempt(self, url: str, kind: str) -> Result:
+        """Make one request; raise Retry or Permanent on failure."""
+        full = url + self.url_suffix
+        try:
+            resp = self.pool.request(
+                "GET", full, headers=self.headers, preload_content=False, timeout=self.timeout
+            )
+        except (Urllib3Error, OSError) as exc:
+            raise Retry(f"connection error: {type(exc).__name__}") from None
+        clean = False  # whether the connection can go back to the pool
+        try:
+            status = resp.status
+            if status != 200:
+                resp.drain_conn()  # small error bodies: keep the connection alive
+                clean = True
+                if status in MISSING_HTTP:
+                    raise Permanent("missing", f"http {status}", status)
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                if status in TRANSIENT_HTTP or status >= 500:
+                    raise Retry(f"http {status}", retry_after, status)
+                # 401/403 and other 4xx: usually a wrong or missing token; a re-run may fix it.
+                raise Permanent("failed", f"http {status}", status)
+            res = self._receive(resp, url, kind)
+            clean = True
+            return res
+        finally:
+            if not clean:
+                resp.close()
+            resp.release_conn()
+
+    def _receive(self, resp, url: str, kind: str) -> Result:
+        """Stream a 200 body to a part file, verify it, and move it into the cache."""
+        expected = resp.headers.get("Content-Length")
+        expected = int(expected) if expected and expected.isdigit() else None
+        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        digest = hashlib.sha256()
+        size, head, tail = 0, b"", b""
+        try:
+            try:
+                with open(tmp, "wb") as fh:
+                    while True:
+                        chunk = resp.read(1 << 20, decode_content=True)
+                        if not chunk:
+                            break
+                        if size < 16:
+                            head = (head + chunk)[:16]
+                        tail = (tail + chunk)[-64:]
+                        fh.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+            except (Urllib3Error, OSError) as exc:
+                raise Retry(f"read error: {type(exc).__name__}", None, 200) from None
+            if expected is not None and size != expected:
+                raise Retry(f"truncated body ({size} of {expected} bytes)", None, 200)
+            problem = check_structure(kind, head, tail)
+            if problem is None and self.cfg.verify_decode and kind in ("jpeg", "png"):
+                problem = decode_check(tmp)
+            if problem:
+                if expected is None:
+                    raise Retry(problem, None, 200)  # a cut transfer looks like a bad source
+                raise Permanent("corrupt", problem, 200)
+            sha = digest.hexdigest()
+            dest = self.object_path(sha)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)  # atomic: nothing unverified ever lands
+            return Result(url, "ok", "", sha, size, 200)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Return the delay before the next attempt: Retry-After, else exponential + jitter."""
+        if retry_after is not None:
+            return min(retry_after, self.cfg.retry_after_max)
+        base = min(self.cfg.backoff_max, self.cfg.backoff * (2**attempt))
+        return base * (0.5 + random.random() / 2)
+
+    def fetch(self, url: str, kind: str | None = None, *, refresh: bool = False) -> Result:
+        """Download one URL with bounded retries; record and return the outcome."""
+        prior = None if refresh else self.cached(url)
+        if prior is not None:
+            return prior
+        kind = kind or kind_of(url)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                res = self._attempt(url, kind)
+            except Permanent as exc:
+                res = Result(url, exc.status, exc.reason, None, None, exc.http_status)
+            except Retry as exc:
+                if attempts <= self.cfg.retries:
+                    delay = self.backoff(attempts - 1, exc.retry_after)
+                    log.debug("retry %s in %.2fs: %s", redact(url), delay, exc.reason)
+                    self.sleep(delay)
+                    continue
+                res = Result(url, "failed", exc.reason, None, None, exc.http_status)
+            res.attempts = attempts
+            self.ledger.put(res)
+            return res
+
+    def fetch_all(self, urls: Iterable[str], *, desc: str = "fetch") -> dict[str, Result]:
+        """Download many URLs concurrently; show items/s and MB/s on a TTY."""
+        urls = sorted(set(urls))
+        results: dict[str, Result] = {}
+        bar = tqdm(
+            total=len(urls), desc=desc, unit="item", disable=not sys.stderr.isatty(),
+            dynamic_ncols=True, smoothing=0.1,
+        )
+        start, nbytes = time.monotonic(), 0
+        todo = []
+        for url in urls:
+            prior = self.cached(url)
+            if prior is not None:
+                results[url] = prior
+                bar.update(1)
+            else:
+                todo.append(url)
+        with ThreadPoolExecutor(max_workers=max(1, self.cfg.workers)) as pool:
+            for res in pool.map(self.fetch, todo):
+                results[res.url] = res
+                nbytes += res.bytes or 0
+                bar.update(1)
+                elapsed = max(time.monotonic() - start, 1e-9)
+                bar.set_postfix_str(f"{nbytes / elapsed / 1e6:.1f} MB/s", refresh=False)
+        bar.close()
+        elapsed = time.monotonic() - start
+        counts: dict[str, int] = {}
+        for res in results.values():
+            counts[res.status] = counts.get(res.status, 0) + 1
+        log.info(
+            "%s: %d items (%s), %d new downloads, %.1f MB in %.1fs (%.1f items/s, %.1f MB/s)",
+            desc, len(urls), ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+            len(todo), nbytes / 1e6, elapsed, len(todo) / max(elapsed, 1e-9),
+            nbytes / 1e6 / max(elapsed, 1e-9),
+        )
+        return results
+
+    def close(self) -> None:
+        """Release connections and the ledger."""
+        self.pool.clear()
+        self.ledger.close()

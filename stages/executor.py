@@ -1,0 +1,50 @@
+"""One executor interface: ordered parallel map on local threads or processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from itertools import islice
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """Return the number of usable CPU cores."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def make_executor(kind: str = "thread", workers: int | None = None) -> Executor:
+    """Return a local executor; `thread` suits work that releases the GIL (codecs, I/O)."""
+    workers = workers or default_workers()
+    if kind == "thread":
+        return ThreadPoolExecutor(max_workers=workers)
+    if kind == "process":
+        return ProcessPoolExecutor(max_workers=workers)
+    raise ValueError(f"unknown executor kind {kind!r} (thread or process)")
+
+
+def pmap(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    kind: str = "thread",
+    workers: int | None = None,
+    window: int = 256,
+) -> Iterator[R]:
+    """Yield fn(item) in input order, keeping at most `window` items in flight."""
+    items = iter(items)
+    with make_executor(kind, workers) as ex:
+        pending = [ex.submit(fn, it) for it in islice(items, window)]
+        while pending:
+            done = pending.pop(0)
+            nxt = next(items, _END)
+            if nxt is not _END:
+                pending.append(ex.submit(fn, nxt))
+            yield done.result()
+
+
+_END = object()

@@ -1,0 +1,150 @@
+"""export-npz stage: resized images, labels and boxes as deterministic npz shards."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from stages import sources
+from stages.cli import run_main
+from stages.errors import ConfigError
+from stages.executor import pmap
+from stages.metrics import write_json, write_plot
+from stages.params import load_params, source_params
+from stages.store import Row, Store
+
+log = logging.getLogger("stages.export")
+ASPECTS = ("pad", "stretch", "crop")
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def fit(size: tuple[int, int], out: tuple[int, int], aspect: str):
+    """Return (scale_x, scale_y, resized (w, h), offset (x, y)) mapping an image into `out`."""
+    (w, h), (ow, oh) = size, out
+    if aspect == "stretch":
+        return ow / w, oh / h, (ow, oh), (0, 0)
+    s = min(ow / w, oh / h) if aspect == "pad" else max(ow / w, oh / h)
+    rw, rh = max(1, round(w * s)), max(1, round(h * s))
+    return s, s, (rw, rh), ((ow - rw) // 2, (oh - rh) // 2)
+
+
+def transform(data: bytes, row: Row, cfg: dict) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Decode, resize and place one image; move its boxes the same way."""
+    out = (int(cfg["width"]), int(cfg["height"]))
+    aspect = cfg.get("aspect", "pad")
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        sx, sy, rsize, (ox, oy) = fit(im.size, out, aspect)
+        im = im.resize(rsize, Image.Resampling.BILINEAR)
+        canvas = Image.new("RGB", out, (int(cfg.get("pad_value", 0)),) * 3)
+        canvas.paste(im, (ox, oy))  # negative offsets crop (aspect=crop)
+        arr = np.asarray(canvas, dtype=np.uint8)
+    ow, oh = out
+    boxes, labels = [], []
+    for b in row.boxes:
+        x1, y1 = b["x"] * sx + ox, b["y"] * sy + oy
+        x2, y2 = (b["x"] + b["w"]) * sx + ox, (b["y"] + b["h"]) * sy + oy
+        x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, ow), min(y2, oh)
+        if x2 - x1 <= 0 or y2 - y1 <= 0:
+            continue  # cropped away
+        boxes.append((x1, y1, x2 - x1, y2 - y1))
+        labels.append(b["label"])
+    return arr, np.asarray(boxes, np.float32).reshape(-1, 4), labels
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool) -> None:
+    """Write an npz with fixed zip metadata, atomically, so equal arrays give equal bytes."""
+    tmp = path.with_name(path.name + ".part")
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(tmp, "w", compression=method) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
+            info.compress_type = method
+            info.external_attr = 0o644 << 16
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            zf.writestr(info, buf.getvalue())
+    os.replace(tmp, path)
+
+
+def export(store: Store, names: list[str], cfg: dict, out_dir: Path) -> dict:
+    """Write npz shards of X, y, multi-hot labels, ragged boxes, classes and ids."""
+    aspect = cfg.get("aspect", "pad")
+    if aspect not in ASPECTS:
+        raise ConfigError(f"export.aspect must be one of {', '.join(ASPECTS)}, not {aspect!r}")
+    ids = {n: i for i, n in enumerate(names)}
+    per = max(1, int(cfg.get("items_per_shard", 1000)))
+    rows = [r for r in store.rows() if r.status == "ok" and r.shard is not None]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes = np.array(names, dtype=str)
+    counts = dict.fromkeys(names, 0)
+    shards, nbytes = 0, 0
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        results = list(pmap(lambda r: transform(store.read(r), r, cfg), chunk))
+        n = len(chunk)
+        X = np.stack([a for a, _, _ in results]) if results else np.zeros((0, 0, 0, 3), np.uint8)
+        y = np.array([r.label_ids[0] if r.label_ids else -1 for r in chunk], np.int64)
+        multi = np.zeros((n, len(names)), np.uint8)
+        for i, r in enumerate(chunk):
+            multi[i, r.label_ids or []] = 1
+            for lab in r.labels:
+                counts[lab] += 1
+        offsets = np.zeros(n + 1, np.int64)
+        offsets[1:] = np.cumsum([len(b) for _, b, _ in results])
+        boxes = np.concatenate([b for _, b, _ in results]) if results else np.zeros((0, 4))
+        box_labels = np.array([ids[lab] for _, _, labs in results for lab in labs], np.int64)
+        path = out_dir / f"shard-{shards:05d}.npz"
+        write_npz(
+            path,
+            {
+                "X": X,
+                "y": y,
+                "labels": multi,
+                "boxes": boxes.astype(np.float32),
+                "box_offsets": offsets,
+                "box_labels": box_labels,
+                "classes": classes,
+                "ids": np.array([r.item_id for r in chunk], dtype=str),
+            },
+            bool(cfg.get("compress", False)),
+        )
+        nbytes += path.stat().st_size
+        shards += 1
+    return {
+        "items": len(rows),
+        "shards": shards,
+        "bytes": nbytes,
+        "image_size": [int(cfg["height"]), int(cfg["width"])],
+        "classes": counts,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run export-npz for one source."""
+    ap = argparse.ArgumentParser(prog="python -m stages.export_npz", description=__doc__)
+    ap.add_argument("source")
+    ap.add_argument("inp", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("metrics", type=Path)
+    ap.add_argument("plot", type=Path)
+    args = ap.parse_args(argv)
+    params = load_params()
+    src_cfg = source_params(params, args.source)
+    names = sources.load(args.source).classes(src_cfg)
+    metrics = export(Store(args.inp), names, params.get("export", {}), args.out)
+    write_json(args.metrics, metrics)
+    write_plot(args.plot, metrics["classes"])
+    log.info("export@%s: %d items in %d shards", args.source, metrics["items"], metrics["shards"])
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,269 @@
+"""Item store: a Parquet manifest plus payloads in deterministic tar shards."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.parquet"
+SHARD_DIR = "shards"
+STATUSES = ("ok", "failed", "missing", "corrupt")
+
+BOX = pa.struct(
+    [
+        ("label", pa.string()),
+        ("x", pa.float64()),
+        ("y", pa.float64()),
+        ("w", pa.float64()),
+        ("h", pa.float64()),
+    ]
+)
+SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("url", pa.string()),
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("labels", pa.list_(pa.string())),
+        ("label_ids", pa.list_(pa.int32())),
+        ("boxes", pa.list_(BOX)),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("shard", pa.string()),
+        ("offset", pa.int64()),
+        ("meta", pa.string()),
+    ]
+)
+SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class Row:
+    """One item of a stage's output."""
+
+    item_id: str
+    source: str
+    source_id: str
+    url: str = ""
+    sha256: str | None = None
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    labels: list[str] = field(default_factory=list)
+    label_ids: list[int] | None = None
+    boxes: list[dict] = field(default_factory=list)
+    status: str = "ok"
+    reason: str = ""
+    shard: str | None = None
+    offset: int | None = None
+    meta: dict = field(default_factory=dict)
+
+    def to_record(self) -> dict:
+        """Return the row as a manifest record."""
+        rec = self.__dict__.copy()
+        rec["meta"] = json.dumps(self.meta, sort_keys=True, separators=(",", ":"))
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: dict) -> Row:
+        """Build a row from a manifest record."""
+        rec = dict(rec)
+        rec["meta"] = json.loads(rec["meta"] or "{}")
+        rec["labels"] = list(rec["labels"] or [])
+        rec["boxes"] = [dict(b) for b in rec["boxes"] or []]
+        return cls(**rec)
+
+
+def member_name(item_id: str, ext: str) -> str:
+    """Return a tar member name for an item: readable, unique, within ustar's 100 chars."""
+    safe = SAFE.sub("_", item_id).strip("._") or "item"
+    digest = hashlib.sha1(item_id.encode()).hexdigest()[:10]
+    return f"{safe[-70:]}-{digest}{ext}"
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    """Return a header with fixed metadata, so shard bytes depend on content only."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+class ShardWriter:
+    """Pack payloads into size-bounded deterministic tar shards, recording offsets."""
+
+    def __init__(self, out_dir: Path, shard_bytes: int):
+        self.dir = Path(out_dir) / SHARD_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.limit = max(int(shard_bytes), 1)
+        self.index = -1
+        self.tar: tarfile.TarFile | None = None
+        self.fh = None
+        self.path: Path | None = None
+        self.size = 0
+
+    def _open(self) -> None:
+        self._close()
+        self.index += 1
+        self.path = self.dir / f"shard-{self.index:05d}.tar"
+        self.fh = open(self.path.with_name(self.path.name + ".part"), "wb")
+        self.tar = tarfile.open(fileobj=self.fh, mode="w", format=tarfile.USTAR_FORMAT)
+        self.size = 0
+
+    def _close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+            self.fh.close()
+            # Only complete shards get their final name.
+            os.replace(self.path.with_name(self.path.name + ".part"), self.path)
+        self.tar = self.fh = None
+
+    def add(self, name: str, fileobj, size: int) -> tuple[str, int]:
+        """Append one payload; return (shard path relative to the store, data offset)."""
+        if self.tar is None or (self.size and self.size + size + 512 > self.limit):
+            self._open()
+        info = _tarinfo(name, size)
+        header_at = self.fh.tell()
+        self.tar.addfile(info, fileobj)
+        offset = header_at + len(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
+        self.size = self.fh.tell()
+        return f"{SHARD_DIR}/{self.path.name}", offset
+
+    def close(self) -> None:
+        """Finish the last shard."""
+        self._close()
+
+
+def write_manifest(out_dir: Path, rows: Iterable[Row]) -> Path:
+    """Write the manifest sorted by item id, deterministically, atomically."""
+    records = sorted((r.to_record() for r in rows), key=lambda r: r["item_id"])
+    ids = [r["item_id"] for r in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate item ids in manifest")
+    table = pa.Table.from_pylist(records, schema=SCHEMA)
+    path = Path(out_dir) / MANIFEST
+    tmp = path.with_name(path.name + ".part")
+    pq.write_table(table, tmp, compression="zstd", write_statistics=False, use_dictionary=True)
+    os.replace(tmp, path)
+    return path
+
+
+def write_store(
+    out_dir: Path,
+    rows: Iterable[Row],
+    payload: Callable[[Row], Path | None],
+    shard_bytes: int,
+    ext: Callable[[Row], str] = lambda r: Path(r.url.split("?")[0]).suffix.lower(),
+) -> list[Row]:
+    """Pack each row's payload (a file path, or None for no payload) and write the manifest."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=lambda r: r.item_id)
+    writer = ShardWriter(out_dir, shard_bytes)
+    try:
+        for row in rows:
+            src = payload(row) if row.status == "ok" else None
+            if src is None:
+                row.shard, row.offset = None, None
+                continue
+            size = os.path.getsize(src)
+            with open(src, "rb") as fh:
+                row.shard, row.offset = writer.add(member_name(row.item_id, ext(row)), fh, size)
+            row.bytes = size
+    finally:
+        writer.close()
+    write_manifest(out_dir, rows)
+    return rows
+
+
+class Store:
+    """Read a store: rows from the manifest, single payloads by id via shard offsets."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found")
+        self.table = pq.read_table(path)
+        self._rows: list[Row] | None = None
+        self._by_id: dict[str, Row] | None = None
+
+    def rows(self) -> list[Row]:
+        """Return every row, sorted by item id."""
+        if self._rows is None:
+            self._rows = [Row.from_record(r) for r in self.table.to_pylist()]
+        return self._rows
+
+    def row(self, item_id: str) -> Row:
+        """Return one row by id."""
+        if self._by_id is None:
+            self._by_id = {r.item_id: r for r in self.rows()}
+        return self._by_id[item_id]
+
+    def shard_path(self, row: Row) -> Path:
+        """Resolve a row's shard, which may live in an upstream store."""
+        path = (self.root / row.shard).resolve()
+        return path
+
+    def read(self, item_id_or_row: str | Row) -> bytes:
+        """Return one item's payload bytes without unpacking its shard."""
+        row = item_id_or_row if isinstance(item_id_or_row, Row) else self.row(item_id_or_row)
+        if row.shard is None:
+            raise KeyError(f"{row.item_id} has no payload (status {row.status})")
+        with open(self.shard_path(row), "rb") as fh:
+            fh.seek(row.offset)
+            data = fh.read(row.bytes)
+        if len(data) != row.bytes:
+            raise OSError(f"{row.shard} is truncated at item {row.item_id}")
+        return data
+
+    def iter_payloads(self, rows: Iterable[Row] | None = None) -> Iterator[tuple[Row, bytes]]:
+        """Yield (row, bytes) for rows with payloads, reading each shard sequentially."""
+        rows = [r for r in (rows if rows is not None else self.rows()) if r.shard is not None]
+        rows.sort(key=lambda r: (r.shard, r.offset))
+        fh, current = None, None
+        try:
+            for row in rows:
+                if row.shard != current:
+                    if fh:
+                        fh.close()
+                    fh, current = open(self.shard_path(row), "rb"), row.shard
+                fh.seek(row.offset)
+                yield row, fh.read(row.bytes)
+        finally:
+            if fh:
+                fh.close()
+
+
+def rebase(rows: Iterable[Row], from_root: Path, to_root: Path) -> list[Row]:
+    """Point rows' shard paths, relative to from_root, at the same files relative to to_root."""
+    out = []
+    for row in rows:
+        if row.shard is not None:
+            target = (Path(from_root) / row.shard).resolve()
+            row.shard = os.path.relpath(target, Path(to_root).resolve())
+        out.append(row)
+    return out
+
+
+def read_bytes_io(data: bytes) -> io.BytesIO:
+    """Wrap bytes for readers that want a file."""
+    return io.BytesIO(data)
