@@ -115,6 +115,16 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def read_error(exc: Exception, size: int, expected: int | None) -> str:
+    """Describe a failure while reading a body, without the URL (it may hold a token)."""
+    text = f"{type(exc).__name__} {exc}"
+    if "IncompleteRead" in text or "Connection broken" in text:
+        return f"truncated body ({size} of {expected or '?'} bytes)"
+    if "timed out" in text.lower() or "Timeout" in text:
+        return f"read timeout after {size} bytes"
+    return f"read error: {type(exc).__name__}"
+
+
 def check_structure(kind: str, head: bytes, tail: bytes) -> str | None:
     """Return why bytes are not a whole JPEG/PNG, or None if they look complete."""
     if kind == "jpeg":
@@ -249,7 +259,8 @@ class Downloader:
                 "GET", full, headers=self.headers, preload_content=False, timeout=self.timeout
             )
         except (Urllib3Error, OSError) as exc:
-            raise Retry(f"connection error: {type(exc).__name__}") from None
+            kind = "timeout" if "timed out" in str(exc).lower() else "error"
+            raise Retry(f"connection {kind}: {type(exc).__name__}") from None
         clean = False  # whether the connection can go back to the pool
         try:
             status = resp.status
@@ -292,7 +303,7 @@ class Downloader:
                         digest.update(chunk)
                         size += len(chunk)
             except (Urllib3Error, OSError) as exc:
-                raise Retry(f"read error: {type(exc).__name__}", None, 200) from None
+                raise Retry(read_error(exc, size, expected), None, 200) from None
             if expected is not None and size != expected:
                 raise Retry(f"truncated body ({size} of {expected} bytes)", None, 200)
             problem = check_structure(kind, head, tail)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
+import gc
 import hashlib
+import heapq
 import io
 import logging
 import os
@@ -12,8 +15,6 @@ import posixpath
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pyarrow as pa
 
 from stages.errors import ConfigError, MetadataError
 from stages.jsonstream import iter_document
@@ -107,9 +108,14 @@ def open_metadata(path: Path, max_bytes: int):
     return zf.open(members[0])
 
 
-def safe_relpath(name: str) -> str:
+def safe_relpath(name) -> str:
     """Return a metadata file_name as a safe relative POSIX path, or raise."""
-    rel = str(name).replace("\\", "/")
+    if not isinstance(name, str):
+        raise MetadataError(f"file_name must be a string, got {name!r}")
+    rel = name.replace("\\", "/")
+    if ".." not in rel and ":" not in rel and "\x00" not in rel and "//" not in rel:
+        if rel and rel[0] != "/" and rel[-1] != "/":
+            return rel  # the common case, without splitting
     parts = rel.split("/")
     if (
         not rel
@@ -122,110 +128,136 @@ def safe_relpath(name: str) -> str:
     return posixpath.normpath(rel)
 
 
-def _column(batch: list[dict], key: str, kind: str):
-    """Pull one field out of a batch of dicts as an Arrow array."""
-    try:
-        if kind == "id":
-            return pa.array([str(d[key]) for d in batch], pa.string())
-        values = [d.get(key) for d in batch]
-        if kind == "int":
-            return pa.array(values, pa.int64())
-        if kind == "str":
-            return pa.array([None if v is None else str(v) for v in values], pa.string())
-        if kind == "bool":
-            return pa.array([bool(v) if v is not None else None for v in values], pa.bool_())
-        return pa.array(values)
-    except KeyError:
-        raise MetadataError(f"an entry lacks the required field {key!r}") from None
-    except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise MetadataError(f"field {key!r} has a value of the wrong type: {exc}") from None
-
-
-IMAGE_FIELDS = {
-    "id": "id",
-    "file_name": "id",
-    "width": "int",
-    "height": "int",
-    "location": "str",
-    "datetime": "str",
-    "seq_id": "str",
-    "corrupt": "bool",
-}
-
-
 @dataclass
 class Metadata:
-    """The parts of a COCO Camera Traps file that selection needs, held compactly."""
+    """What selection needs from a COCO Camera Traps file: categories, compact annotations,
+    and full records only for the images that were selected."""
 
     categories: list[dict] = field(default_factory=list)
-    images: pa.Table | None = None
-    annotations: pa.Table | None = None
     info: dict = field(default_factory=dict)
+    n_images: int = 0
+    ann_image: list[str] = field(default_factory=list)
+    ann_cat: list[int] = field(default_factory=list)
+    ann_box: dict[int, tuple[str, list]] = field(default_factory=dict)  # index -> (kind, box)
+    images: dict[str, dict] = field(default_factory=dict)
 
 
-def read_metadata(fp, max_bytes: int | None = None) -> Metadata:
-    """Stream a COCO Camera Traps JSON into compact columns, without loading it whole."""
-    img_chunks, ann_chunks, meta = [], [], Metadata()
-    for key, kind, payload in iter_document(fp, {"images", "annotations"}, max_bytes=max_bytes):
+def _stream(source):
+    """Open a fresh binary stream from a path, bytes, or a zero-argument callable."""
+    if callable(source):
+        return source()
+    if isinstance(source, bytes | bytearray):
+        return io.BytesIO(source)
+    return open(source, "rb")
+
+
+def _add_annotations(meta: Metadata, batch: list) -> None:
+    """Append a batch of annotations as (image id, category id) plus sparse boxes."""
+    base = len(meta.ann_image)
+    try:
+        meta.ann_image.extend([d["image_id"] for d in batch])
+        meta.ann_cat.extend([d["category_id"] for d in batch])
+        boxed = [(i, d) for i, d in enumerate(batch) if "bbox" in d or "bbox_relative" in d]
+    except (KeyError, TypeError) as exc:
+        raise MetadataError(f"an annotation lacks image_id/category_id or is not an object: "
+                            f"{exc}") from None
+    for i, d in boxed:
+        kind = "bbox" if d.get("bbox") is not None else "bbox_relative"
+        box = d.get(kind)
+        if box is None:
+            continue
+        if (not isinstance(box, list) or len(box) != 4
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)):
+            raise MetadataError(f"{kind} must be [x, y, width, height] numbers, got {box!r}")
+        meta.ann_box[base + i] = (kind, box)
+
+
+def _take_images(meta: Metadata, batch: list, wanted: set[str]) -> None:
+    """Keep the records of wanted images from a batch."""
+    try:
+        hits = [d for d in batch if d["id"] in wanted]
+    except (KeyError, TypeError):
+        bad = next(d for d in batch if not isinstance(d, dict) or "id" not in d)
+        raise MetadataError(f"an image lacks an id or is not an object: {bad!r:.200}") from None
+    for d in hits:
+        meta.images[d["id"]] = d
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """Pause the cyclic GC: bulk parsing makes millions of acyclic objects it would rescan."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def read_metadata(source, cfg: dict, max_bytes: int | None = None) -> tuple[Metadata, Selection]:
+    """Stream a COCO Camera Traps JSON and select images, without loading it whole."""
+    with paused_gc():
+        return _read_metadata(source, cfg, max_bytes)
+
+
+def _read_metadata(source, cfg: dict, max_bytes: int | None) -> tuple[Metadata, Selection]:
+    """Read categories and annotations, select, and keep the selected images' records.
+
+    One pass reads categories and annotations; image records are kept only for selected
+    images, inline when the file lists images last, else in a second pass that stops
+    after the images array (NACTI lists images first).
+    """
+    meta = Metadata()
+    sel: Selection | None = None
+    seen: set[str] = set()
+    images_done = False
+    current = None
+    for key, kind, payload in iter_document(
+        _stream(source), {"images", "annotations"}, max_bytes=max_bytes
+    ):
+        if key != current:
+            if current is not None:
+                seen.add(current)
+            current = key
         if key == "images" and kind == "batch":
-            if not all(isinstance(d, dict) for d in payload):
-                raise MetadataError("images must be a list of objects")
-            cols = {k: _column(payload, k, t) for k, t in IMAGE_FIELDS.items()}
-            for fn in cols["file_name"].to_pylist():
-                if ".." in fn or fn[:1] in ("/", "\\") or ":" in fn[:2]:
-                    safe_relpath(fn)
-            img_chunks.append(pa.table(cols))
+            meta.n_images += len(payload)
+            if sel is None and {"categories", "annotations"} <= seen:
+                sel = select(meta, cfg)
+            if sel is not None:
+                _take_images(meta, payload, sel.wanted)
+                images_done = True
         elif key == "annotations" and kind == "batch":
-            if not all(isinstance(d, dict) for d in payload):
-                raise MetadataError("annotations must be a list of objects")
-            ann_chunks.append(
-                pa.table(
-                    {
-                        "image_id": _column(payload, "image_id", "id"),
-                        "category_id": _column(payload, "category_id", "int"),
-                        "bbox": _bbox_column(payload, "bbox"),
-                        "bbox_relative": _bbox_column(payload, "bbox_relative"),
-                    }
-                )
-            )
+            _add_annotations(meta, payload)
         elif key == "categories" and kind == "value":
             if not isinstance(payload, list) or not all(isinstance(c, dict) for c in payload):
                 raise MetadataError("categories must be a list of objects")
             meta.categories = payload
         elif key == "info" and kind == "value":
             meta.info = payload if isinstance(payload, dict) else {}
+        elif key in ("images", "annotations") and kind == "value":
+            raise MetadataError(f"{key} must be a list")
     if not meta.categories:
         raise MetadataError("metadata has no categories")
-    meta.images = _concat(img_chunks, {k: _column([], k, t).type for k, t in IMAGE_FIELDS.items()})
-    meta.annotations = _concat(
-        ann_chunks,
-        {
-            "image_id": pa.string(),
-            "category_id": pa.int64(),
-            "bbox": pa.list_(pa.float64()),
-            "bbox_relative": pa.list_(pa.float64()),
-        },
-    )
-    return meta
-
-
-def _bbox_column(batch: list[dict], key: str):
-    """Pull an optional [x, y, w, h] field as list<double>, null where absent."""
-    values = [d.get(key) for d in batch]
-    for v in values:
-        if v is not None and (not isinstance(v, list) or len(v) != 4):
-            raise MetadataError(f"{key} must be [x, y, width, height], got {v!r}")
-    try:
-        return pa.array(values, pa.list_(pa.float64()))
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise MetadataError(f"{key} holds non-numbers: {exc}") from None
-
-
-def _concat(chunks: list[pa.Table], types: dict) -> pa.Table:
-    """Concatenate batch tables, or an empty table of the right schema."""
-    if not chunks:
-        return pa.table({k: pa.array([], t) for k, t in types.items()})
-    return pa.concat_tables(chunks).combine_chunks()
+    if sel is None:
+        sel = select(meta, cfg)
+    if not images_done and sel.wanted:
+        in_images = False
+        for key, kind, payload in iter_document(
+            _stream(source), {"images", "annotations"}, max_bytes=max_bytes
+        ):
+            if key == "images":
+                in_images = True
+                if kind == "batch":
+                    _take_images(meta, payload, sel.wanted)
+            elif in_images:
+                break  # the images array is over; skip the rest of the file
+    missing = sel.wanted - meta.images.keys()
+    if missing:
+        raise MetadataError(
+            f"{len(missing)} annotated image id(s) not in images, e.g. {min(missing)!r}"
+        )
+    return meta, sel
 
 
 # ---------------------------------------------------------------- selection
@@ -238,7 +270,7 @@ def match_classes(categories: list[dict], wanted: list[str]) -> dict[str, set[in
         for key in ("common name", "common_name", "name", "species"):
             value = cat.get(key)
             if isinstance(value, str) and value.strip():
-                index.setdefault(value.strip().lower(), set()).add(int(cat["id"]))
+                index.setdefault(value.strip().lower(), set()).add(cat.get("id"))
     out, unknown = {}, []
     for name in wanted:
         ids = index.get(name.strip().lower())
@@ -267,135 +299,143 @@ class Selection:
     image_labels: dict[str, list[str]]  # image id -> class names (config order)
     order: list[str]  # image ids, sorted
     stats: dict
+    wanted: set[str] = field(default_factory=set)
 
 
 def select(meta: Metadata, cfg: dict) -> Selection:
     """Choose images per class: seeded-hash ranking, per-class caps, then a byte budget."""
     names = classes(cfg)
     cat_map = match_classes(meta.categories, names)
-    cat_to_class = {}
+    cat_to_class: dict = {}
     for name, ids in cat_map.items():
         for cid in ids:
             cat_to_class.setdefault(cid, []).append(name)
-    ann = meta.annotations
-    wanted = pa.array(sorted(cat_to_class), pa.int64())
-    import pyarrow.compute as pc
-
-    hit = ann.filter(pc.is_in(ann["category_id"], value_set=wanted))
     per_class: dict[str, set[str]] = {n: set() for n in names}
-    for image_id, cid in zip(
-        hit["image_id"].to_pylist(), hit["category_id"].to_pylist(), strict=True
-    ):
-        for name in cat_to_class[cid]:
-            per_class[name].add(image_id)
+    get = cat_to_class.get
+    for image_id, hit in zip(meta.ann_image, map(get, meta.ann_cat), strict=True):
+        if hit is not None:
+            for name in hit:
+                per_class[name].add(image_id)
+    for name in names:
+        if any(not isinstance(i, str) for i in per_class[name]):
+            per_class[name] = {str(i) for i in per_class[name]}  # old sets used int ids
     seed = int(cfg.get("seed") or 0)
     caps = {str(k).lower(): v for k, v in (cfg.get("caps") or {}).items()}
     unknown_caps = set(caps) - {n.lower() for n in names}
     if unknown_caps:
         raise ConfigError(f"caps name classes not in `classes`: {', '.join(sorted(unknown_caps))}")
+    budget = cfg.get("byte_budget")
     ranked: dict[str, list[str]] = {}
     stats = {"available": {}, "capped": {}, "selected": {}, "budget_dropped": 0}
     for name in names:
         cap = caps.get(name.lower(), cfg.get("cap"))
-        ids = sorted(per_class[name], key=lambda i: rank_key(seed, i))
-        stats["available"][name] = len(ids)
-        if cap is not None:
-            ids = ids[: int(cap)]
-        stats["capped"][name] = stats["available"][name] - len(ids)
+        pool = per_class[name]
+        stats["available"][name] = len(pool)
+        if cap is None and budget is None:
+            ids = sorted(pool)  # everything is taken: no ranking needed
+        elif cap is not None and int(cap) < len(pool):
+            ids = heapq.nsmallest(int(cap), pool, key=lambda i: (rank_key(seed, i), i))
+        else:
+            ids = sorted(pool, key=lambda i: (rank_key(seed, i), i))
+        stats["capped"][name] = len(pool) - len(ids)
         ranked[name] = ids
     # Byte budget: take images round-robin by rank so every class gets its fair prefix.
-    budget = cfg.get("byte_budget")
     est = int(cfg.get("est_bytes_per_image") or 0)
-    chosen: dict[str, list[str]] = {}
+    chosen: set[str] = set()
     total, stopped = 0, False
-    depth = max((len(v) for v in ranked.values()), default=0)
-    for pos in range(depth):
-        for name in names:
-            if pos >= len(ranked[name]):
-                continue
-            image_id = ranked[name][pos]
-            if image_id in chosen:
-                chosen[image_id].append(name)
-                continue
-            if stopped or (budget is not None and total + est > int(budget)):
-                stopped = True
-                stats["budget_dropped"] += 1
-                continue
-            chosen[image_id] = [name]
-            total += est
+    if budget is None:
+        for ids in ranked.values():
+            chosen.update(ids)
+        total = est * len(chosen)
+    else:
+        depth = max((len(v) for v in ranked.values()), default=0)
+        for pos in range(depth):
+            for name in names:
+                if pos >= len(ranked[name]):
+                    continue
+                image_id = ranked[name][pos]
+                if image_id in chosen:
+                    continue
+                if stopped or total + est > int(budget):
+                    stopped = True
+                    stats["budget_dropped"] += 1
+                    continue
+                chosen.add(image_id)
+                total += est
     stats["estimated_bytes"] = total
     stats["budget_exhausted"] = stopped
-    for name in names:
-        stats["selected"][name] = sum(1 for labels in chosen.values() if name in labels)
     # Labels come from every wanted annotation of a chosen image, not only the one that won it.
-    labels = {i: set() for i in chosen}
-    for name in names:
-        for image_id in per_class[name]:
-            if image_id in labels:
-                labels[image_id].add(name)
-    order_of = {n: i for i, n in enumerate(names)}
-    image_labels = {i: sorted(v, key=order_of.__getitem__) for i, v in labels.items()}
-    return Selection(image_labels, sorted(image_labels), stats)
+    labels: dict[str, list[str]] = {}
+    for name in names:  # config order, so labels come out sorted by class id
+        hits = per_class[name] & chosen if len(chosen) < len(per_class[name]) else [
+            i for i in per_class[name] if i in chosen]
+        for image_id in hits:
+            labels.setdefault(image_id, []).append(name)
+        stats["selected"][name] = len(hits)
+    return Selection(labels, sorted(labels), stats, set(labels))
 
 
 def build_rows(meta: Metadata, sel: Selection, cfg: dict, base_url: str, source: str) -> list[Row]:
     """Turn selected images into pending rows with URLs, sizes, boxes and metadata."""
-    import pyarrow.compute as pc
+    with paused_gc():
+        return _build_rows(meta, sel, cfg, base_url, source)
 
-    ids = pa.array(sel.order, pa.string())
-    imgs = meta.images.filter(pc.is_in(meta.images["id"], value_set=ids)).to_pylist()
-    found = {im["id"]: im for im in imgs}
-    missing = [i for i in sel.order if i not in found]
-    if missing:
-        raise MetadataError(f"{len(missing)} annotated image id(s) not in images, e.g. {missing[0]}")
+
+def _build_rows(meta: Metadata, sel: Selection, cfg: dict, base_url: str, source: str) -> list[Row]:
     names = classes(cfg)
-    cat_map = match_classes(meta.categories, names)
     cat_to_class = {}
-    for name, cids in cat_map.items():
+    for name, cids in match_classes(meta.categories, names).items():
         for cid in cids:
             cat_to_class.setdefault(cid, name)
-    ann = meta.annotations.filter(pc.is_in(meta.annotations["image_id"], value_set=ids))
     boxes: dict[str, list[dict]] = {}
-    for a in ann.to_pylist():
-        name = cat_to_class.get(a["category_id"])
-        if name is None:
+    for idx, (kind, box) in sorted(meta.ann_box.items()):
+        image_id = meta.ann_image[idx]
+        name = cat_to_class.get(meta.ann_cat[idx])
+        if name is None or image_id not in sel.wanted:
             continue
-        im = found[a["image_id"]]
-        box = a["bbox"]
-        if box is None and a["bbox_relative"] is not None and im["width"] and im["height"]:
-            x, y, w, h = a["bbox_relative"]
-            box = [x * im["width"], y * im["height"], w * im["width"], h * im["height"]]
-        if box is not None:
-            x, y, w, h = (float(v) for v in box)
-            boxes.setdefault(a["image_id"], []).append(
-                {"label": name, "x": x, "y": y, "w": w, "h": h}
-            )
+        im = meta.images[image_id]
+        if kind == "bbox_relative":
+            w, h = im.get("width"), im.get("height")
+            if not w or not h:
+                continue  # cannot place a relative box without the image size
+            box = [box[0] * w, box[1] * h, box[2] * w, box[3] * h]
+        x, y, w, h = (float(v) for v in box)
+        boxes.setdefault(image_id, []).append({"label": name, "x": x, "y": y, "w": w, "h": h})
     dataset = cfg["dataset"]
     rows = []
     for image_id in sel.order:
-        im = found[image_id]
+        im = meta.images[image_id]
+        if "file_name" not in im:
+            raise MetadataError(f"image {image_id!r} lacks the required field 'file_name'")
         rel = safe_relpath(im["file_name"])
-        meta_fields = {
-            "dataset": dataset,
-            "file_name": rel,
-            **{k: im[k] for k in ("location", "datetime", "seq_id") if im.get(k) is not None},
-        }
+        width, height = _dim(im, "width"), _dim(im, "height")
+        extra = {k: str(im[k]) for k in ("location", "datetime", "seq_id") if im.get(k) is not None}
         row = Row(
             item_id=f"{dataset}/{image_id}",
             source=source,
-            source_id=image_id,
+            source_id=str(image_id),
             url=f"{base_url}/{rel}",
-            width=im["width"],
-            height=im["height"],
+            width=width,
+            height=height,
             labels=sel.image_labels[image_id],
             boxes=boxes.get(image_id, []),
             status="pending",
-            meta=meta_fields,
+            meta={"dataset": dataset, "file_name": rel, **extra},
         )
         if im.get("corrupt"):
             row.status, row.reason = "corrupt", "marked corrupt in metadata"
         rows.append(row)
     return rows
+
+
+def _dim(im: dict, key: str) -> int | None:
+    """Return an image's width or height as an int, or raise on a non-number."""
+    value = im.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MetadataError(f"image {im.get('id')!r}: {key} must be a number, got {value!r}")
+    return int(value)
 
 
 # ---------------------------------------------------------------- plan
@@ -420,19 +460,19 @@ def plan(cfg: dict, ctx: Context) -> Plan:
     if res.status != "ok":
         raise MetadataError(f"cannot download the metadata: {res.status} ({res.reason})")
     max_bytes = int(cfg.get("max_metadata_bytes") or 8_000_000_000)
-    with open_metadata(dl.object_path(res.sha256), max_bytes) as fp:
-        meta = read_metadata(fp, max_bytes=max_bytes)
-    sel = select(meta, cfg)
+    path = dl.object_path(res.sha256)
+    open_metadata(path, max_bytes).close()  # validate the zip before reading it twice
+    meta, sel = read_metadata(lambda: open_metadata(path, max_bytes), cfg, max_bytes)
     rows = build_rows(meta, sel, cfg, entry["image_base_url"], ctx.source)
     stats = {
         "dataset": entry["name"],
-        "metadata_images": meta.images.num_rows,
-        "metadata_annotations": meta.annotations.num_rows,
+        "metadata_images": meta.n_images,
+        "metadata_annotations": len(meta.ann_image),
         **sel.stats,
     }
     log.info(
         "selected %d of %d images (%s)",
-        len(rows), meta.images.num_rows,
+        len(rows), meta.n_images,
         ", ".join(f"{k} {v}" for k, v in sel.stats["selected"].items()),
     )
     return Plan(rows, stats)

@@ -1,0 +1,215 @@
+"""Time dvc push/pull of a tar-sharded store against cp -r of the same items as files."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/select.py shadows the stdlib `select` (imported by subprocess): keep this folder off
+# sys.path while the stdlib loads, then put it back for _common.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import select  # noqa: E402, F401  (the stdlib module, cached before bench/ returns)
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, _HERE)
+from _common import (  # noqa: E402
+    ROOT,
+    bench_dir,
+    settle,
+    sha256_file,
+    timed,
+    tree_bytes,
+    tree_files,
+)
+
+PER_DIR = 1000  # items per subdirectory of the unpacked originals
+
+
+def make_items(root: Path, n: int, mean_bytes: int, seed: int = 0) -> list[Path]:
+    """Write n files of random bytes, sizes uniform in mean +- 10%, 1,000 per subdirectory."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(int(mean_bytes * 0.9), int(mean_bytes * 1.1) + 1, n)
+    paths = []
+    for start in range(0, n, PER_DIR):
+        sub = root / f"{start // PER_DIR:04d}"
+        sub.mkdir(parents=True)
+        chunk = sizes[start : start + PER_DIR]
+        blob = rng.bytes(int(chunk.sum()))
+        at = 0
+        for i, size in enumerate(chunk, start):
+            path = sub / f"{i:07d}.bin"
+            path.write_bytes(blob[at : at + size])
+            at += int(size)
+            paths.append(path)
+    return paths
+
+
+def dvc_env(tmp: Path) -> dict:
+    """Return an environment that isolates DVC's global, system and site dirs inside tmp."""
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    for var, sub in (
+        ("DVC_SITE_CACHE_DIR", "site-cache"),
+        ("DVC_GLOBAL_CONFIG_DIR", "dvc-global"),
+        ("DVC_SYSTEM_CONFIG_DIR", "dvc-system"),
+    ):
+        (tmp / sub).mkdir(exist_ok=True)
+        env[var] = str(tmp / sub)
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.update(
+        GIT_AUTHOR_NAME="bench",
+        GIT_AUTHOR_EMAIL="bench@localhost",
+        GIT_COMMITTER_NAME="bench",
+        GIT_COMMITTER_EMAIL="bench@localhost",
+    )
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    """Run an untimed set-up command; fail loudly; return stdout."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """Map each file's path relative to root to its sha256."""
+    return {rel: sha256_file(p) for rel, p in tree_files(root).items()}
+
+
+def check_payloads(store_dir: Path, originals: dict[str, Path]) -> int:
+    """Fail unless every item read back from the store's shards equals its original file."""
+    from stages.store import Store
+
+    n = 0
+    for row, data in Store(store_dir).iter_payloads():
+        want = hashlib.sha256(originals[row.item_id].read_bytes()).digest()
+        if hashlib.sha256(data).digest() != want:
+            raise AssertionError(f"pulled store: {row.item_id} differs from its original")
+        n += 1
+    if n != len(originals):
+        raise AssertionError(f"pulled store: {n} payloads, want {len(originals)}")
+    return n
+
+
+def main() -> None:
+    """Run the benchmark and print pull_vs_copy as the last line."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--items", type=int, default=100_000, help="items in the dataset")
+    ap.add_argument("--item-kb", type=float, default=10.0, help="mean item size in KB")
+    ap.add_argument("--shard-mb", type=float, default=256.0, help="tar shard size in MiB")
+    ap.add_argument("--jobs", type=int, default=None, help="dvc push/pull -j (default: dvc's)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 3,000 items, 4 MiB shards")
+    args = ap.parse_args()
+    if args.quick:
+        args.items, args.shard_mb = 3000, 4.0
+    sys.path.insert(0, str(ROOT))
+    from stages.store import Row, write_store
+
+    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
+    jobs = ["-j", str(args.jobs)] if args.jobs else []
+    with bench_dir("bench-dvc-") as tmp:
+        env = dvc_env(tmp)
+        t0 = time.perf_counter()
+        paths = make_items(tmp / "items", args.items, int(args.item_kb * 1000))
+        total = sum(p.stat().st_size for p in paths)
+        print(
+            f"generated {len(paths)} items, {total / 1e6:.1f} MB, "
+            f"in {len(paths) // PER_DIR + bool(len(paths) % PER_DIR)} dirs "
+            f"in {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
+
+        repo, remote, clone = tmp / "repo", tmp / "remote", tmp / "clone"
+        repo.mkdir()
+        run(["git", "init", "-q"], repo, env)
+        run([dvc, "init", "-q"], repo, env)
+        run([dvc, "config", "core.analytics", "false"], repo, env)
+        run([dvc, "remote", "add", "-d", "r", str(remote)], repo, env)
+
+        originals: dict[str, Path] = {}
+        rows = []
+        for i, p in enumerate(paths):
+            item_id = f"bench/{i:07d}"
+            originals[item_id] = p
+            rows.append(
+                Row(
+                    item_id=item_id,
+                    source="bench",
+                    source_id=str(i),
+                    url=f"http://x/{i:07d}.bin",
+                    status="ok",
+                )
+            )
+        store_dir = repo / "data" / "items"
+        t0 = time.perf_counter()
+        write_store(
+            store_dir,
+            rows,
+            lambda r: originals[r.item_id],
+            shard_bytes=int(args.shard_mb * (1 << 20)),
+        )
+        shards = sorted((store_dir / "shards").glob("shard-*.tar"))
+        store_bytes = tree_bytes(store_dir)
+        print(
+            f"write_store: {len(shards)} shards of <= {args.shard_mb:g} MiB + manifest, "
+            f"{store_bytes / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
+
+        # Baseline while both the originals and the fresh shards are in the page cache.
+        settle()
+        copy_s = timed(["cp", "-r", str(tmp / "items"), str(tmp / "copy")])
+        copied = tree_files(tmp / "copy")
+        if len(copied) != len(paths) or tree_bytes(tmp / "copy") != total:
+            raise AssertionError("cp -r: the copy differs from the originals")
+        print(f"cp -r {len(paths)} files: {copy_s:.2f} s", flush=True)
+
+        settle()
+        add_s = timed([dvc, "add", "-q", "data/items"], repo, env)
+        run(["git", "add", "-A"], repo, env)
+        run(["git", "commit", "-q", "-m", "data"], repo, env)
+        print(f"dvc add data/items: {add_s:.2f} s", flush=True)
+
+        settle()
+        push_s = timed([dvc, "push", "-q", *jobs], repo, env)
+        print(f"dvc push: {push_s:.2f} s", flush=True)
+
+        run(["git", "clone", "-q", str(repo), str(clone)], tmp, env)
+        url = run([dvc, "config", "remote.r.url"], clone, env).strip()
+        if Path(url).resolve() != remote.resolve():
+            run([dvc, "remote", "add", "--local", "-f", "-d", "r", str(remote)], clone, env)
+        settle()
+        pull_s = timed([dvc, "pull", "-q", *jobs], clone, env)
+        print(f"dvc pull (fresh clone, empty cache): {pull_s:.2f} s", flush=True)
+
+        t0 = time.perf_counter()
+        want, got = tree_hashes(store_dir), tree_hashes(clone / "data" / "items")
+        if want != got:
+            raise AssertionError(f"pulled store differs: {len(got)} files vs {len(want)}")
+        n = check_payloads(clone / "data" / "items", originals)
+        print(
+            f"verified: {len(got)} pulled files byte-identical (sha256), {n} payloads equal "
+            f"their originals ({time.perf_counter() - t0:.1f}s)",
+            flush=True,
+        )
+        print(
+            f"summary: {len(paths)} items, {total / 1e6:.1f} MB; "
+            f"add {add_s:.2f} s, push {push_s:.2f} s, pull {pull_s:.2f} s, "
+            f"cp -r {copy_s:.2f} s"
+        )
+    print(f"pull_vs_copy={pull_s / copy_s:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Shared fixtures: a generated LILA stand-in, its server, a scratch copy of the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stages.standin import LilaStandin, generate_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def standin_root(tmp_path_factory) -> Path:
+    """Generate one small NACTI-like dataset for the whole session."""
+    root = tmp_path_factory.mktemp("standin")
+    generate_dataset(root, n_images=60, seed=0)
+    return root
+
+
+@pytest.fixture
+def server(standin_root):
+    """Serve the stand-in on an ephemeral loopback port."""
+    with LilaStandin(standin_root) as srv:
+        yield srv
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """Give each test its own download cache."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("DSREPO_CACHE_DIR", str(path))
+    return path
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git quietly with a fixed identity."""
+    out = subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args],
+        cwd=cwd, check=True, capture_output=True, text=True,
+    )
+    return out.stdout
+
+
+def tracked_files() -> list[str]:
+    """List the project's files as a fresh clone would have them (tracked + unignored)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=ROOT, check=True, capture_output=True,
+    ).stdout.decode()
+    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
+
+
+def dvc_env(cache: Path) -> dict:
+    """Return an environment where `python` and `dvc` are this venv's."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["DSREPO_CACHE_DIR"] = str(cache)
+    env.pop("PYTHONPATH", None)
+    # `dvc exp run` commits; a fresh machine has no git identity.
+    for who in ("AUTHOR", "COMMITTER"):
+        env.setdefault(f"GIT_{who}_NAME", "test")
+        env.setdefault(f"GIT_{who}_EMAIL", "test@localhost")
+    return env
+
+
+class Project:
+    """A scratch git+DVC copy of this project, pointed at a stand-in server."""
+
+    def __init__(self, path: Path, cache: Path):
+        self.path, self.cache = path, cache
+        self.env = dvc_env(cache)
+
+    def run(self, *args: str, check: bool = True, env: dict | None = None, timeout=600):
+        """Run a command in the project; return the CompletedProcess."""
+        proc = subprocess.run(
+            list(args), cwd=self.path, env=env or self.env, capture_output=True, text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def dvc(self, *args: str, **kw):
+        """Run the venv's dvc."""
+        return self.run(str(BIN / "dvc"), *args, **kw)
+
+    def git(self, *args: str) -> str:
+        """Run git."""
+        return git(self.path, *args)
+
+    def set_conf(self, rel: str, old: str, new: str) -> None:
+        """Edit a conf file by exact text replacement."""
+        p = self.path / rel
+        text = p.read_text()
+        assert old in text, f"{old!r} not in {rel}"
+        p.write_text(text.replace(old, new, 1))
+
+    def compose(self) -> None:
+        """Recompose params.yaml after editing conf/ outside DVC."""
+        self.run(sys.executable, "-m", "stages.compose", "params.yaml", "--force")
+
+
+def make_project(dest: Path, cache: Path, index_url: str, remote: Path | None = None) -> Project:
+    """Copy the project to dest, point its LILA config at index_url, commit it."""
+    for rel in tracked_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    proj = Project(dest, cache)
+    proj.set_conf(
+        "conf/source/lila.yaml",
+        "index_url: http://127.0.0.1:8765/lila_camera_trap_datasets.csv",
+        f"index_url: {index_url}",
+    )
+    proj.compose()
+    git(dest, "init", "-q", "-b", "main")
+    if remote is not None:
+        proj.dvc("remote", "add", "-f", "-d", "local", str(remote))
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "init")
+    return proj
+
+
+@pytest.fixture
+def project(tmp_path, server, cache_dir) -> Project:
+    """A committed scratch project whose LILA source points at the stand-in."""
+    return make_project(tmp_path / "repo", cache_dir, server.index_url, tmp_path / "remote")

@@ -1,0 +1,134 @@
+"""clean-annotations, export-npz and folder exports on a small real store."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from lxml import etree
+from PIL import Image
+
+from stages.clean_annotations import clean
+from stages.export_folders import export_folders
+from stages.export_npz import export, fit
+from stages.store import Row, Store, rebase, write_manifest, write_store
+
+NAMES = ["deer", "cougar", "empty"]
+
+
+def jpeg(w, h, color):
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def fetched(tmp_path) -> Store:
+    blobs = {
+        "a": jpeg(200, 100, (200, 10, 10)),
+        "b": jpeg(100, 200, (10, 200, 10)),
+        "c": jpeg(50, 50, (10, 10, 200)),
+        "bad": jpeg(80, 80, (1, 2, 3))[:300],  # cut short: fails a full decode
+    }
+    rows = [
+        Row("t/a", "t", "a", url="http://h/a.jpg", width=200, height=100, labels=["deer"],
+            boxes=[{"label": "deer", "x": -10.0, "y": 10.0, "w": 60.0, "h": 200.0},
+                   {"label": "deer", "x": 150.0, "y": 50.0, "w": 0.5, "h": 30.0}]),
+        Row("t/b", "t", "b", url="http://h/b.jpg", width=50, height=100,  # metadata is 2x off
+            labels=["cougar", "deer"],
+            boxes=[{"label": "cougar", "x": 10.0, "y": 10.0, "w": 20.0, "h": 40.0}]),
+        Row("t/c", "t", "c", url="http://h/c.jpg", labels=["empty"]),
+        Row("t/bad", "t", "bad", url="http://h/bad.jpg", labels=["deer"]),
+        Row("t/gone", "t", "gone", url="http://h/gone.jpg", labels=["deer"], status="missing",
+            reason="http 404"),
+        Row("t/moose", "t", "m", url="http://h/c.jpg", labels=["moose"]),
+    ]
+    paths = {}
+    for key, data in blobs.items():
+        p = tmp_path / f"{key}.jpg"
+        p.write_bytes(data)
+        paths[f"t/{key}"] = p
+    paths["t/moose"] = paths["t/c"]
+    for r in rows:
+        if r.item_id in paths:
+            r.sha256 = hashlib.sha256(paths[r.item_id].read_bytes()).hexdigest()
+    write_store(tmp_path / "fetch", rows, lambda r: paths.get(r.item_id), 1 << 20)
+    return Store(tmp_path / "fetch")
+
+
+def cleaned(fetched, tmp_path, **cfg) -> Store:
+    rows, metrics = clean(fetched, NAMES, {"decode_check": True, "min_box_size": 2.0, **cfg})
+    out = tmp_path / "clean"
+    out.mkdir(exist_ok=True)
+    write_manifest(out, rebase(rows, fetched.root, out))
+    return Store(out), metrics
+
+
+def test_clean_drops_bad_items_and_fixes_boxes(fetched, tmp_path):
+    store, m = cleaned(fetched, tmp_path)
+    assert [r.item_id for r in store.rows()] == ["t/a", "t/b", "t/c"]
+    assert m["dropped"] == {"corrupt_image": 1, "missing_at_fetch": 1, "unlabeled": 1}
+    assert (m["boxes_in"], m["boxes_out"], m["boxes_clamped"],
+            m["boxes_dropped_degenerate"]) == (3, 2, 1, 1)
+    a, b, c = store.rows()
+    assert a.boxes == [{"label": "deer", "x": 0.0, "y": 10.0, "w": 50.0, "h": 90.0}]
+    # Metadata said 50x100 but the file is 100x200: boxes scale with the real size.
+    assert (b.width, b.height) == (100, 200) and m["size_mismatch"] == 1
+    assert b.boxes == [{"label": "cougar", "x": 20.0, "y": 20.0, "w": 40.0, "h": 80.0}]
+    assert (b.labels, b.label_ids) == (["deer", "cougar"], [0, 1])
+    assert c.label_ids == [2] and m["classes"] == {"deer": 2, "cougar": 1, "empty": 1}
+    assert store.read("t/a") == fetched.read("t/a")
+
+
+def test_fit_modes():
+    assert fit((200, 100), (100, 100), "stretch") == (0.5, 1.0, (100, 100), (0, 0))
+    assert fit((200, 100), (100, 100), "pad") == (0.5, 0.5, (100, 50), (0, 25))
+    assert fit((200, 100), (100, 100), "crop") == (1.0, 1.0, (200, 100), (-50, 0))
+
+
+@pytest.mark.parametrize("aspect", ["pad", "stretch", "crop"])
+def test_export_npz_loads_with_plain_numpy_and_is_deterministic(fetched, tmp_path, aspect):
+    store, _ = cleaned(fetched, tmp_path)
+    cfg = {"height": 32, "width": 48, "aspect": aspect, "items_per_shard": 2}
+    m1 = export(store, NAMES, cfg, tmp_path / "npz1")
+    export(store, NAMES, cfg, tmp_path / "npz2")
+    files = sorted(p.name for p in (tmp_path / "npz1").iterdir())
+    assert files == ["shard-00000.npz", "shard-00001.npz"] and m1["items"] == 3
+    for name in files:
+        assert (tmp_path / "npz1" / name).read_bytes() == (tmp_path / "npz2" / name).read_bytes()
+    z = np.load(tmp_path / "npz1" / "shard-00000.npz", allow_pickle=False)
+    assert z["X"].shape == (2, 32, 48, 3) and z["X"].dtype == np.uint8
+    assert list(z["ids"]) == ["t/a", "t/b"] and list(z["classes"]) == NAMES
+    assert list(z["y"]) == [0, 0] and z["labels"].tolist() == [[1, 0, 0], [1, 1, 0]]
+    assert z["box_offsets"].tolist() == [0, 1, 2] and z["box_labels"].tolist() == [0, 1]
+    boxes = z["boxes"]
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 48 + 1e-4).all()
+    assert (boxes[:, 1] >= 0).all() and (boxes[:, 1] + boxes[:, 3] <= 32 + 1e-4).all()
+    if aspect == "pad":
+        # 200x100 -> 48x24 centred at y=4; box (0,10,50,90) clamps to the image band.
+        np.testing.assert_allclose(boxes[0], [0, 4 + 10 * 0.24, 50 * 0.24, 24 - 10 * 0.24],
+                                   atol=1e-4)
+        assert z["X"][0, 0, 0].tolist() == [0, 0, 0]  # padding
+        assert z["X"][0, 16, 24, 0] > 150  # the red image
+    if aspect == "stretch":
+        np.testing.assert_allclose(boxes[0], [0, 3.2, 12, 28.8], atol=1e-4)
+
+
+def test_folder_exports(fetched, tmp_path):
+    store, _ = cleaned(fetched, tmp_path)
+    assert export_folders(store, tmp_path / "classes", "classes") == 3
+    by_class = {p.parent.name for p in (tmp_path / "classes").rglob("*.jpg")}
+    assert by_class == {"deer", "cougar", "empty"}
+    assert len(list((tmp_path / "classes" / "deer").iterdir())) == 2
+    export_folders(store, tmp_path / "voc", "voc")
+    images = sorted((tmp_path / "voc" / "JPEGImages").iterdir())
+    xmls = sorted((tmp_path / "voc" / "Annotations").iterdir())
+    assert [p.stem for p in images] == [p.stem for p in xmls]
+    doc = etree.parse(str(xmls[0]))
+    assert doc.findtext("size/width") == "200"
+    assert doc.findtext("object/name") == "deer"
+    assert doc.findtext("object/bndbox/xmin") == "1"
+    assert doc.findtext("object/bndbox/ymax") == "100"
+    assert images[0].read_bytes() == store.read("t/a")

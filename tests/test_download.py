@@ -1,0 +1,175 @@
+"""The downloader against a real HTTP server on loopback that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from stages.download import Config, Downloader, check_structure, parse_retry_after
+
+FAST = dict(backoff=0.01, backoff_max=0.05, read_timeout=5.0, connect_timeout=2.0)
+
+
+def images(standin_root, n=None):
+    files = json.loads((standin_root / "_datasets.json").read_text())[0]["files"]
+    rels = sorted(r for r in files if r.endswith(".jpg"))
+    return {r: files[r] for r in rels[:n]}
+
+
+def url(server, rel):
+    return f"{server.url}/gcp/{rel}"
+
+
+def make(tmp_path, retries=3, sleeps=None, **kw):
+    cfg = Config(retries=retries, **{**FAST, **kw})
+    sleep = sleeps.append if sleeps is not None else (lambda s: None)
+    return Downloader(cfg, tmp_path / "cache", ledger_name="t", sleep=sleep)
+
+
+def assert_cache_sound(dl):
+    """Every object in the cache is whole: its name is its content's sha256."""
+    for obj in dl.objects.rglob("*"):
+        if obj.is_file():
+            assert hashlib.sha256(obj.read_bytes()).hexdigest() == obj.name
+    assert not list(dl.tmp.iterdir()), "a part file was left behind"
+
+
+def test_plain_download_is_verified_and_recorded(tmp_path, server, standin_root):
+    want = images(standin_root, 10)
+    dl = make(tmp_path)
+    res = dl.fetch_all([url(server, r) for r in want])
+    for rel, sha in want.items():
+        r = res[url(server, rel)]
+        assert (r.status, r.sha256, r.attempts) == ("ok", sha, 1)
+        assert dl.object_path(sha).stat().st_size == r.bytes
+    assert dl.ledger.get(url(server, next(iter(want)))).status == "ok"
+    assert_cache_sound(dl)
+
+
+@pytest.mark.parametrize(
+    "actions, reason",
+    [
+        ([500, 503], "http"),
+        (["truncate", "truncate"], "truncated"),
+        (["reset", "reset"], "connection"),
+        ([502, "truncate"], "truncated"),
+    ],
+)
+def test_transient_faults_are_retried_until_ok(tmp_path, server, standin_root, actions, reason):
+    rel, sha = next(iter(images(standin_root, 1).items()))
+    server.faults.add(rel, actions)
+    dl = make(tmp_path)
+    res = dl.fetch(url(server, rel))
+    assert (res.status, res.sha256, res.attempts) == ("ok", sha, len(actions) + 1)
+    assert server.faults.pending() == 0
+    assert_cache_sound(dl)
+
+
+def test_stalled_response_times_out_and_is_retried(tmp_path, server, standin_root):
+    rel, sha = next(iter(images(standin_root, 1).items()))
+    server.faults.add(rel, ["stall:3"])
+    dl = make(tmp_path, read_timeout=0.3)
+    res = dl.fetch(url(server, rel))
+    assert (res.status, res.sha256, res.attempts) == ("ok", sha, 2)
+
+
+def test_429_honours_retry_after(tmp_path, server, standin_root):
+    rel, _ = next(iter(images(standin_root, 1).items()))
+    server.faults.add(rel, [("429", 7), ("429", 500)])
+    sleeps = []
+    dl = make(tmp_path, sleeps=sleeps, retry_after_max=60)
+    assert dl.fetch(url(server, rel)).status == "ok"
+    assert sleeps == [7.0, 60.0]  # the server's value, capped by retry_after_max
+
+
+def test_exhausted_retries_fail_transiently_and_resume_next_run(tmp_path, server, standin_root):
+    rel, sha = next(iter(images(standin_root, 1).items()))
+    server.faults.add(rel, ["truncate"] * 3)
+    dl = make(tmp_path, retries=2)
+    res = dl.fetch(url(server, rel))
+    assert res.status == "failed" and res.transient and "truncated" in res.reason
+    assert_cache_sound(dl)
+    assert not any(p.is_file() for p in dl.objects.rglob("*"))
+    dl.close()
+    # The next run tries again and completes.
+    dl = make(tmp_path, retries=2)
+    res = dl.fetch(url(server, rel))
+    assert (res.status, res.sha256) == ("ok", sha)
+
+
+@pytest.mark.parametrize("action, status", [(404, "missing"), (410, "missing"),
+                                            ("corrupt", "corrupt")])
+def test_permanent_failures_are_recorded_not_retried(tmp_path, server, standin_root, action,
+                                                     status):
+    rel, _ = next(iter(images(standin_root, 1).items()))
+    server.faults.set_default(rel, action)
+    dl = make(tmp_path)
+    res = dl.fetch(url(server, rel))
+    assert res.status == status and res.attempts == 1 and not res.transient
+    assert_cache_sound(dl)
+    assert not any(p.is_file() for p in dl.objects.rglob("*"))
+    seen = server.requests[f"/gcp/{rel}"]
+    dl.close()
+    again = make(tmp_path).fetch(url(server, rel))
+    assert again.status == status
+    assert server.requests[f"/gcp/{rel}"] == seen, "a permanent failure was re-requested"
+    server.faults.clear()
+    forced = make(tmp_path, retry_permanent=True).fetch(url(server, rel))
+    assert forced.status == "ok"
+
+
+def test_many_faults_at_once_leave_zero_corrupt_items(tmp_path, server, standin_root):
+    want = images(standin_root)
+    rels = list(want)
+    plan = {0: [500], 1: ["truncate"], 2: ["reset"], 3: [("429", 0)], 4: [404], 5: ["corrupt"],
+            6: ["stall:2"], 7: [503, 503, 503, 503, 503, 503]}
+    for i, actions in plan.items():
+        if actions in ([404], ["corrupt"]):
+            server.faults.set_default(rels[i], actions[0])
+        else:
+            server.faults.add(rels[i], actions)
+    dl = make(tmp_path, retries=3, read_timeout=0.5, workers=8)
+    res = dl.fetch_all([url(server, r) for r in rels])
+    status = {r: res[url(server, r)].status for r in rels}
+    assert status[rels[4]] == "missing" and status[rels[5]] == "corrupt"
+    assert status[rels[7]] == "failed"
+    assert all(status[r] == "ok" for i, r in enumerate(rels) if i not in (4, 5, 7))
+    for r in rels:
+        if status[r] == "ok":
+            assert res[url(server, r)].sha256 == want[r]
+    assert_cache_sound(dl)
+    ledger = {r: dl.ledger.get(url(server, r)).status for r in rels}
+    assert ledger == status
+
+
+def test_token_goes_on_the_wire_but_not_in_the_ledger(tmp_path, standin_root):
+    from stages.standin import LilaStandin
+
+    token = "sv=2020&sig=s3cr3t-token"
+    rel, sha = next(iter(images(standin_root, 1).items()))
+    with LilaStandin(standin_root, token=token) as srv:
+        dl = make(tmp_path)
+        denied = dl.fetch(f"{srv.url}/gcp/{rel}")
+        assert (denied.status, denied.reason) == ("failed", "http 403")
+        dl.close()
+        dl = Downloader(Config(**FAST), tmp_path / "cache", ledger_name="t",
+                        url_suffix="?" + token)
+        assert dl.fetch(f"{srv.url}/gcp/{rel}").sha256 == sha
+        dl.close()
+    raw = (tmp_path / "cache" / "t.sqlite").read_bytes()
+    wal = tmp_path / "cache" / "t.sqlite-wal"
+    raw += wal.read_bytes() if wal.exists() else b""
+    assert b"s3cr3t" not in raw
+
+
+def test_structure_checks():
+    assert check_structure("jpeg", b"\xff\xd8\xff\xe0", b"....\xff\xd9") is None
+    assert "EOI" in check_structure("jpeg", b"\xff\xd8\xff\xe0", b"......")
+    assert "SOI" in check_structure("jpeg", b"<html>", b"\xff\xd9")
+    assert check_structure("png", b"\x89PNG\r\n\x1a\nxxxx", b"\0\0\0\0IEND\xaeB`\x82") is None
+    assert "IEND" in check_structure("png", b"\x89PNG\r\n\x1a\nxxxx", b"abcdef")
+    assert parse_retry_after("12") == 12.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert parse_retry_after("soon") is None

@@ -1,0 +1,190 @@
+"""End to end with real DVC: repro, conf edits, experiments, push/clone/pull, crashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stages.store import Store
+from tests.conftest import BIN, git, make_project
+
+pytestmark = pytest.mark.slow
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Map every file under root to its sha256."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".gitignore" not in p.name
+    }
+
+
+def ran(proc) -> list[str]:
+    """Return the stages a dvc repro/exp run actually ran."""
+    out = proc.stdout + proc.stderr
+    return sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running"))
+
+
+def test_build_push_clone_pull(project, tmp_path, standin_root):
+    proc = project.dvc("repro")
+    assert ran(proc) == ["clean-annotations@lila", "compose", "export-npz@lila", "fetch@lila"]
+    data = project.path / "data" / "lila"
+    fetch = json.loads((data / "metrics" / "fetch.json").read_text())
+    assert fetch["ok"] == fetch["items"] > 0 and fetch["failed"] == 0
+    # Every fetched payload is the byte-identical source file.
+    files = json.loads((standin_root / "_datasets.json").read_text())[0]["files"]
+    store = Store(data / "fetch")
+    for row, payload in store.iter_payloads():
+        rel = "nacti-unzipped/" + row.meta["file_name"]
+        assert hashlib.sha256(payload).hexdigest() == files[rel] == row.sha256
+    npz = np.load(data / "npz" / "shard-00000.npz")  # plain numpy, no pickle
+    assert npz["X"].shape[1:] == (224, 224, 3) and npz["X"].dtype == np.uint8
+    assert len(npz["y"]) == len(npz["ids"]) == json.loads(
+        (data / "metrics" / "clean.json").read_text())["items_out"]
+    assert npz["box_offsets"][-1] == len(npz["boxes"]) == len(npz["box_labels"])
+
+    project.dvc("push")
+    project.git("add", "-A")
+    project.git("commit", "-qm", "build")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(project.path), str(clone))
+    other = type(project)(clone, tmp_path / "other-cache")
+    other.dvc("pull")
+    assert tree_digest(clone / "data") == tree_digest(project.path / "data")
+    status = other.dvc("status")
+    assert "up to date" in status.stdout
+    again = other.dvc("repro")
+    assert ran(again) == []
+
+
+def test_conf_edits_rerun_exactly_the_changed_stages(project):
+    project.dvc("repro")
+    project.set_conf("conf/export/default.yaml", "height: 224", "height: 64")
+    assert ran(project.dvc("repro")) == ["compose", "export-npz@lila"]
+    npz = np.load(project.path / "data/lila/npz/shard-00000.npz")
+    assert npz["X"].shape[1:3] == (64, 224)
+    project.set_conf("conf/clean/default.yaml", "min_box_size: 2.0", "min_box_size: 400.0")
+    assert ran(project.dvc("repro")) == ["clean-annotations@lila", "compose", "export-npz@lila"]
+    project.set_conf("conf/source/lila.yaml", "cap: null", "cap: 4")
+    assert ran(project.dvc("repro")) == [
+        "clean-annotations@lila", "compose", "export-npz@lila", "fetch@lila"]
+    assert json.loads((project.path / "data/lila/metrics/fetch.json").read_text())["items"] <= 28
+    # A comment-only edit changes no setting: only compose runs.
+    project.set_conf("conf/export/default.yaml", "# export-npz settings.", "# npz settings.")
+    assert ran(project.dvc("repro")) == ["compose"]
+
+
+def test_experiments_and_metrics(project):
+    project.dvc("repro")
+    project.git("add", "-A")
+    project.git("commit", "-qm", "baseline")
+    project.dvc("exp", "run", "-n", "cap3", "-S", "conf/source/lila.yaml:cap=3")
+    show = json.loads(project.dvc("exp", "show", "--json").stdout)
+    exps = [e for rev in show for e in (rev.get("experiments") or [])]
+    cap3 = [e for e in exps if e.get("name") == "cap3"][0]["revs"][0]["data"]
+    assert cap3["params"]["params.yaml"]["data"]["sources"]["lila"]["cap"] == 3
+    fetched = cap3["metrics"]["data/lila/metrics/fetch.json"]["data"]
+    # Each class contributes at most 3 picks, `empty` its own cap of 8 (conf caps.empty);
+    # multi-label images may count in two classes.
+    assert fetched["items"] <= 3 * (len(fetched["classes"]) - 1) + 8
+    assert sum(fetched["selection"]["capped"].values()) > 0
+    # The workspace holds the experiment's results: metrics diff against the baseline.
+    diff = json.loads(project.dvc("metrics", "diff", "--json").stdout)
+    assert diff["data/lila/metrics/fetch.json"]["items"]["new"] < diff[
+        "data/lila/metrics/fetch.json"]["items"]["old"]
+    plots = project.dvc("plots", "diff", "--json", "HEAD").stdout
+    assert "cls" in plots and "bar_horizontal" in plots or "cls" in plots
+    # Editing params.yaml directly is refused, never silently overwritten.
+    bad = project.dvc("exp", "run", "-S", "sources.lila.cap=2", check=False)
+    assert "edited by hand" in bad.stdout + bad.stderr
+
+
+def test_bad_settings_fail_clearly(project):
+    project.set_conf("conf/source/lila.yaml", "  - cougar\n", "  - cougr\n")
+    proc = project.dvc("repro", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "unknown class name(s): 'cougr' (close: cougar" in out
+    assert "Traceback" not in out
+    assert not (project.path / "data/lila/fetch").exists()
+
+
+def kill_during(project, delay: float) -> None:
+    """Start `dvc repro` and SIGKILL its whole process group after `delay` seconds."""
+    proc = subprocess.Popen(
+        [str(BIN / "dvc"), "repro"], cwd=project.path, env=project.env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("delay", [0.8, 1.6, 2.6])
+def test_sigkill_then_rerun_is_byte_identical(tmp_path, server, delay):
+    # Slow half of the images down (429 + Retry-After) so kills land mid-download.
+    slow = "nacti-unzipped/part[01]/*"
+    ref = make_project(tmp_path / "ref", tmp_path / "ref-cache", server.index_url)
+    ref.dvc("repro")
+    server.faults.add(slow, [("429", 0.15), "ok"] * 40)  # each 429 is honoured, then served
+    proj = make_project(tmp_path / "crash", tmp_path / "crash-cache", server.index_url)
+    proj.set_conf("conf/fetch/default.yaml", "workers: 16", "workers: 2")
+    ref.set_conf("conf/fetch/default.yaml", "workers: 16", "workers: 2")
+    kill_during(proj, delay)
+    ledger = tmp_path / "crash-cache" / "ledger-lila.sqlite"
+    done = 0
+    if ledger.exists():
+        with sqlite3.connect(ledger) as db:
+            done = db.execute("SELECT count(*) FROM results WHERE status='ok'").fetchone()[0]
+    server.faults.clear()
+    proj.dvc("repro")
+    ref.dvc("repro")  # the workers edit re-runs the reference too
+    assert tree_digest(proj.path / "data") == tree_digest(ref.path / "data")
+    lock = yaml.safe_load((proj.path / "dvc.lock").read_text())
+    assert lock == yaml.safe_load((ref.path / "dvc.lock").read_text())
+    assert not list((tmp_path / "crash-cache" / "tmp").glob("*.part"))
+    assert not list((proj.path / "data").rglob("*.part"))
+    print(f"killed after {delay}s with {done} downloads recorded")
+
+
+def test_secret_never_reaches_params_lock_logs_or_git(tmp_path, standin_root, monkeypatch):
+    from stages.standin import LilaStandin
+
+    import secrets
+
+    sig = secrets.token_hex(16)  # random, so no file in the project can contain it by chance
+    secret = f"sv=2034-01-01&sig={sig}"
+    with LilaStandin(standin_root, token=secret) as srv:
+        proj = make_project(tmp_path / "repo", tmp_path / "cache", srv.index_url)
+        proj.set_conf("conf/source/lila.yaml", "sas_token_env: null",
+                      "sas_token_env: LILA_SAS_TOKEN")
+        missing = proj.dvc("repro", check=False)
+        assert missing.returncode != 0 and "LILA_SAS_TOKEN, which is not set" in missing.stderr
+        env = {**proj.env, "LILA_SAS_TOKEN": secret}
+        proc = proj.dvc("repro", "-v", env=env)
+        proj.dvc("push", env=env)
+        proj.git("add", "-A")
+        proj.git("commit", "-qm", "built with a token")
+    logs = proc.stdout + proc.stderr
+    assert "Running stage 'fetch@lila'" in logs
+    fetch = json.loads((proj.path / "data/lila/metrics/fetch.json").read_text())
+    assert fetch["ok"] == fetch["items"] > 0
+    needles = [secret, sig]
+    assert not any(n in logs for n in needles)
+    for path in [*proj.path.rglob("*"), *(tmp_path / "cache").rglob("*")]:
+        if path.is_file() and ".git/" not in str(path):
+            blob = path.read_bytes()
+            assert not any(n.encode() in blob for n in needles), path
+    history = proj.run("git", "log", "-p", "--all").stdout
+    assert not any(n in history for n in needles)
