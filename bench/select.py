@@ -138,9 +138,7 @@ def run_ours(path: str) -> int:
         "byte_budget": None,
         "est_bytes_per_image": 400_000,
     }
-    with open(path, "rb") as fp:
-        meta = lila.read_metadata(fp, max_bytes=8_000_000_000)
-    sel = lila.select(meta, cfg)
+    meta, sel = lila.read_metadata(Path(path), cfg, max_bytes=8_000_000_000)
     rows = lila.build_rows(meta, sel, cfg, "https://example.org/nacti-unzipped", "lila")
     return len(rows)
 

@@ -52,7 +52,7 @@ def summary_table() -> str:
         head = f"{'class':<24}{'available':>10}{'selected':>10}{'fetched':>10}{'clean':>8}"
         head += f"{'exported':>10}"
         lines += [f"source {source}: {sel.get('dataset', '')}", head, "-" * len(head)]
-        for name in m["fetch"].get("classes", {}):
+        for name in params["sources"][source].get("classes") or m["fetch"].get("classes", {}):
             lines.append(
                 f"{name:<24}{sel.get('available', {}).get(name, 0):>10}"
                 f"{sel.get('selected', {}).get(name, 0):>10}"

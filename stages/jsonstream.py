@@ -52,6 +52,7 @@ def iter_document(
     max_bytes: int | None = None,
     batch_chars: int = DEFAULT_BATCH_CHARS,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    exact_integers: bool = True,
 ) -> Iterator[tuple[str, Kind, Any]]:
     """Yield (key, kind, payload) for each top-level key of a JSON object read from binary `fp`.
 
@@ -60,8 +61,10 @@ def iter_document(
     `stream_keys`; a streamed array yields zero or more batches, in order.
 
     `fp` only needs ``read(n)``; it is read `block_bytes` at a time and `batch_chars` bounds the
-    text decoded per batch. Input problems raise MetadataError as they are reached, so the
-    document is only fully validated (including trailing data) once the iterator is exhausted.
+    text decoded per batch. With `exact_integers` false, integers beyond 64 bits may decode as
+    floats (orjson's behaviour); skipping the check that routes them to json is ~2x faster for
+    callers that validate their integer fields anyway. Input problems raise MetadataError as
+    they are reached, so the document is only fully validated (including trailing data) once the iterator is exhausted.
     """
     if isinstance(stream_keys, str):
         raise TypeError("stream_keys must be a collection of keys, not a single string")
@@ -102,7 +105,7 @@ def iter_document(
                         f"at character {reader.offset}"
                     )
                 reader.pos += 1
-                for batch in _iter_array(reader, batch_chars):
+                for batch in _iter_array(reader, batch_chars, exact_integers):
                     yield key, "batch", batch
             else:
                 reader.peek()
@@ -121,7 +124,7 @@ def iter_document(
         )
 
 
-def _iter_array(reader: _Reader, batch_chars: int) -> Iterator[list[Any]]:
+def _iter_array(reader: _Reader, batch_chars: int, exact: bool) -> Iterator[list[Any]]:
     """Yield batches of the elements of the array whose '[' was just consumed."""
     c = reader.peek()
     if c == "]":
@@ -132,7 +135,7 @@ def _iter_array(reader: _Reader, batch_chars: int) -> Iterator[list[Any]]:
         reader.ensure(batch_chars)
         buf, start = reader.buf, reader.pos
         stop = min(len(buf), start + batch_chars)
-        found = _decode_region(buf, start, stop)
+        found = _decode_region(buf, start, stop, exact)
         if found is not None:
             batch, reader.pos, closed = found
             yield batch
@@ -160,7 +163,9 @@ def _iter_array(reader: _Reader, batch_chars: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _decode_region(buf: str, start: int, stop: int) -> tuple[list[Any], int, bool] | None:
+def _decode_region(
+    buf: str, start: int, stop: int, exact: bool = True
+) -> tuple[list[Any], int, bool] | None:
     """Decode whole elements from buf[start:stop] at a cheap cut: (elements, resume, closed)."""
     # Cuts are tried from the end of the region so that a batch is as large as allowed. A string
     # containing "}, {" can fake an object boundary, so a few earlier ones are tried too.
@@ -169,7 +174,7 @@ def _decode_region(buf: str, start: int, stop: int) -> tuple[list[Any], int, boo
         split = _last_object_split(buf, start, end)
         if split is None:
             break
-        batch = _decode_elements(buf, start, split.start() + 1)
+        batch = _decode_elements(buf, start, split.start() + 1, exact)
         if batch is not None:
             return batch, split.end() - 1, False
         end = split.start()
@@ -178,7 +183,7 @@ def _decode_region(buf: str, start: int, stop: int) -> tuple[list[Any], int, boo
         # outside strings and nested arrays.
         comma = buf.rfind(",", start, stop)
         if comma > start:
-            batch = _decode_elements(buf, start, comma)
+            batch = _decode_elements(buf, start, comma, exact)
             if batch is not None:
                 return batch, comma + 1, False
     # The array may end inside this region, with later keys making the cuts above invalid. json
@@ -201,13 +206,13 @@ def _last_object_split(buf: str, start: int, stop: int) -> re.Match[str] | None:
     return None
 
 
-def _decode_elements(buf: str, start: int, stop: int) -> list[Any] | None:
+def _decode_elements(buf: str, start: int, stop: int, exact: bool = True) -> list[Any] | None:
     """Decode buf[start:stop] as a sequence of array elements, or return None if it is not one."""
     # If the cut is not an element boundary of the enclosing array (inside a string or a nested
     # value), the bracketed text is never valid JSON, so a successful decode is always exact.
     text = "".join(("[", buf[start:stop], "]"))
     data = text.encode()
-    if data.translate(_NUMBER_SHAPES).find(_LONG_INTEGER) < 0:
+    if not exact or data.translate(_NUMBER_SHAPES).find(_LONG_INTEGER) < 0:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

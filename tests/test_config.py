@@ -81,3 +81,28 @@ def test_hand_edit_of_params_is_detected(tmp_path):
         write_params(conf, params)
     assert write_params(conf, params, force=True)
     assert yaml.safe_load(params.read_text())["export"]["height"] == 96
+
+
+def test_stage_entries_refuse_stale_params(tmp_path):
+    from stages.params import load_params
+
+    conf = copy_conf(tmp_path)
+    params = tmp_path / "params.yaml"
+    write_params(conf, params)
+    assert load_params(params, conf)["export"]["height"] == 224
+    p = conf / "export" / "default.yaml"
+    p.write_text(p.read_text().replace("height: 224", "height: 96"))
+    with pytest.raises(ConfigError, match="stale"):
+        load_params(params, conf)
+
+
+def test_changing_the_set_of_sources_asks_for_a_second_run(tmp_path):
+    conf = copy_conf(tmp_path)
+    params = tmp_path / "params.yaml"
+    write_params(conf, params)
+    p = conf / "source" / "lila.yaml"
+    p.write_text(p.read_text().replace("enabled: true", "enabled: false"))
+    with pytest.raises(ConfigError, match="run `dvc repro` again"):
+        write_params(conf, params)
+    assert yaml.safe_load(params.read_text())["pipeline"] == {}  # written all the same
+    assert not write_params(conf, params)

@@ -214,3 +214,14 @@ def test_rows_carry_boxes_sizes_and_metadata():
                       "datetime": "2012-05-04 10:22:31"}
     assert rows["img0005"].status == "corrupt"
     assert "img0000" not in rows  # empty is not among these classes
+
+
+def test_integer_ids_from_older_datasets():
+    d = doc(12)
+    for i, im in enumerate(d["images"]):
+        im["id"] = 1000 + i
+    for i, a in enumerate(d["annotations"]):
+        a["image_id"] = 1000 + i
+    rows = rows_of(d, cfg(cap=2))
+    assert len(rows) == 8 and all(r.source_id.isdigit() for r in rows)
+    assert rows[0].item_id == f"T/{rows[0].source_id}"

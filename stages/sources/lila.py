@@ -136,6 +136,7 @@ class Metadata:
     categories: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     n_images: int = 0
+    n_annotations: int = 0
     ann_image: list[str] = field(default_factory=list)
     ann_cat: list[int] = field(default_factory=list)
     ann_box: dict[int, tuple[str, list]] = field(default_factory=dict)  # index -> (kind, box)
@@ -151,23 +152,31 @@ def _stream(source):
     return open(source, "rb")
 
 
-def _add_annotations(meta: Metadata, batch: list) -> None:
-    """Append a batch of annotations as (image id, category id) plus sparse boxes."""
+def _add_annotations(meta: Metadata, batch: list, wanted: set | None) -> None:
+    """Append a batch of annotations (of wanted categories, if known) plus sparse boxes."""
     base = len(meta.ann_image)
+    meta.n_annotations += len(batch)
     try:
+        if wanted is not None:
+            # Categories came first (as in NACTI): keep only what selection can use.
+            batch = [d for d in batch if d["category_id"] in wanted]
         meta.ann_image.extend([d["image_id"] for d in batch])
         meta.ann_cat.extend([d["category_id"] for d in batch])
         boxed = [(i, d) for i, d in enumerate(batch) if "bbox" in d or "bbox_relative" in d]
     except (KeyError, TypeError) as exc:
-        raise MetadataError(f"an annotation lacks image_id/category_id or is not an object: "
-                            f"{exc}") from None
+        raise MetadataError(
+            f"an annotation lacks image_id/category_id or is not an object: {exc}"
+        ) from None
     for i, d in boxed:
         kind = "bbox" if d.get("bbox") is not None else "bbox_relative"
         box = d.get(kind)
         if box is None:
             continue
-        if (not isinstance(box, list) or len(box) != 4
-                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)):
+        if (
+            not isinstance(box, list)
+            or len(box) != 4
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+        ):
             raise MetadataError(f"{kind} must be [x, y, width, height] numbers, got {box!r}")
         meta.ann_box[base + i] = (kind, box)
 
@@ -175,12 +184,15 @@ def _add_annotations(meta: Metadata, batch: list) -> None:
 def _take_images(meta: Metadata, batch: list, wanted: set[str]) -> None:
     """Keep the records of wanted images from a batch."""
     try:
-        hits = [d for d in batch if d["id"] in wanted]
+        if all(type(d["id"]) is str for d in batch[:1]):  # noqa: E721
+            hits = [d for d in batch if d["id"] in wanted]
+        else:  # older datasets use int ids; annotations were normalised to str
+            hits = [d for d in batch if str(d["id"]) in wanted]
     except (KeyError, TypeError):
         bad = next(d for d in batch if not isinstance(d, dict) or "id" not in d)
         raise MetadataError(f"an image lacks an id or is not an object: {bad!r:.200}") from None
     for d in hits:
-        meta.images[d["id"]] = d
+        meta.images[str(d["id"])] = d
 
 
 @contextlib.contextmanager
@@ -213,8 +225,12 @@ def _read_metadata(source, cfg: dict, max_bytes: int | None) -> tuple[Metadata, 
     seen: set[str] = set()
     images_done = False
     current = None
+    wanted_cats: set | None = None
     for key, kind, payload in iter_document(
-        _stream(source), {"images", "annotations"}, max_bytes=max_bytes
+        _stream(source),
+        {"images", "annotations"},
+        max_bytes=max_bytes,
+        exact_integers=False,  # ids/sizes are checked for type below
     ):
         if key != current:
             if current is not None:
@@ -228,11 +244,16 @@ def _read_metadata(source, cfg: dict, max_bytes: int | None) -> tuple[Metadata, 
                 _take_images(meta, payload, sel.wanted)
                 images_done = True
         elif key == "annotations" and kind == "batch":
-            _add_annotations(meta, payload)
+            _add_annotations(meta, payload, wanted_cats)
         elif key == "categories" and kind == "value":
             if not isinstance(payload, list) or not all(isinstance(c, dict) for c in payload):
                 raise MetadataError("categories must be a list of objects")
             meta.categories = payload
+            if not payload:
+                raise MetadataError("metadata has no categories")
+            if not meta.ann_image:
+                cat_map = match_classes(payload, classes(cfg))
+                wanted_cats = set().union(*cat_map.values())
         elif key == "info" and kind == "value":
             meta.info = payload if isinstance(payload, dict) else {}
         elif key in ("images", "annotations") and kind == "value":
@@ -244,7 +265,10 @@ def _read_metadata(source, cfg: dict, max_bytes: int | None) -> tuple[Metadata, 
     if not images_done and sel.wanted:
         in_images = False
         for key, kind, payload in iter_document(
-            _stream(source), {"images", "annotations"}, max_bytes=max_bytes
+            _stream(source),
+            {"images", "annotations"},
+            max_bytes=max_bytes,
+            exact_integers=False,  # ids/sizes are checked for type below
         ):
             if key == "images":
                 in_images = True
@@ -287,9 +311,15 @@ def match_classes(categories: list[dict], wanted: list[str]) -> dict[str, set[in
     return out
 
 
-def rank_key(seed: int, image_id: str) -> bytes:
-    """Rank an image inside its class by a seeded hash of its id (stable as data grows)."""
-    return hashlib.blake2b(f"{seed}:{image_id}".encode(), digest_size=8).digest()
+def ranker(seed: int):
+    """Return a sort key ranking images by a seeded hash of their id (stable as data grows)."""
+    blake, key = hashlib.blake2b, seed.to_bytes(8, "big", signed=True)
+
+    def rank(image_id: str) -> bytes:
+        raw = image_id.encode()
+        return blake(raw, digest_size=8, key=key).digest() + raw  # the id breaks ties
+
+    return rank
 
 
 @dataclass
@@ -319,7 +349,7 @@ def select(meta: Metadata, cfg: dict) -> Selection:
     for name in names:
         if any(not isinstance(i, str) for i in per_class[name]):
             per_class[name] = {str(i) for i in per_class[name]}  # old sets used int ids
-    seed = int(cfg.get("seed") or 0)
+    rank = ranker(int(cfg.get("seed") or 0))
     caps = {str(k).lower(): v for k, v in (cfg.get("caps") or {}).items()}
     unknown_caps = set(caps) - {n.lower() for n in names}
     if unknown_caps:
@@ -334,9 +364,9 @@ def select(meta: Metadata, cfg: dict) -> Selection:
         if cap is None and budget is None:
             ids = sorted(pool)  # everything is taken: no ranking needed
         elif cap is not None and int(cap) < len(pool):
-            ids = heapq.nsmallest(int(cap), pool, key=lambda i: (rank_key(seed, i), i))
+            ids = heapq.nsmallest(int(cap), pool, key=rank)
         else:
-            ids = sorted(pool, key=lambda i: (rank_key(seed, i), i))
+            ids = sorted(pool, key=rank)
         stats["capped"][name] = len(pool) - len(ids)
         ranked[name] = ids
     # Byte budget: take images round-robin by rank so every class gets its fair prefix.
@@ -367,8 +397,11 @@ def select(meta: Metadata, cfg: dict) -> Selection:
     # Labels come from every wanted annotation of a chosen image, not only the one that won it.
     labels: dict[str, list[str]] = {}
     for name in names:  # config order, so labels come out sorted by class id
-        hits = per_class[name] & chosen if len(chosen) < len(per_class[name]) else [
-            i for i in per_class[name] if i in chosen]
+        hits = (
+            per_class[name] & chosen
+            if len(chosen) < len(per_class[name])
+            else [i for i in per_class[name] if i in chosen]
+        )
         for image_id in hits:
             labels.setdefault(image_id, []).append(name)
         stats["selected"][name] = len(hits)
@@ -402,25 +435,40 @@ def _build_rows(meta: Metadata, sel: Selection, cfg: dict, base_url: str, source
         x, y, w, h = (float(v) for v in box)
         boxes.setdefault(image_id, []).append({"label": name, "x": x, "y": y, "w": w, "h": h})
     dataset = cfg["dataset"]
+    prefix, base = f"{dataset}/", f"{base_url}/"
+    images, labels, no_boxes = meta.images, sel.image_labels, []
     rows = []
     for image_id in sel.order:
-        im = meta.images[image_id]
-        if "file_name" not in im:
+        im = images[image_id]
+        name = im.get("file_name")
+        if name is None:
             raise MetadataError(f"image {image_id!r} lacks the required field 'file_name'")
-        rel = safe_relpath(im["file_name"])
-        width, height = _dim(im, "width"), _dim(im, "height")
-        extra = {k: str(im[k]) for k in ("location", "datetime", "seq_id") if im.get(k) is not None}
+        rel = safe_relpath(name)
+        width, height = im.get("width"), im.get("height")
+        if type(width) is not int or type(height) is not int:  # noqa: E721 - fast path
+            width, height = _dim(im, "width"), _dim(im, "height")
+        info = {"dataset": dataset, "file_name": rel}
+        for key in ("location", "datetime", "seq_id"):
+            value = im.get(key)
+            if value is not None:
+                info[key] = value if type(value) is str else str(value)  # noqa: E721
         row = Row(
-            item_id=f"{dataset}/{image_id}",
-            source=source,
-            source_id=str(image_id),
-            url=f"{base_url}/{rel}",
-            width=width,
-            height=height,
-            labels=sel.image_labels[image_id],
-            boxes=boxes.get(image_id, []),
-            status="pending",
-            meta={"dataset": dataset, "file_name": rel, **extra},
+            prefix + image_id,
+            source,
+            image_id,
+            base + rel,
+            None,
+            None,
+            width,
+            height,
+            labels[image_id],
+            None,
+            boxes.get(image_id, no_boxes),
+            "pending",
+            "",
+            None,
+            None,
+            info,
         )
         if im.get("corrupt"):
             row.status, row.reason = "corrupt", "marked corrupt in metadata"
@@ -467,12 +515,13 @@ def plan(cfg: dict, ctx: Context) -> Plan:
     stats = {
         "dataset": entry["name"],
         "metadata_images": meta.n_images,
-        "metadata_annotations": len(meta.ann_image),
+        "metadata_annotations": meta.n_annotations,
         **sel.stats,
     }
     log.info(
         "selected %d of %d images (%s)",
-        len(rows), meta.n_images,
+        len(rows),
+        meta.n_images,
         ", ".join(f"{k} {v}" for k, v in sel.stats["selected"].items()),
     )
     return Plan(rows, stats)
