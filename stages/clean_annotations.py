@@ -83,8 +83,9 @@ def clean(store: Store, names: list[str], cfg: dict) -> tuple[list[Row], dict]:
             dropped["unlabeled"] += 1
             continue
         counts["boxes_in"] += len(row.boxes)
-        row.boxes = [b for b in clean_boxes(row, width, height, min_size, counts)
-                     if b["label"] in ids]
+        row.boxes = [
+            b for b in clean_boxes(row, width, height, min_size, counts) if b["label"] in ids
+        ]
         counts["boxes_out"] += len(row.boxes)
         row.width, row.height = width, height
         row.labels = sorted(known, key=ids.__getitem__)
@@ -95,9 +96,17 @@ def clean(store: Store, names: list[str], cfg: dict) -> tuple[list[Row], dict]:
         "items_out": len(kept),
         "dropped": dict(sorted(dropped.items())),
         "dropped_total": sum(dropped.values()),
-        **{k: counts.get(k, 0) for k in (
-            "boxes_in", "boxes_out", "boxes_clamped", "boxes_dropped_degenerate",
-            "size_mismatch", "labels_unknown")},
+        **{
+            k: counts.get(k, 0)
+            for k in (
+                "boxes_in",
+                "boxes_out",
+                "boxes_clamped",
+                "boxes_dropped_degenerate",
+                "size_mismatch",
+                "labels_unknown",
+            )
+        },
         "classes": class_counts(kept, names),
         "class_ids": ids,
         "bytes": sum(r.bytes or 0 for r in kept),
@@ -124,8 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     write_manifest(args.out, rebase(rows, args.inp, args.out))
     write_json(args.metrics, metrics)
     write_plot(args.plot, metrics["classes"])
-    log.info("clean@%s: kept %d of %d (%s)", args.source, metrics["items_out"],
-             metrics["items_in"], ", ".join(f"{k} {v}" for k, v in metrics["dropped"].items()))
+    log.info(
+        "clean@%s: kept %d of %d (%s)",
+        args.source,
+        metrics["items_out"],
+        metrics["items_in"],
+        ", ".join(f"{k} {v}" for k, v in metrics["dropped"].items()),
+    )
     return 0
 
 

@@ -13,8 +13,8 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
-from stages.errors import ConfigError
 from stages.cli import run_main
+from stages.errors import ConfigError
 
 HEADER = "# Generated from conf/ by `python -m stages.compose`; edit conf/, not this file.\n"
 DIGEST_PREFIX = "# digest: "

@@ -21,9 +21,21 @@ N_IMAGES = 120
 def start_standin() -> subprocess.Popen:
     """Start the stand-in LILA server on the port conf/source/lila.yaml points at."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stages.standin", "serve", "--root", str(DEMO / "standin"),
-         "--port", str(PORT), "--generate", str(N_IMAGES)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "stages.standin",
+            "serve",
+            "--root",
+            str(DEMO / "standin"),
+            "--port",
+            str(PORT),
+            "--generate",
+            str(N_IMAGES),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     line = proc.stdout.readline()
     if "serving" not in line:

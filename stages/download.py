@@ -192,8 +192,15 @@ class Ledger:
         with self.lock:
             self.db.execute(
                 "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?)",
-                (res.url, res.status, res.reason, res.sha256, res.bytes, res.http_status,
-                 res.attempts),
+                (
+                    res.url,
+                    res.status,
+                    res.reason,
+                    res.sha256,
+                    res.bytes,
+                    res.http_status,
+                    res.attempts,
+                ),
             )
 
     def close(self) -> None:
@@ -358,8 +365,12 @@ class Downloader:
         urls = sorted(set(urls))
         results: dict[str, Result] = {}
         bar = tqdm(
-            total=len(urls), desc=desc, unit="item", disable=not sys.stderr.isatty(),
-            dynamic_ncols=True, smoothing=0.1,
+            total=len(urls),
+            desc=desc,
+            unit="item",
+            disable=not sys.stderr.isatty(),
+            dynamic_ncols=True,
+            smoothing=0.1,
         )
         start, nbytes = time.monotonic(), 0
         todo = []
@@ -384,8 +395,13 @@ class Downloader:
             counts[res.status] = counts.get(res.status, 0) + 1
         log.info(
             "%s: %d items (%s), %d new downloads, %.1f MB in %.1fs (%.1f items/s, %.1f MB/s)",
-            desc, len(urls), ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-            len(todo), nbytes / 1e6, elapsed, len(todo) / max(elapsed, 1e-9),
+            desc,
+            len(urls),
+            ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+            len(todo),
+            nbytes / 1e6,
+            elapsed,
+            len(todo) / max(elapsed, 1e-9),
             nbytes / 1e6 / max(elapsed, 1e-9),
         )
         return results

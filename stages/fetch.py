@@ -39,7 +39,12 @@ def fetch(
         dl.close()
     for row in pending:
         res = results[row.url]
-        row.status, row.reason, row.sha256, row.bytes = res.status, res.reason, res.sha256, res.bytes
+        row.status, row.reason, row.sha256, row.bytes = (
+            res.status,
+            res.reason,
+            res.sha256,
+            res.bytes,
+        )
     if out_dir.exists():
         shutil.rmtree(out_dir)  # DVC removes outputs too; never mix two runs' files
     rows = write_store(
@@ -81,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     write_plot(args.plot, metrics["classes"])
     log.info(
         "fetch@%s: %d ok, %d failed, %d missing, %d corrupt, %.1f MB",
-        args.source, metrics["ok"], metrics["failed"], metrics["missing"], metrics["corrupt"],
+        args.source,
+        metrics["ok"],
+        metrics["failed"],
+        metrics["missing"],
+        metrics["corrupt"],
         metrics["bytes"] / 1e6,
     )
     transient = metrics["failed"]

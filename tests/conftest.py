@@ -43,7 +43,10 @@ def git(cwd: Path, *args: str) -> str:
     """Run git quietly with a fixed identity."""
     out = subprocess.run(
         ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return out.stdout
 
@@ -52,7 +55,9 @@ def tracked_files() -> list[str]:
     """List the project's files as a fresh clone would have them (tracked + unignored)."""
     out = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=ROOT, check=True, capture_output=True,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     ).stdout.decode()
     return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
 
@@ -80,7 +85,11 @@ class Project:
     def run(self, *args: str, check: bool = True, env: dict | None = None, timeout=600):
         """Run a command in the project; return the CompletedProcess."""
         proc = subprocess.run(
-            list(args), cwd=self.path, env=env or self.env, capture_output=True, text=True,
+            list(args),
+            cwd=self.path,
+            env=env or self.env,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
         if check and proc.returncode != 0:

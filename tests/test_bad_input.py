@@ -39,13 +39,17 @@ def case_files(name: str, standin_root, server) -> tuple[str, dict[str, bytes], 
     doc = json.loads(good)
     meta = f"bad-{name}/meta.zip"
     if name == "index-ragged":
-        return "bad-index-ragged/index.csv", {
-            "bad-index-ragged/index.csv": b'name,metadata_url_gcp,image_base_url_gcp\n"x,y\n'
-        }, "index CSV"
+        return (
+            "bad-index-ragged/index.csv",
+            {"bad-index-ragged/index.csv": b'name,metadata_url_gcp,image_base_url_gcp\n"x,y\n'},
+            "index CSV",
+        )
     if name == "index-columns":
-        return "bad-index-columns/index.csv", {
-            "bad-index-columns/index.csv": b"dataset,url\nNACTI-demo,http://x\n"
-        }, "lacks column"
+        return (
+            "bad-index-columns/index.csv",
+            {"bad-index-columns/index.csv": b"dataset,url\nNACTI-demo,http://x\n"},
+            "lacks column",
+        )
     files = {f"bad-{name}/index.csv": index_csv(server, meta).encode()}
     if name == "json-malformed":
         files[meta] = zipped({"m.json": good[: len(good) // 2]})
@@ -73,8 +77,17 @@ def case_files(name: str, standin_root, server) -> tuple[str, dict[str, bytes], 
     return f"bad-{name}/index.csv", files, expect
 
 
-CASES = ["index-ragged", "index-columns", "json-malformed", "json-oversized", "zip-no-json",
-         "zip-traversal", "zip-garbage", "filename-dotdot", "filename-absolute"]
+CASES = [
+    "index-ragged",
+    "index-columns",
+    "json-malformed",
+    "json-oversized",
+    "zip-no-json",
+    "zip-traversal",
+    "zip-garbage",
+    "filename-dotdot",
+    "filename-absolute",
+]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -85,12 +98,23 @@ def test_bad_input_is_refused_cleanly(name, tmp_path, server, standin_root):
         (standin_root / rel).write_bytes(data)
     proj = make_project(tmp_path / "repo", tmp_path / "cache", f"{server.url}/gcp/{index_rel}")
     if name == "json-oversized":
-        proj.set_conf("conf/source/lila.yaml", "max_metadata_bytes: 8000000000",
-                      f"max_metadata_bytes: {len(good_metadata(standin_root)) + 1000}")
+        proj.set_conf(
+            "conf/source/lila.yaml",
+            "max_metadata_bytes: 8000000000",
+            f"max_metadata_bytes: {len(good_metadata(standin_root)) + 1000}",
+        )
         proj.compose()
     before = sorted(p for p in tmp_path.rglob("*") if "cache" not in p.parts)
-    proc = proj.run(sys.executable, "-m", "stages.fetch", "lila", "data/lila/fetch",
-                    "data/lila/metrics/fetch.json", "data/lila/plots/fetch.json", check=False)
+    proc = proj.run(
+        sys.executable,
+        "-m",
+        "stages.fetch",
+        "lila",
+        "data/lila/fetch",
+        "data/lila/metrics/fetch.json",
+        "data/lila/plots/fetch.json",
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
     assert err.startswith("error: ")

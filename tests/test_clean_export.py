@@ -33,16 +33,40 @@ def fetched(tmp_path) -> Store:
         "bad": jpeg(80, 80, (1, 2, 3))[:300],  # cut short: fails a full decode
     }
     rows = [
-        Row("t/a", "t", "a", url="http://h/a.jpg", width=200, height=100, labels=["deer"],
-            boxes=[{"label": "deer", "x": -10.0, "y": 10.0, "w": 60.0, "h": 200.0},
-                   {"label": "deer", "x": 150.0, "y": 50.0, "w": 0.5, "h": 30.0}]),
-        Row("t/b", "t", "b", url="http://h/b.jpg", width=50, height=100,  # metadata is 2x off
+        Row(
+            "t/a",
+            "t",
+            "a",
+            url="http://h/a.jpg",
+            width=200,
+            height=100,
+            labels=["deer"],
+            boxes=[
+                {"label": "deer", "x": -10.0, "y": 10.0, "w": 60.0, "h": 200.0},
+                {"label": "deer", "x": 150.0, "y": 50.0, "w": 0.5, "h": 30.0},
+            ],
+        ),
+        Row(
+            "t/b",
+            "t",
+            "b",
+            url="http://h/b.jpg",
+            width=50,
+            height=100,  # metadata is 2x off
             labels=["cougar", "deer"],
-            boxes=[{"label": "cougar", "x": 10.0, "y": 10.0, "w": 20.0, "h": 40.0}]),
+            boxes=[{"label": "cougar", "x": 10.0, "y": 10.0, "w": 20.0, "h": 40.0}],
+        ),
         Row("t/c", "t", "c", url="http://h/c.jpg", labels=["empty"]),
         Row("t/bad", "t", "bad", url="http://h/bad.jpg", labels=["deer"]),
-        Row("t/gone", "t", "gone", url="http://h/gone.jpg", labels=["deer"], status="missing",
-            reason="http 404"),
+        Row(
+            "t/gone",
+            "t",
+            "gone",
+            url="http://h/gone.jpg",
+            labels=["deer"],
+            status="missing",
+            reason="http 404",
+        ),
         Row("t/moose", "t", "m", url="http://h/c.jpg", labels=["moose"]),
     ]
     paths = {}
@@ -70,8 +94,12 @@ def test_clean_drops_bad_items_and_fixes_boxes(fetched, tmp_path):
     store, m = cleaned(fetched, tmp_path)
     assert [r.item_id for r in store.rows()] == ["t/a", "t/b", "t/c"]
     assert m["dropped"] == {"corrupt_image": 1, "missing_at_fetch": 1, "unlabeled": 1}
-    assert (m["boxes_in"], m["boxes_out"], m["boxes_clamped"],
-            m["boxes_dropped_degenerate"]) == (3, 2, 1, 1)
+    assert (m["boxes_in"], m["boxes_out"], m["boxes_clamped"], m["boxes_dropped_degenerate"]) == (
+        3,
+        2,
+        1,
+        1,
+    )
     a, b, c = store.rows()
     assert a.boxes == [{"label": "deer", "x": 0.0, "y": 10.0, "w": 50.0, "h": 90.0}]
     # Metadata said 50x100 but the file is 100x200: boxes scale with the real size.
@@ -108,8 +136,9 @@ def test_export_npz_loads_with_plain_numpy_and_is_deterministic(fetched, tmp_pat
     assert (boxes[:, 1] >= 0).all() and (boxes[:, 1] + boxes[:, 3] <= 32 + 1e-4).all()
     if aspect == "pad":
         # 200x100 -> 48x24 centred at y=4; box (0,10,50,90) clamps to the image band.
-        np.testing.assert_allclose(boxes[0], [0, 4 + 10 * 0.24, 50 * 0.24, 24 - 10 * 0.24],
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            boxes[0], [0, 4 + 10 * 0.24, 50 * 0.24, 24 - 10 * 0.24], atol=1e-4
+        )
         assert z["X"][0, 0, 0].tolist() == [0, 0, 0]  # padding
         assert z["X"][0, 16, 24, 0] > 150  # the red image
     if aspect == "stretch":

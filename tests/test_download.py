@@ -99,10 +99,12 @@ def test_exhausted_retries_fail_transiently_and_resume_next_run(tmp_path, server
     assert (res.status, res.sha256) == ("ok", sha)
 
 
-@pytest.mark.parametrize("action, status", [(404, "missing"), (410, "missing"),
-                                            ("corrupt", "corrupt")])
-def test_permanent_failures_are_recorded_not_retried(tmp_path, server, standin_root, action,
-                                                     status):
+@pytest.mark.parametrize(
+    "action, status", [(404, "missing"), (410, "missing"), ("corrupt", "corrupt")]
+)
+def test_permanent_failures_are_recorded_not_retried(
+    tmp_path, server, standin_root, action, status
+):
     rel, _ = next(iter(images(standin_root, 1).items()))
     server.faults.set_default(rel, action)
     dl = make(tmp_path)
@@ -123,8 +125,16 @@ def test_permanent_failures_are_recorded_not_retried(tmp_path, server, standin_r
 def test_many_faults_at_once_leave_zero_corrupt_items(tmp_path, server, standin_root):
     want = images(standin_root)
     rels = list(want)
-    plan = {0: [500], 1: ["truncate"], 2: ["reset"], 3: [("429", 0)], 4: [404], 5: ["corrupt"],
-            6: ["stall:2"], 7: [503, 503, 503, 503, 503, 503]}
+    plan = {
+        0: [500],
+        1: ["truncate"],
+        2: ["reset"],
+        3: [("429", 0)],
+        4: [404],
+        5: ["corrupt"],
+        6: ["stall:2"],
+        7: [503, 503, 503, 503, 503, 503],
+    }
     for i, actions in plan.items():
         if actions in ([404], ["corrupt"]):
             server.faults.set_default(rels[i], actions[0])
@@ -154,8 +164,7 @@ def test_token_goes_on_the_wire_but_not_in_the_ledger(tmp_path, standin_root):
         denied = dl.fetch(f"{srv.url}/gcp/{rel}")
         assert (denied.status, denied.reason) == ("failed", "http 403")
         dl.close()
-        dl = Downloader(Config(**FAST), tmp_path / "cache", ledger_name="t",
-                        url_suffix="?" + token)
+        dl = Downloader(Config(**FAST), tmp_path / "cache", ledger_name="t", url_suffix="?" + token)
         assert dl.fetch(f"{srv.url}/gcp/{rel}").sha256 == sha
         dl.close()
     raw = (tmp_path / "cache" / "t.sqlite").read_bytes()

@@ -20,19 +20,38 @@ CATS = [
 
 def doc(n=40, start=0, cats=CATS, extra_ann=()):
     images = [
-        {"id": f"img{i:04d}", "file_name": f"part0/sub000/img{i:04d}.jpg", "width": 640,
-         "height": 480, "location": str(i % 3), "datetime": "2012-05-04 10:22:31"}
+        {
+            "id": f"img{i:04d}",
+            "file_name": f"part0/sub000/img{i:04d}.jpg",
+            "width": 640,
+            "height": 480,
+            "location": str(i % 3),
+            "datetime": "2012-05-04 10:22:31",
+        }
         for i in range(start, start + n)
     ]
-    anns = [{"id": f"a{i}", "image_id": f"img{i:04d}", "category_id": i % 4}
-            for i in range(start, start + n)]
-    return {"images": images, "info": {"version": "1"}, "categories": cats,
-            "annotations": anns + list(extra_ann)}
+    anns = [
+        {"id": f"a{i}", "image_id": f"img{i:04d}", "category_id": i % 4}
+        for i in range(start, start + n)
+    ]
+    return {
+        "images": images,
+        "info": {"version": "1"},
+        "categories": cats,
+        "annotations": anns + list(extra_ann),
+    }
 
 
 def cfg(**kw):
-    base = {"dataset": "T", "classes": ["mule deer", "cougar", "wild turkey", "empty"],
-            "cap": None, "caps": {}, "seed": 0, "byte_budget": None, "est_bytes_per_image": 100}
+    base = {
+        "dataset": "T",
+        "classes": ["mule deer", "cougar", "wild turkey", "empty"],
+        "cap": None,
+        "caps": {},
+        "seed": 0,
+        "byte_budget": None,
+        "est_bytes_per_image": 100,
+    }
     return {**base, **kw}
 
 
@@ -61,17 +80,23 @@ INDEX = (
 
 def test_index_is_read_by_column_name():
     entry = lila.parse_index(INDEX, "NACTI", "gcp")
-    assert entry == {"name": "NACTI", "metadata_url": "https://g/nacti.zip",
-                     "image_base_url": "https://g/nacti-unzipped"}
+    assert entry == {
+        "name": "NACTI",
+        "metadata_url": "https://g/nacti.zip",
+        "image_base_url": "https://g/nacti-unzipped",
+    }
     assert lila.parse_index(INDEX, "NACTI", "aws")["metadata_url"] == "http://a/n.zip"
 
 
-@pytest.mark.parametrize("text, match", [
-    ("name,foo\nNACTI,1\n", "lacks column"),
-    (INDEX + "broken,row\n", "wrong number of fields"),
-    (INDEX.replace("https://g/nacti.zip", "ftp://x"), "not an http"),
-    ('name,metadata_url_gcp,image_base_url_gcp\n"NACTI,x,y\n', "malformed|fields"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("name,foo\nNACTI,1\n", "lacks column"),
+        (INDEX + "broken,row\n", "wrong number of fields"),
+        (INDEX.replace("https://g/nacti.zip", "ftp://x"), "not an http"),
+        ('name,metadata_url_gcp,image_base_url_gcp\n"NACTI,x,y\n', "malformed|fields"),
+    ],
+)
 def test_malformed_index_is_a_clear_error(text, match):
     with pytest.raises(MetadataError, match=match):
         lila.parse_index(text, "NACTI", "gcp")
@@ -115,15 +140,18 @@ def test_metadata_zip_checks(tmp_path):
         lila.open_metadata(tmp_path / "junk.zip", 10**9)
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda d: d["images"][1].update(file_name="../../etc/passwd"), "unsafe file_name"),
-    (lambda d: d["images"][1].update(file_name="/etc/passwd"), "unsafe file_name"),
-    (lambda d: d["images"][1].update(file_name="C:\\x.jpg"), "unsafe file_name"),
-    (lambda d: d["images"][1].pop("file_name"), "file_name"),
-    (lambda d: d["annotations"][0].update(bbox=[1, 2]), "bbox"),
-    (lambda d: d.update(categories=[]), "no categories"),
-    (lambda d: d["images"][1].update(width="wide"), "width"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda d: d["images"][1].update(file_name="../../etc/passwd"), "unsafe file_name"),
+        (lambda d: d["images"][1].update(file_name="/etc/passwd"), "unsafe file_name"),
+        (lambda d: d["images"][1].update(file_name="C:\\x.jpg"), "unsafe file_name"),
+        (lambda d: d["images"][1].pop("file_name"), "file_name"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2]), "bbox"),
+        (lambda d: d.update(categories=[]), "no categories"),
+        (lambda d: d["images"][1].update(width="wide"), "width"),
+    ],
+)
 def test_bad_metadata_is_a_clear_error(mutate, match):
     d = doc(5)
     mutate(d)
@@ -139,12 +167,18 @@ def test_malformed_and_oversized_json():
         lila.read_metadata(big, cfg(), max_bytes=len(big) // 2)
 
 
-@pytest.mark.parametrize("order", [("images", "info", "categories", "annotations"),
-                                   ("info", "categories", "annotations", "images"),
-                                   ("annotations", "images", "categories", "info")])
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("images", "info", "categories", "annotations"),
+        ("info", "categories", "annotations", "images"),
+        ("annotations", "images", "categories", "info"),
+    ],
+)
 def test_any_key_order_gives_the_same_rows(order):
-    d = doc(30, extra_ann=[{"id": "b", "image_id": "img0001", "category_id": 1,
-                            "bbox": [1, 2, 3, 4]}])
+    d = doc(
+        30, extra_ann=[{"id": "b", "image_id": "img0001", "category_id": 1, "bbox": [1, 2, 3, 4]}]
+    )
     want = [r.to_record() for r in rows_of(d, cfg(cap=4))]
     d2 = {k: d[k] for k in order}
     assert [r.to_record() for r in rows_of(d2, cfg(cap=4))] == want
@@ -196,10 +230,18 @@ def test_byte_budget_stops_selection_fairly():
 
 
 def test_rows_carry_boxes_sizes_and_metadata():
-    d = doc(8, extra_ann=[
-        {"id": "b1", "image_id": "img0001", "category_id": 1, "bbox": [10, 20, 30, 40]},
-        {"id": "b2", "image_id": "img0001", "category_id": 2, "bbox_relative": [0.5, 0.5, .1, .1]},
-    ])
+    d = doc(
+        8,
+        extra_ann=[
+            {"id": "b1", "image_id": "img0001", "category_id": 1, "bbox": [10, 20, 30, 40]},
+            {
+                "id": "b2",
+                "image_id": "img0001",
+                "category_id": 2,
+                "bbox_relative": [0.5, 0.5, 0.1, 0.1],
+            },
+        ],
+    )
     d["images"][5]["corrupt"] = True
     c = cfg(classes=["mule deer", "cougar", "wild turkey"])
     rows = {r.source_id: r for r in rows_of(d, c)}
@@ -210,8 +252,12 @@ def test_rows_carry_boxes_sizes_and_metadata():
         {"label": "mule deer", "x": 10.0, "y": 20.0, "w": 30.0, "h": 40.0},
         {"label": "cougar", "x": 320.0, "y": 240.0, "w": 64.0, "h": 48.0},
     ]
-    assert r.meta == {"dataset": "T", "file_name": "part0/sub000/img0001.jpg", "location": "1",
-                      "datetime": "2012-05-04 10:22:31"}
+    assert r.meta == {
+        "dataset": "T",
+        "file_name": "part0/sub000/img0001.jpg",
+        "location": "1",
+        "datetime": "2012-05-04 10:22:31",
+    }
     assert rows["img0005"].status == "corrupt"
     assert "img0000" not in rows  # empty is not among these classes
 

@@ -50,8 +50,11 @@ def test_build_push_clone_pull(project, tmp_path, standin_root):
         assert hashlib.sha256(payload).hexdigest() == files[rel] == row.sha256
     npz = np.load(data / "npz" / "shard-00000.npz")  # plain numpy, no pickle
     assert npz["X"].shape[1:] == (224, 224, 3) and npz["X"].dtype == np.uint8
-    assert len(npz["y"]) == len(npz["ids"]) == json.loads(
-        (data / "metrics" / "clean.json").read_text())["items_out"]
+    assert (
+        len(npz["y"])
+        == len(npz["ids"])
+        == json.loads((data / "metrics" / "clean.json").read_text())["items_out"]
+    )
     assert npz["box_offsets"][-1] == len(npz["boxes"]) == len(npz["box_labels"])
 
     project.dvc("push")
@@ -78,7 +81,11 @@ def test_conf_edits_rerun_exactly_the_changed_stages(project):
     assert ran(project.dvc("repro")) == ["clean-annotations@lila", "compose", "export-npz@lila"]
     project.set_conf("conf/source/lila.yaml", "cap: null", "cap: 4")
     assert ran(project.dvc("repro")) == [
-        "clean-annotations@lila", "compose", "export-npz@lila", "fetch@lila"]
+        "clean-annotations@lila",
+        "compose",
+        "export-npz@lila",
+        "fetch@lila",
+    ]
     assert json.loads((project.path / "data/lila/metrics/fetch.json").read_text())["items"] <= 28
     # A comment-only edit changes no setting: only compose runs.
     project.set_conf("conf/export/default.yaml", "# export-npz settings.", "# npz settings.")
@@ -101,8 +108,10 @@ def test_experiments_and_metrics(project):
     assert sum(fetched["selection"]["capped"].values()) > 0
     # The workspace holds the experiment's results: metrics diff against the baseline.
     diff = json.loads(project.dvc("metrics", "diff", "--json").stdout)
-    assert diff["data/lila/metrics/fetch.json"]["items"]["new"] < diff[
-        "data/lila/metrics/fetch.json"]["items"]["old"]
+    assert (
+        diff["data/lila/metrics/fetch.json"]["items"]["new"]
+        < diff["data/lila/metrics/fetch.json"]["items"]["old"]
+    )
     plots = project.dvc("plots", "diff", "--json", "HEAD").stdout
     assert "cls" in plots and "bar_horizontal" in plots or "cls" in plots
     # Editing params.yaml directly is refused, never silently overwritten.
@@ -123,8 +132,12 @@ def test_bad_settings_fail_clearly(project):
 def kill_during(project, delay: float) -> None:
     """Start `dvc repro` and SIGKILL its whole process group after `delay` seconds."""
     proc = subprocess.Popen(
-        [str(BIN / "dvc"), "repro"], cwd=project.path, env=project.env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [str(BIN / "dvc"), "repro"],
+        cwd=project.path,
+        env=project.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -159,16 +172,17 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path, server, delay):
 
 
 def test_secret_never_reaches_params_lock_logs_or_git(tmp_path, standin_root, monkeypatch):
-    from stages.standin import LilaStandin
-
     import secrets
+
+    from stages.standin import LilaStandin
 
     sig = secrets.token_hex(16)  # random, so no file in the project can contain it by chance
     secret = f"sv=2034-01-01&sig={sig}"
     with LilaStandin(standin_root, token=secret) as srv:
         proj = make_project(tmp_path / "repo", tmp_path / "cache", srv.index_url)
-        proj.set_conf("conf/source/lila.yaml", "sas_token_env: null",
-                      "sas_token_env: LILA_SAS_TOKEN")
+        proj.set_conf(
+            "conf/source/lila.yaml", "sas_token_env: null", "sas_token_env: LILA_SAS_TOKEN"
+        )
         missing = proj.dvc("repro", check=False)
         assert missing.returncode != 0 and "LILA_SAS_TOKEN, which is not set" in missing.stderr
         env = {**proj.env, "LILA_SAS_TOKEN": secret}

@@ -21,8 +21,11 @@ def s3_endpoint(monkeypatch):
     host, port = srv.get_host_and_port()
     url = f"http://{host}:{port}"
     # Dummy credentials, from the environment as real ones would be.
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-             "AWS_DEFAULT_REGION": "us-east-1"}
+    creds = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     for key, value in creds.items():
         monkeypatch.setenv(key, value)
     boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket="dsrepo")

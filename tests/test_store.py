@@ -19,11 +19,21 @@ def make_rows(tmp_path, n=30, size=3000):
         p.write_bytes(data)
         item = f"ds/part{i % 3}/img{i:03d}"
         paths[item] = p
-        rows.append(Row(item_id=item, source="t", source_id=str(i), url=f"http://h/{i}.jpg",
-                        sha256=hashlib.sha256(data).hexdigest(), labels=["a"], status="ok",
-                        boxes=[{"label": "a", "x": 1.0, "y": 2.0, "w": 3.0, "h": 4.0}]))
-    rows.append(Row(item_id="ds/zz-missing", source="t", source_id="m", status="missing",
-                    reason="http 404"))
+        rows.append(
+            Row(
+                item_id=item,
+                source="t",
+                source_id=str(i),
+                url=f"http://h/{i}.jpg",
+                sha256=hashlib.sha256(data).hexdigest(),
+                labels=["a"],
+                status="ok",
+                boxes=[{"label": "a", "x": 1.0, "y": 2.0, "w": 3.0, "h": 4.0}],
+            )
+        )
+    rows.append(
+        Row(item_id="ds/zz-missing", source="t", source_id="m", status="missing", reason="http 404")
+    )
     return rows, paths
 
 
@@ -37,7 +47,8 @@ def build(tmp_path, name, rows, paths, shard_bytes=20_000, order=None):
 def digests(root):
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -58,8 +69,10 @@ def test_shards_are_bounded_and_normalised(tmp_path):
             members = tf.getmembers()
         names = [m.name for m in members]
         assert names == sorted(names)
-        assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.mode == 0o644
-                   and m.uname == "" for m in members)
+        assert all(
+            m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.mode == 0o644 and m.uname == ""
+            for m in members
+        )
         # A shard holds one item over the bound, or stays under it.
         assert len(members) == 1 or shard.stat().st_size <= 20_000 + 10240
     assert not list(out.rglob("*.part"))
@@ -77,8 +90,13 @@ def test_items_read_by_id_match_payloads(tmp_path):
     assert seen == {k: p.read_bytes() for k, p in paths.items()}
     table = pq.read_table(out / "manifest.parquet")
     assert table.column("item_id").to_pylist() == sorted(table.column("item_id").to_pylist())
-    assert store.row(rows[0].item_id).boxes[0] == {"label": "a", "x": 1.0, "y": 2.0, "w": 3.0,
-                                                   "h": 4.0}
+    assert store.row(rows[0].item_id).boxes[0] == {
+        "label": "a",
+        "x": 1.0,
+        "y": 2.0,
+        "w": 3.0,
+        "h": 4.0,
+    }
 
 
 def test_rebased_manifest_reads_upstream_shards(tmp_path):
