@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import os
 from collections import Counter
-from pathlib import Path
 
 from PIL import Image
 
-from stages import sources
 from stages.cli import run_main
+from stages.entry import start
 from stages.executor import pmap
-from stages.metrics import class_counts, write_json, write_plot
-from stages.params import load_params, source_params
+from stages.metrics import class_counts
 from stages.store import Row, Store, rebase, write_manifest
 
 log = logging.getLogger("stages.clean")
@@ -116,23 +113,13 @@ def clean(store: Store, names: list[str], cfg: dict) -> tuple[list[Row], dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run clean-annotations for one source."""
-    ap = argparse.ArgumentParser(prog="python -m stages.clean_annotations", description=__doc__)
-    ap.add_argument("source")
-    ap.add_argument("inp", type=Path)
-    ap.add_argument("out", type=Path)
-    ap.add_argument("metrics", type=Path)
-    ap.add_argument("plot", type=Path)
-    args = ap.parse_args(argv)
-    params = load_params()
-    src_cfg = source_params(params, args.source)
-    names = sources.load(args.source).classes(src_cfg)
-    store = Store(args.inp)
-    rows, metrics = clean(store, names, params.get("clean", {}))
-    args.out.mkdir(parents=True, exist_ok=True)
+    run = start(argv, "stages.clean_annotations", __doc__)
+    args = run.args
+    rows, metrics = clean(Store(args.inp), run.classes, run.section("clean"))
+    args.out.mkdir(parents=True)
     # Payloads are unchanged: the manifest points into the upstream shards.
     write_manifest(args.out, rebase(rows, args.inp, args.out))
-    write_json(args.metrics, metrics)
-    write_plot(args.plot, metrics["classes"])
+    run.finish(metrics)
     log.info(
         "clean@%s: kept %d of %d (%s)",
         args.source,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import os
@@ -12,12 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stages import sources
 from stages.cli import run_main
+from stages.entry import start
 from stages.errors import ConfigError
 from stages.executor import pmap
-from stages.metrics import write_json, write_plot
-from stages.params import load_params, source_params
 from stages.store import Row, Store
 
 log = logging.getLogger("stages.export")
@@ -86,8 +83,8 @@ def export(store: Store, names: list[str], cfg: dict, out_dir: Path) -> dict:
     classes = np.array(names, dtype=str)
     counts = dict.fromkeys(names, 0)
     shards, nbytes = 0, 0
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
+    for first in range(0, len(rows), per):
+        chunk = rows[first : first + per]
         results = list(pmap(lambda r: transform(store.read(r), r, cfg), chunk))
         n = len(chunk)
         X = np.stack([a for a, _, _ in results]) if results else np.zeros((0, 0, 0, 3), np.uint8)
@@ -129,20 +126,12 @@ def export(store: Store, names: list[str], cfg: dict, out_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Run export-npz for one source."""
-    ap = argparse.ArgumentParser(prog="python -m stages.export_npz", description=__doc__)
-    ap.add_argument("source")
-    ap.add_argument("inp", type=Path)
-    ap.add_argument("out", type=Path)
-    ap.add_argument("metrics", type=Path)
-    ap.add_argument("plot", type=Path)
-    args = ap.parse_args(argv)
-    params = load_params()
-    src_cfg = source_params(params, args.source)
-    names = sources.load(args.source).classes(src_cfg)
-    metrics = export(Store(args.inp), names, params.get("export", {}), args.out)
-    write_json(args.metrics, metrics)
-    write_plot(args.plot, metrics["classes"])
-    log.info("export@%s: %d items in %d shards", args.source, metrics["items"], metrics["shards"])
+    run = start(argv, "stages.export_npz", __doc__)
+    metrics = export(Store(run.args.inp), run.classes, run.section("export"), run.args.out)
+    run.finish(metrics)
+    log.info(
+        "export@%s: %d items in %d shards", run.args.source, metrics["items"], metrics["shards"]
+    )
     return 0
 
 

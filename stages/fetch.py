@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 from pathlib import Path
@@ -10,9 +9,9 @@ from pathlib import Path
 from stages import sources
 from stages.cli import run_main
 from stages.download import Config, Downloader
+from stages.entry import start
 from stages.errors import StageError
-from stages.metrics import class_counts, status_summary, write_json, write_plot
-from stages.params import load_params, source_params
+from stages.metrics import class_counts, status_summary
 from stages.store import Row, write_store
 
 log = logging.getLogger("stages.fetch")
@@ -68,22 +67,13 @@ def fetch(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the fetch stage for one source."""
-    ap = argparse.ArgumentParser(prog="python -m stages.fetch", description=__doc__)
-    ap.add_argument("source")
-    ap.add_argument("out", type=Path)
-    ap.add_argument("metrics", type=Path)
-    ap.add_argument("plot", type=Path)
-    args = ap.parse_args(argv)
-    params = load_params()
+    # The output is replaced only once planning and downloads are done.
+    run = start(argv, "stages.fetch", __doc__, has_input=False, clear=False)
+    args = run.args
     rows, metrics = fetch(
-        args.source,
-        source_params(params, args.source),
-        params.get("fetch", {}),
-        params.get("store", {}),
-        args.out,
+        args.source, run.source_cfg, run.section("fetch"), run.section("store"), args.out
     )
-    write_json(args.metrics, metrics)
-    write_plot(args.plot, metrics["classes"])
+    run.finish(metrics)
     log.info(
         "fetch@%s: %d ok, %d failed, %d missing, %d corrupt, %.1f MB",
         args.source,
@@ -94,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics["bytes"] / 1e6,
     )
     transient = metrics["failed"]
-    if transient and not Config.from_params(params.get("fetch")).allow_transient_failures:
+    if transient and not Config.from_params(run.section("fetch")).allow_transient_failures:
         raise StageError(
             f"{transient} item(s) failed transiently (see {args.metrics}); "
             "re-run `dvc repro` to resume: finished downloads are kept"

@@ -125,13 +125,13 @@ def _categories(classes) -> list[dict]:
     return cats
 
 
-def _location(sub: int) -> tuple[str, str, bool]:
+def _location(sub: int, day: datetime) -> tuple[str, str, bool]:
     """Return (location, file-name prefix, has_seq) for a subfolder, in two NACTI styles."""
     if sub % 2 == 0:
         loc = f"Unit{150 + 7 * sub}_Ivan{97 + sub:03d}"
-        return loc, f"{2010 + sub % 3}_{loc}", False
+        return loc, f"{day.year}_{loc}", False
     loc = f"FL-{sub:02d}"
-    return loc, f"{loc}_01_25_2016_{loc}", True
+    return loc, f"{loc}_{day:%m_%d_%Y}_{loc}", True
 
 
 def _smooth_noise(rng: np.random.Generator, width: int, height: int, cell: int) -> np.ndarray:
@@ -150,8 +150,8 @@ def _render_jpeg(rng, width, height, night, draw_box, shape) -> bytes:
     img = sky * (1 - ground_w) + ground * ground_w
     img = img + 22 * _smooth_noise(rng, width, height, 64)[..., None]
     veg = _smooth_noise(rng, width, height, 6)[..., None] * ground_w
-    img = img + veg * np.array([14, 20, 8], np.float32)
-    img = img + rng.normal(0.0, 3.0, (height, width, 3)).astype(np.float32)
+    img = img + veg * np.array([11, 16, 6], np.float32)
+    img = img + rng.normal(0.0, 2.5, (height, width, 3)).astype(np.float32)
     if draw_box is not None:
         bx, by, bw, bh = draw_box
         xs = np.arange(width, dtype=np.float32)[None, :]
@@ -162,16 +162,19 @@ def _render_jpeg(rng, width, height, night, draw_box, shape) -> bytes:
         else:
             r2 = ((xs - bx - bw / 2) / (bw / 2)) ** 2 + ((ys - by - bh / 2) / (bh / 2)) ** 2
             mask = np.clip((1.0 - r2) * 6.0, 0.0, 1.0)
-        fur = np.array([72, 58, 42], np.float32) + 10 * _smooth_noise(rng, width, height, 4)[
-            ..., None
-        ]
-        img = img * (1 - mask[..., None]) + (img * 0.35 + fur * 0.4) * mask[..., None]
+        fur = (
+            np.array([72, 58, 42], np.float32)
+            + 10 * _smooth_noise(rng, width, height, 4)[..., None]
+        )
+        img = img * (1 - mask[..., None]) + (img * 0.25 + fur * 0.4) * mask[..., None]
     if night:
         # IR night shots: grey, dark, grainy, vignetted.
         gray = img.mean(axis=2) * 0.6
         ux = np.linspace(-1, 1, width, dtype=np.float32)[None, :]
         uy = np.linspace(-1, 1, height, dtype=np.float32)[:, None]
-        gray = gray * (1 - 0.35 * (ux**2 + uy**2)) + rng.normal(0.0, 4.0, gray.shape).astype(np.float32)
+        gray = gray * (1 - 0.35 * (ux**2 + uy**2)) + rng.normal(0.0, 2.5, gray.shape).astype(
+            np.float32
+        )
         img = np.repeat(gray[..., None], 3, axis=2)
     img[-max(1, height // 24) :] = 12  # the black info strip camera traps burn in
     arr = np.clip(img, 0, 255).astype(np.uint8)
@@ -220,7 +223,11 @@ def _register(root: Path, entry: dict) -> None:
     """Add or replace this slug's entry in root/_datasets.json."""
     path = root / REGISTRY_NAME
     entries = json.loads(path.read_text()) if path.exists() else []
-    entries = [e for e in entries if e.get("slug") != entry["slug"]] + [entry]
+    slugs = [e.get("slug") for e in entries]
+    if entry["slug"] in slugs:
+        entries[slugs.index(entry["slug"])] = entry
+    else:
+        entries.append(entry)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(entries, indent=1) + "\n")
     tmp.replace(path)
@@ -268,20 +275,22 @@ def generate_dataset(
     n_boxed = min(len(nonempty), round(box_fraction * len(nonempty)))
     boxed = sorted(int(i) for i in rng.choice(nonempty, size=n_boxed, replace=False))
     box_rank = {i: k for k, i in enumerate(boxed)}
-    n_multi = n_images // 20
-    multi = set(int(i) for i in rng.choice(nonempty, size=min(n_multi, len(nonempty)), replace=False))
-    day0 = datetime(2012, 5, 4)
+    n_multi = (n_images + 10) // 20  # ~5% of images, at least one from 10 images on
+    multi = set(
+        int(i) for i in rng.choice(nonempty, size=min(n_multi, len(nonempty)), replace=False)
+    )
 
     images, annotations, files = [], [], {}
     counts = collections.Counter()
     total_bytes = 0
     for i in range(n_images):
         sub = i // IMAGES_PER_SUB
-        location, prefix, has_seq = _location(sub)
+        day = datetime(2010 + sub % 3, 5, 4) + timedelta(days=sub * 3)
+        location, prefix, has_seq = _location(sub, day)
         width, height = (int(v) for v in sizes[sub % len(sizes)])
         stem = f"{prefix}_img{i:04d}" if not has_seq else f"{prefix}_{40000 + 17 * i:07d}"
         file_name = f"part{sub // SUBS_PER_PART}/sub{sub:03d}/{stem}.jpg"
-        when = day0 + timedelta(days=sub * 3, seconds=int(rng.integers(0, 86400)))
+        when = day + timedelta(seconds=int(rng.integers(0, 86400)))
         night = when.hour < 6 or when.hour >= 20
         cid = labels[i]
         draw_box = _box(rng, width, height) if cid else None
@@ -325,7 +334,9 @@ def generate_dataset(
         counts[cid] += 1
         if i in multi:
             other = 1 + (cid % (len(cats) - 1))  # any other non-empty class
-            annotations.append({"id": f"ann_{i:06d}_1", "image_id": image["id"], "category_id": other})
+            annotations.append(
+                {"id": f"ann_{i:06d}_1", "image_id": image["id"], "category_id": other}
+            )
             counts[other] += 1
 
     meta = {
@@ -473,12 +484,11 @@ def _parse_range(header: str | None, size: int):
     start = int(first)
     if last and not last.isdigit():
         return None
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return None
     if start >= size:
         return "unsatisfiable"
-    return (start, min(end, size - 1))
+    return (start, min(int(last), size - 1) if last else size - 1)
 
 
 class _Handler(BaseHTTPRequestHandler):
