@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import hashlib
+import http.client
+import itertools
 import logging
 import os
 import random
@@ -11,15 +14,15 @@ import sqlite3
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import urllib3
 from tqdm import tqdm
 from urllib3.exceptions import HTTPError as Urllib3Error
+
+from stages.executor import imap_unordered
+from stages.http import HttpClient
 
 log = logging.getLogger("stages.download")
 
@@ -28,6 +31,7 @@ log = logging.getLogger("stages.download")
 PERMANENT = {"missing", "corrupt"}
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 MISSING_HTTP = {404, 410}
+SMALL = 16 << 20  # bodies up to this size are read in one call
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,18 @@ def read_error(exc: Exception, size: int, expected: int | None) -> str:
     return f"read error: {type(exc).__name__}"
 
 
+def goog_md5(header: str | None) -> str | None:
+    """Return the hex MD5 a GCS `x-goog-hash` header promises, if any."""
+    for part in (header or "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "md5" and value:
+            try:
+                return base64.b64decode(value + "=" * (-len(value) % 4)).hex()
+            except ValueError:
+                return None
+    return None
+
+
 def check_structure(kind: str, head: bytes, tail: bytes) -> str | None:
     """Return why bytes are not a whole JPEG/PNG, or None if they look complete."""
     if kind == "jpeg":
@@ -187,21 +203,24 @@ class Ledger:
             ).fetchone()
         return Result(*row) if row else None
 
-    def put(self, res: Result) -> None:
-        """Record a result."""
+    def all(self) -> dict[str, Result]:
+        """Return every recorded result, by URL."""
         with self.lock:
-            self.db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?)",
-                (
-                    res.url,
-                    res.status,
-                    res.reason,
-                    res.sha256,
-                    res.bytes,
-                    res.http_status,
-                    res.attempts,
-                ),
-            )
+            rows = self.db.execute(
+                "SELECT url, status, reason, sha256, bytes, http_status, attempts FROM results"
+            ).fetchall()
+        return {row[0]: Result(*row) for row in rows}
+
+    def put(self, *results: Result) -> None:
+        """Record results in one transaction."""
+        rows = [
+            (r.url, r.status, r.reason, r.sha256, r.bytes, r.http_status, r.attempts)
+            for r in results
+        ]
+        with self.lock:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?)", rows)
+            self.db.execute("COMMIT")
 
     def close(self) -> None:
         """Close the database."""
@@ -232,21 +251,18 @@ class Downloader:
         self.url_suffix = url_suffix
         self.headers = {"User-Agent": "dsrepo/0.1", **(headers or {})}
         self.sleep = sleep
-        self.pool = urllib3.PoolManager(
-            num_pools=8,
-            maxsize=max(1, cfg.workers),
-            block=False,
-            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
-        )
-        self.timeout = urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout)
+        self.http = HttpClient(cfg.connect_timeout, cfg.read_timeout, self.headers)
+        for i in range(256):  # made once, not per file
+            (self.objects / f"{i:02x}").mkdir(exist_ok=True)
+        self._seq = itertools.count()
 
     def object_path(self, sha256: str) -> Path:
         """Return where content with this hash lives in the cache."""
         return self.objects / sha256[:2] / sha256
 
-    def cached(self, url: str) -> Result | None:
+    def cached(self, url: str, res: Result | None = None) -> Result | None:
         """Return a prior result that needs no new request, if any."""
-        res = self.ledger.get(url)
+        res = res or self.ledger.get(url)
         if res is None:
             return None
         if res.status == "ok":
@@ -260,59 +276,66 @@ class Downloader:
 
     def _attempt(self, url: str, kind: str) -> Result:
         """Make one request; raise Retry or Permanent on failure."""
-        full = url + self.url_suffix
         try:
-            resp = self.pool.request(
-                "GET", full, headers=self.headers, preload_content=False, timeout=self.timeout
-            )
-        except (Urllib3Error, OSError) as exc:
-            kind = "timeout" if "timed out" in str(exc).lower() else "error"
-            raise Retry(f"connection {kind}: {type(exc).__name__}") from None
-        clean = False  # whether the connection can go back to the pool
+            resp = self.http.get(url + self.url_suffix)
+        except (OSError, http.client.HTTPException, Urllib3Error) as exc:
+            what = "timeout" if "timed out" in str(exc).lower() else "error"
+            raise Retry(f"connection {what}: {type(exc).__name__}") from None
+        reusable = False
         try:
             status = resp.status
             if status != 200:
-                resp.drain_conn()  # small error bodies: keep the connection alive
-                clean = True
+                resp.read(1 << 16)  # small error bodies: keep the connection alive
+                reusable = True
                 if status in MISSING_HTTP:
                     raise Permanent("missing", f"http {status}", status)
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                retry_after = parse_retry_after(resp.header("Retry-After"))
                 if status in TRANSIENT_HTTP or status >= 500:
                     raise Retry(f"http {status}", retry_after, status)
                 # 401/403 and other 4xx: usually a wrong or missing token; a re-run may fix it.
                 raise Permanent("failed", f"http {status}", status)
             res = self._receive(resp, url, kind)
-            clean = True
+            reusable = True
             return res
+        except (OSError, http.client.HTTPException) as exc:
+            raise Retry(f"read error: {type(exc).__name__}", None, resp.status) from None
         finally:
-            if not clean:
-                resp.close()
-            resp.release_conn()
+            resp.release(reusable)
 
     def _receive(self, resp, url: str, kind: str) -> Result:
         """Stream a 200 body to a part file, verify it, and move it into the cache."""
-        expected = resp.headers.get("Content-Length")
+        expected = resp.header("Content-Length")
         expected = int(expected) if expected and expected.isdigit() else None
-        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        tmp = self.tmp / f"{os.getpid()}-{threading.get_ident()}-{next(self._seq)}.part"
         digest = hashlib.sha256()
+        want_md5 = goog_md5(resp.header("x-goog-hash"))
+        md5 = hashlib.md5() if want_md5 else None
         size, head, tail = 0, b"", b""
         try:
             try:
                 with open(tmp, "wb") as fh:
+                    # Small bodies (images) in one read; big ones (metadata) in 1 MiB chunks.
+                    step = expected if expected is not None and expected <= SMALL else 1 << 20
                     while True:
-                        chunk = resp.read(1 << 20, decode_content=True)
+                        chunk = resp.read(step) if step else b""
                         if not chunk:
                             break
                         if size < 16:
-                            head = (head + chunk)[:16]
-                        tail = (tail + chunk)[-64:]
+                            head = (head + chunk[:16])[:16]
+                        tail = (tail + chunk[-64:])[-64:]
                         fh.write(chunk)
                         digest.update(chunk)
+                        if md5 is not None:
+                            md5.update(chunk)
                         size += len(chunk)
-            except (Urllib3Error, OSError) as exc:
+                        if size == expected:
+                            break  # no extra read call for the end of the body
+            except (Urllib3Error, OSError, http.client.HTTPException) as exc:
                 raise Retry(read_error(exc, size, expected), None, 200) from None
             if expected is not None and size != expected:
                 raise Retry(f"truncated body ({size} of {expected} bytes)", None, 200)
+            if md5 is not None and md5.hexdigest() != want_md5:
+                raise Retry("md5 does not match the server's x-goog-hash", None, 200)
             problem = check_structure(kind, head, tail)
             if problem is None and self.cfg.verify_decode and kind in ("jpeg", "png"):
                 problem = decode_check(tmp)
@@ -321,13 +344,12 @@ class Downloader:
                     raise Retry(problem, None, 200)  # a cut transfer looks like a bad source
                 raise Permanent("corrupt", problem, 200)
             sha = digest.hexdigest()
-            dest = self.object_path(sha)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, dest)  # atomic: nothing unverified ever lands
+            os.replace(tmp, self.object_path(sha))  # atomic: nothing unverified ever lands
+            tmp = None
             return Result(url, "ok", "", sha, size, 200)
         finally:
-            if tmp.exists():
-                tmp.unlink()
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         """Return the delay before the next attempt: Retry-After, else exponential + jitter."""
@@ -341,6 +363,12 @@ class Downloader:
         prior = None if refresh else self.cached(url)
         if prior is not None:
             return prior
+        res = self.download(url, kind)
+        self.ledger.put(res)
+        return res
+
+    def download(self, url: str, kind: str | None = None) -> Result:
+        """Download one URL with bounded retries, without consulting or writing the ledger."""
         kind = kind or kind_of(url)
         attempts = 0
         while True:
@@ -357,7 +385,6 @@ class Downloader:
                     continue
                 res = Result(url, "failed", exc.reason, None, None, exc.http_status)
             res.attempts = attempts
-            self.ledger.put(res)
             return res
 
     def fetch_all(self, urls: Iterable[str], *, desc: str = "fetch") -> dict[str, Result]:
@@ -374,20 +401,30 @@ class Downloader:
         )
         start, nbytes = time.monotonic(), 0
         todo = []
+        recorded = self.ledger.all()
         for url in urls:
-            prior = self.cached(url)
+            prior = self.cached(url, recorded.get(url)) if url in recorded else None
             if prior is not None:
                 results[url] = prior
                 bar.update(1)
             else:
                 todo.append(url)
-        with ThreadPoolExecutor(max_workers=max(1, self.cfg.workers)) as pool:
-            for res in pool.map(self.fetch, todo):
-                results[res.url] = res
-                nbytes += res.bytes or 0
+        # Workers only download; this thread records results in batches (one transaction
+        # each), so a crash loses at most one batch of records, never a verified object.
+        batch, flushed = [], time.monotonic()
+        for res in imap_unordered(self.download, todo, workers=max(1, self.cfg.workers)):
+            results[res.url] = res
+            batch.append(res)
+            if len(batch) >= 256 or time.monotonic() - flushed > 1.0:
+                self.ledger.put(*batch)
+                batch, flushed = [], time.monotonic()
+            nbytes += res.bytes or 0
+            if not bar.disable:
                 bar.update(1)
                 elapsed = max(time.monotonic() - start, 1e-9)
                 bar.set_postfix_str(f"{nbytes / elapsed / 1e6:.1f} MB/s", refresh=False)
+        if batch:
+            self.ledger.put(*batch)
         bar.close()
         elapsed = time.monotonic() - start
         counts: dict[str, int] = {}
@@ -408,5 +445,5 @@ class Downloader:
 
     def close(self) -> None:
         """Release connections and the ledger."""
-        self.pool.clear()
+        self.http.close()
         self.ledger.close()

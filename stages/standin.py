@@ -332,7 +332,7 @@ def generate_dataset(
             ann["bbox"] = ann_box
         annotations.append(ann)
         counts[cid] += 1
-        if i in multi:
+        if i in multi and len(cats) > 2:
             other = 1 + (cid % (len(cats) - 1))  # any other non-empty class
             annotations.append(
                 {"id": f"ann_{i:06d}_1", "image_id": image["id"], "category_id": other}
@@ -501,6 +501,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
+        # Headers and body go out in separate writes; without NODELAY, Nagle plus the
+        # client's delayed ACK stalls every keep-alive response by ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.standin._track(self.connection, add=True)
 
     def finish(self):
@@ -611,6 +614,7 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = True
     block_on_close = False  # stop() must not wait for stalled or idle keep-alive handlers
+    request_queue_size = 128  # 20+ parallel downloaders must not overflow the listen backlog
 
     def handle_error(self, request, client_address):
         """Stay quiet about clients that hang up; still report real bugs."""

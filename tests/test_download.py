@@ -182,3 +182,14 @@ def test_structure_checks():
     assert parse_retry_after("12") == 12.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert parse_retry_after("soon") is None
+
+
+def test_gcs_md5_header_is_checked():
+    import base64
+
+    from stages.download import goog_md5
+
+    digest = hashlib.md5(b"abc").digest()
+    header = f"crc32c=n03x6A==,md5={base64.b64encode(digest).decode()}"
+    assert goog_md5(header) == digest.hex()
+    assert goog_md5("crc32c=n03x6A==") is None and goog_md5(None) is None

@@ -30,6 +30,7 @@ from stages.standin import (
 
 N_IMAGES = 12
 TOKEN = "sv=2020&sig=abc"
+OPEN_CONNS: list[http.client.HTTPConnection] = []
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,10 @@ def server(dataset):
 
 
 @pytest.fixture(autouse=True)
-def _no_faults(request):
+def _cleanup(request):
     yield
+    while OPEN_CONNS:
+        OPEN_CONNS.pop().close()
     if "server" in request.fixturenames:
         request.getfixturevalue("server").faults.clear()
 
@@ -79,6 +82,7 @@ def raw(server, path, method="GET", headers=None, timeout=5):
     conn = http.client.HTTPConnection(urlsplit(server.url).hostname, urlsplit(server.url).port)
     conn.timeout = timeout
     conn.request(method, path, headers=headers or {})
+    OPEN_CONNS.append(conn)
     return conn.getresponse()
 
 
@@ -279,8 +283,8 @@ def test_request_counter(server, image_rel):
     ],
 )
 def test_not_found(server, path):
-    resp = raw(server, path)
-    assert (resp.status, resp.read()) == (404, b"not found")
+    with raw(server, path) as resp:
+        assert (resp.status, resp.read()) == (404, b"not found")
 
 
 @pytest.mark.parametrize(
@@ -360,9 +364,8 @@ def test_default_fault_persists_until_clear(server, image_rel):
 def test_truncate(server, dataset, image_rel):
     size = (dataset[0] / image_rel).stat().st_size
     server.faults.add(image_rel, ["truncate"])
-    resp = raw(server, f"/gcp/{image_rel}")
-    assert resp.status == 200 and resp.headers["Content-Length"] == str(size)
-    with pytest.raises(http.client.IncompleteRead) as err:
+    with raw(server, f"/gcp/{image_rel}") as resp, pytest.raises(http.client.IncompleteRead) as err:
+        assert resp.status == 200 and resp.headers["Content-Length"] == str(size)
         resp.read()
     assert len(err.value.partial) == size // 2
 
@@ -381,11 +384,11 @@ def test_reset_sends_rst(server, image_rel):
 
 def test_stall(server, dataset, image_rel):
     server.faults.add(image_rel, ["stall:5"])
-    resp = raw(server, f"/gcp/{image_rel}", timeout=0.3)
-    assert resp.status == 200
-    assert resp.read(16) == (dataset[0] / image_rel).read_bytes()[:16]
-    with pytest.raises(TimeoutError):
-        resp.read()
+    with raw(server, f"/gcp/{image_rel}", timeout=0.3) as resp:
+        assert resp.status == 200
+        assert resp.read(16) == (dataset[0] / image_rel).read_bytes()[:16]
+        with pytest.raises(TimeoutError):
+            resp.read()
 
 
 def test_stop_is_not_blocked_by_stall(dataset, image_rel):
@@ -433,21 +436,21 @@ def test_bad_actions_are_rejected():
 
 def test_cli_serve(tmp_path):
     cmd = [sys.executable, "-m", "stages.standin", "serve", "--root", str(tmp_path), "--port", "0"]
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [*cmd, "--generate", "3", "--seed", "2"],
         cwd=Path(__file__).resolve().parents[1],
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("LILA stand-in serving http://127.0.0.1:")
-        index_url = line.split()[-1]
-        assert index_url.endswith("/lila_camera_trap_datasets.csv")
-        rows = list(csv.DictReader(io.StringIO(get(index_url)[2].decode())))
-        assert rows[0]["name"] == "NACTI-demo"
-        assert get(rows[0]["metadata_url_gcp"])[0] == 200
-        assert is_generated(tmp_path, n_images=3, seed=2)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(5) == 0
+    ) as proc:
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("LILA stand-in serving http://127.0.0.1:")
+            index_url = line.split()[-1]
+            assert index_url.endswith("/lila_camera_trap_datasets.csv")
+            rows = list(csv.DictReader(io.StringIO(get(index_url)[2].decode())))
+            assert rows[0]["name"] == "NACTI-demo"
+            assert get(rows[0]["metadata_url_gcp"])[0] == 200
+            assert is_generated(tmp_path, n_images=3, seed=2)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(5) == 0
