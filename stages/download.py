@@ -255,6 +255,7 @@ class Downloader:
         for i in range(256):  # made once, not per file
             (self.objects / f"{i:02x}").mkdir(exist_ok=True)
         self._seq = itertools.count()
+        self.objects_str, self.tmp_str = f"{self.objects}/", f"{self.tmp}/"
 
     def object_path(self, sha256: str) -> Path:
         """Return where content with this hash lives in the cache."""
@@ -306,14 +307,14 @@ class Downloader:
         """Stream a 200 body to a part file, verify it, and move it into the cache."""
         expected = resp.header("Content-Length")
         expected = int(expected) if expected and expected.isdigit() else None
-        tmp = self.tmp / f"{os.getpid()}-{threading.get_ident()}-{next(self._seq)}.part"
+        tmp = f"{self.tmp_str}{os.getpid()}-{threading.get_ident()}-{next(self._seq)}.part"
         digest = hashlib.sha256()
         want_md5 = goog_md5(resp.header("x-goog-hash"))
         md5 = hashlib.md5() if want_md5 else None
         size, head, tail = 0, b"", b""
         try:
             try:
-                with open(tmp, "wb") as fh:
+                with open(tmp, "wb", buffering=0) as fh:
                     # Small bodies (images) in one read; big ones (metadata) in 1 MiB chunks.
                     step = expected if expected is not None and expected <= SMALL else 1 << 20
                     while True:
@@ -338,18 +339,19 @@ class Downloader:
                 raise Retry("md5 does not match the server's x-goog-hash", None, 200)
             problem = check_structure(kind, head, tail)
             if problem is None and self.cfg.verify_decode and kind in ("jpeg", "png"):
-                problem = decode_check(tmp)
+                problem = decode_check(Path(tmp))
             if problem:
                 if expected is None:
                     raise Retry(problem, None, 200)  # a cut transfer looks like a bad source
                 raise Permanent("corrupt", problem, 200)
             sha = digest.hexdigest()
-            os.replace(tmp, self.object_path(sha))  # atomic: nothing unverified ever lands
+            # Atomic: nothing unverified ever lands. Plain strings: this runs per file.
+            os.replace(tmp, f"{self.objects_str}{sha[:2]}/{sha}")
             tmp = None
             return Result(url, "ok", "", sha, size, 200)
         finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         """Return the delay before the next attempt: Retry-After, else exponential + jitter."""
