@@ -119,6 +119,20 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def remove_orphan_parts(tmp: Path) -> None:
+    """Delete part files left by killed runs (named <pid>-...; live processes keep theirs)."""
+    for part in tmp.glob("*.part"):
+        pid = part.name.split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # another user's live process
+
+
 def read_error(exc: Exception, size: int, expected: int | None) -> str:
     """Describe a failure while reading a body, without the URL (it may hold a token)."""
     text = f"{type(exc).__name__} {exc}"
@@ -184,7 +198,8 @@ class Ledger:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # Queued experiments may share the cache: wait for each other's writes.
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=120)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
@@ -255,6 +270,7 @@ class Downloader:
         for i in range(256):  # made once, not per file
             (self.objects / f"{i:02x}").mkdir(exist_ok=True)
         self._seq = itertools.count()
+        remove_orphan_parts(self.tmp)
         self.objects_str, self.tmp_str = f"{self.objects}/", f"{self.tmp}/"
 
     def object_path(self, sha256: str) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -92,6 +91,7 @@ def member_name(item_id: str, ext: str) -> str:
     """Return a tar member name for an item: readable, unique, within ustar's 100 chars."""
     safe = SAFE.sub("_", item_id).strip("._") or "item"
     digest = hashlib.sha1(item_id.encode()).hexdigest()[:10]
+    ext = SAFE.sub("_", ext)[:10]  # from a remote URL: keep it tame
     return f"{safe[-70:]}-{digest}{ext}"
 
 
@@ -262,8 +262,3 @@ def rebase(rows: Iterable[Row], from_root: Path, to_root: Path) -> list[Row]:
             row.shard = os.path.relpath(target, Path(to_root).resolve())
         out.append(row)
     return out
-
-
-def read_bytes_io(data: bytes) -> io.BytesIO:
-    """Wrap bytes for readers that want a file."""
-    return io.BytesIO(data)

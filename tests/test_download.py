@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -193,3 +194,23 @@ def test_gcs_md5_header_is_checked():
     header = f"crc32c=n03x6A==,md5={base64.b64encode(digest).decode()}"
     assert goog_md5(header) == digest.hex()
     assert goog_md5("crc32c=n03x6A==") is None and goog_md5(None) is None
+
+
+def test_part_files_of_dead_runs_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    tmp = tmp_path / "cache" / "tmp"
+    tmp.mkdir(parents=True)
+    orphan = tmp / f"{dead}-1-0.part"
+    mine = tmp / f"{os.getpid()}-1-0.part"
+    orphan.write_bytes(b"half")
+    mine.write_bytes(b"in use")
+    make(tmp_path).close()
+    assert not orphan.exists() and mine.exists()

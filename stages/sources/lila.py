@@ -7,7 +7,6 @@ import csv
 import difflib
 import gc
 import hashlib
-import heapq
 import io
 import logging
 import os
@@ -203,6 +202,8 @@ def paused_gc():
     try:
         yield
     finally:
+        # What survived is long-lived: freeze it so later collections do not rescan it.
+        gc.freeze()
         if was:
             gc.enable()
 
@@ -346,9 +347,8 @@ def select(meta: Metadata, cfg: dict) -> Selection:
         if hit is not None:
             for name in hit:
                 per_class[name].add(image_id)
-    for name in names:
-        if any(not isinstance(i, str) for i in per_class[name]):
-            per_class[name] = {str(i) for i in per_class[name]}  # old sets used int ids
+    if meta.ann_image and type(meta.ann_image[0]) is not str:  # noqa: E721
+        per_class = {n: {str(i) for i in ids} for n, ids in per_class.items()}  # old int ids
     rank = ranker(int(cfg.get("seed") or 0))
     caps = {str(k).lower(): v for k, v in (cfg.get("caps") or {}).items()}
     unknown_caps = set(caps) - {n.lower() for n in names}
@@ -363,10 +363,9 @@ def select(meta: Metadata, cfg: dict) -> Selection:
         stats["available"][name] = len(pool)
         if cap is None and budget is None:
             ids = sorted(pool)  # everything is taken: no ranking needed
-        elif cap is not None and int(cap) < len(pool):
-            ids = heapq.nsmallest(int(cap), pool, key=rank)
         else:
-            ids = sorted(pool, key=rank)
+            # A full sort beats heapq.nsmallest here: caps are often a large share of the pool.
+            ids = sorted(pool, key=rank)[: None if cap is None else int(cap)]
         stats["capped"][name] = len(pool) - len(ids)
         ranked[name] = ids
     # Byte budget: take images round-robin by rank so every class gets its fair prefix.
