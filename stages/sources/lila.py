@@ -137,6 +137,8 @@ class Metadata:
     n_images: int = 0
     n_annotations: int = 0
     ann_image: list[str] = field(default_factory=list)
+    ann_parked: list = field(default_factory=list)  # (joined ids or list, count) per batch
+    n_kept: int = 0
     ann_cat: list[int] = field(default_factory=list)
     ann_box: dict[int, tuple[str, list]] = field(default_factory=dict)  # index -> (kind, box)
     images: dict[str, dict] = field(default_factory=dict)
@@ -151,21 +153,35 @@ def _stream(source):
     return open(source, "rb")
 
 
+SEP = "\x00"
+
+
 def _add_annotations(meta: Metadata, batch: list, wanted: set | None) -> None:
     """Append a batch of annotations (of wanted categories, if known) plus sparse boxes."""
-    base = len(meta.ann_image)
+    base = meta.n_kept
     meta.n_annotations += len(batch)
     try:
         if wanted is not None:
             # Categories came first (as in NACTI): keep only what selection can use.
             batch = [d for d in batch if d["category_id"] in wanted]
-        meta.ann_image.extend([d["image_id"] for d in batch])
+        ids = [d["image_id"] for d in batch]
+        meta.n_kept += len(ids)
         meta.ann_cat.extend([d["category_id"] for d in batch])
         boxed = [(i, d) for i, d in enumerate(batch) if "bbox" in d or "bbox_relative" in d]
     except (KeyError, TypeError) as exc:
         raise MetadataError(
             f"an annotation lacks image_id/category_id or is not an object: {exc}"
         ) from None
+    # Park ids as one joined string per batch: thousands of small strings kept alive between
+    # freed batches would pin the allocator's arenas and inflate peak memory.
+    try:
+        joined = SEP.join(ids)
+    except TypeError:
+        joined = None  # int ids in older datasets
+    if joined is not None and joined.count(SEP) == len(ids) - 1:
+        meta.ann_parked.append((joined, len(ids)))
+    else:
+        meta.ann_parked.append(([str(i) for i in ids], len(ids)))
     for i, d in boxed:
         kind = "bbox" if d.get("bbox") is not None else "bbox_relative"
         box = d.get(kind)
@@ -178,6 +194,14 @@ def _add_annotations(meta: Metadata, batch: list, wanted: set | None) -> None:
         ):
             raise MetadataError(f"{kind} must be [x, y, width, height] numbers, got {box!r}")
         meta.ann_box[base + i] = (kind, box)
+
+
+def _unpark(meta: Metadata) -> None:
+    """Turn parked annotation ids back into one list (allocated compactly, in one go)."""
+    for parked, count in meta.ann_parked:
+        if count:
+            meta.ann_image.extend(parked.split(SEP) if isinstance(parked, str) else parked)
+    meta.ann_parked.clear()
 
 
 def _take_images(meta: Metadata, batch: list, wanted: set[str]) -> None:
@@ -240,9 +264,10 @@ def _read_metadata(source, cfg: dict, max_bytes: int | None) -> tuple[Metadata, 
         if key == "images" and kind == "batch":
             meta.n_images += len(payload)
             if sel is None and {"categories", "annotations"} <= seen:
+                _unpark(meta)
                 sel = select(meta, cfg)
             if sel is not None:
-                _take_images(meta, payload, sel.wanted)
+                _take_images(meta, payload, sel.wanted)  # images listed last: filter inline
                 images_done = True
         elif key == "annotations" and kind == "batch":
             _add_annotations(meta, payload, wanted_cats)
@@ -252,7 +277,7 @@ def _read_metadata(source, cfg: dict, max_bytes: int | None) -> tuple[Metadata, 
             meta.categories = payload
             if not payload:
                 raise MetadataError("metadata has no categories")
-            if not meta.ann_image:
+            if not meta.n_kept:
                 cat_map = match_classes(payload, classes(cfg))
                 wanted_cats = set().union(*cat_map.values())
         elif key == "info" and kind == "value":
@@ -262,21 +287,21 @@ def _read_metadata(source, cfg: dict, max_bytes: int | None) -> tuple[Metadata, 
     if not meta.categories:
         raise MetadataError("metadata has no categories")
     if sel is None:
+        _unpark(meta)
         sel = select(meta, cfg)
     if not images_done and sel.wanted:
+        # Images came before annotations (NACTI): a second pass keeps the selected ones and
+        # stops after the images array. Holding all image records instead costs ~1 GB more.
         in_images = False
         for key, kind, payload in iter_document(
-            _stream(source),
-            {"images", "annotations"},
-            max_bytes=max_bytes,
-            exact_integers=False,  # ids/sizes are checked for type below
+            _stream(source), {"images", "annotations"}, max_bytes=max_bytes, exact_integers=False
         ):
             if key == "images":
                 in_images = True
                 if kind == "batch":
                     _take_images(meta, payload, sel.wanted)
             elif in_images:
-                break  # the images array is over; skip the rest of the file
+                break
     missing = sel.wanted - meta.images.keys()
     if missing:
         raise MetadataError(
@@ -361,8 +386,8 @@ def select(meta: Metadata, cfg: dict) -> Selection:
         cap = caps.get(name.lower(), cfg.get("cap"))
         pool = per_class[name]
         stats["available"][name] = len(pool)
-        if cap is None and budget is None:
-            ids = sorted(pool)  # everything is taken: no ranking needed
+        if budget is None and (cap is None or int(cap) >= len(pool)):
+            ids = pool  # everything is taken: no ranking needed
         else:
             # A full sort beats heapq.nsmallest here: caps are often a large share of the pool.
             ids = sorted(pool, key=rank)[: None if cap is None else int(cap)]
