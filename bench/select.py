@@ -148,7 +148,9 @@ def child(which: str, path: str) -> None:
     start = time.perf_counter()
     n = run_seed(path) if which == "seed" else run_ours(path)
     secs = time.perf_counter() - start
+    # Our reader may use a helper process: count its peak too (summed, to be conservative).
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb += resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"seconds": secs, "rss_mb": rss_mb, "selected": n}))
 
 

@@ -182,6 +182,18 @@ def test_any_key_order_gives_the_same_rows(order):
     want = [r.to_record() for r in rows_of(d, cfg(cap=4))]
     d2 = {k: d[k] for k in order}
     assert [r.to_record() for r in rows_of(d2, cfg(cap=4))] == want
+    # The same with the images array read by a second process.
+    c = cfg(cap=4)
+    meta, sel = lila.read_metadata(json.dumps(d2).encode(), c, parallel=True)
+    rows = lila.build_rows(meta, sel, c, "http://h/base", "lila")
+    assert [r.to_record() for r in rows] == want
+
+
+def test_parallel_reader_reports_bad_images():
+    d = doc(10)
+    del d["images"][3]["id"]
+    with pytest.raises(MetadataError, match="lacks an id"):
+        lila.read_metadata(json.dumps(d).encode(), cfg(), parallel=True)
 
 
 # ---------------------------------------------------------------- classes and selection

@@ -9,11 +9,14 @@ import gc
 import hashlib
 import io
 import logging
+import multiprocessing
 import os
 import posixpath
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import orjson
 
 from stages.errors import ConfigError, MetadataError
 from stages.jsonstream import iter_document
@@ -232,13 +235,100 @@ def paused_gc():
             gc.enable()
 
 
-def read_metadata(source, cfg: dict, max_bytes: int | None = None) -> tuple[Metadata, Selection]:
-    """Stream a COCO Camera Traps JSON and select images, without loading it whole."""
-    with paused_gc():
-        return _read_metadata(source, cfg, max_bytes)
+PARALLEL_MIN_BYTES = 64 << 20
 
 
-def _read_metadata(source, cfg: dict, max_bytes: int | None) -> tuple[Metadata, Selection]:
+def _spool_images(source, max_bytes: int | None, ids_path: str, recs_path: str) -> int:
+    """Write every image's id and record, one JSON line each, to two files (child process)."""
+    n, in_images = 0, False
+    with paused_gc(), open(ids_path, "wb") as fi, open(recs_path, "wb") as fr:
+        for key, kind, payload in iter_document(
+            _stream(source), {"images", "annotations"}, max_bytes=max_bytes, exact_integers=False
+        ):
+            if key == "images":
+                in_images = True
+                if kind == "batch":
+                    try:
+                        ids = [orjson.dumps(str(d["id"])) for d in payload]
+                    except (KeyError, TypeError):
+                        raise MetadataError("an image lacks an id or is not an object") from None
+                    fi.write(b"\n".join(ids) + b"\n")
+                    fr.write(b"\n".join(map(orjson.dumps, payload)) + b"\n")
+                    n += len(ids)
+            elif in_images:
+                break  # the rest of the file is the parent's business
+    return n
+
+
+class ImageSpool:
+    """Read the images array in a second process while this one reads the annotations.
+
+    Without it, a file that lists images before annotations (NACTI) needs a second pass over
+    the images after selection; with it that pass runs on the other core, and this process
+    only picks the selected lines from the spool (JSON lines on local disk).
+    """
+
+    def __init__(self, source, max_bytes: int | None):
+        import tempfile
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.dir = tempfile.mkdtemp(prefix="lila-spool-")
+        self.ids, self.recs = f"{self.dir}/ids.jsonl", f"{self.dir}/images.jsonl"
+        ctx = multiprocessing.get_context("fork")  # the source may be a closure
+        self.pool = ProcessPoolExecutor(1, mp_context=ctx)
+        self.future = self.pool.submit(_spool_images, source, max_bytes, self.ids, self.recs)
+
+    def pick(self, meta: Metadata, wanted: set[str]) -> None:
+        """Wait for the spool, then keep the records of wanted images."""
+        self.future.result()  # re-raises the child's MetadataError, if any
+        keys = {orjson.dumps(i) + b"\n" for i in wanted}
+        # Both files in step, line by line: memory stays flat whatever the dataset size.
+        with open(self.ids, "rb") as fi, open(self.recs, "rb") as fr:
+            for key, line in zip(fi, fr, strict=True):
+                if key in keys:
+                    d = orjson.loads(line)
+                    meta.images[str(d["id"])] = d
+
+    def close(self) -> None:
+        """Stop the child if still running and remove the spool."""
+        import shutil
+
+        self.future.cancel()
+        for proc in list(getattr(self.pool, "_processes", {}).values()):
+            proc.terminate()  # not needed any more, or the parent failed
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def read_metadata(
+    source,
+    cfg: dict,
+    max_bytes: int | None = None,
+    *,
+    size: int | None = None,
+    parallel: bool | None = None,
+) -> tuple[Metadata, Selection]:
+    """Stream a COCO Camera Traps JSON and select images, without loading it whole.
+
+    `parallel` (default: when `size` or the file's size is at least 64 MiB) reads the images
+    array in a second process; results are the same either way.
+    """
+    if parallel is None:
+        if size is None and isinstance(source, str | Path):
+            size = os.path.getsize(source)
+        parallel = (size or 0) >= PARALLEL_MIN_BYTES
+    spool = ImageSpool(source, max_bytes) if parallel else None
+    try:
+        with paused_gc():
+            return _read_metadata(source, cfg, max_bytes, spool)
+    finally:
+        if spool is not None:
+            spool.close()
+
+
+def _read_metadata(
+    source, cfg: dict, max_bytes: int | None, spool: ImageSpool | None
+) -> tuple[Metadata, Selection]:
     """Read categories and annotations, select, and keep the selected images' records.
 
     One pass reads categories and annotations; image records are kept only for selected
@@ -269,6 +359,9 @@ def _read_metadata(source, cfg: dict, max_bytes: int | None) -> tuple[Metadata, 
             if sel is not None:
                 _take_images(meta, payload, sel.wanted)  # images listed last: filter inline
                 images_done = True
+            elif spool is not None:
+                # Images come first: the spool process reads them, so just count here.
+                continue
         elif key == "annotations" and kind == "batch":
             _add_annotations(meta, payload, wanted_cats)
         elif key == "categories" and kind == "value":
@@ -289,7 +382,9 @@ def _read_metadata(source, cfg: dict, max_bytes: int | None) -> tuple[Metadata, 
     if sel is None:
         _unpark(meta)
         sel = select(meta, cfg)
-    if not images_done and sel.wanted:
+    if not images_done and sel.wanted and spool is not None:
+        spool.pick(meta, sel.wanted)
+    elif not images_done and sel.wanted:
         # Images came before annotations (NACTI): a second pass keeps the selected ones and
         # stops after the images array. Holding all image records instead costs ~1 GB more.
         in_images = False
@@ -534,7 +629,11 @@ def plan(cfg: dict, ctx: Context) -> Plan:
     max_bytes = int(cfg.get("max_metadata_bytes") or 8_000_000_000)
     path = dl.object_path(res.sha256)
     open_metadata(path, max_bytes).close()  # validate the zip before reading it twice
-    meta, sel = read_metadata(lambda: open_metadata(path, max_bytes), cfg, max_bytes)
+    size = path.stat().st_size
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            size = sum(i.file_size for i in zf.infolist())
+    meta, sel = read_metadata(lambda: open_metadata(path, max_bytes), cfg, max_bytes, size=size)
     rows = build_rows(meta, sel, cfg, entry["image_base_url"], ctx.source)
     stats = {
         "dataset": entry["name"],
