@@ -78,18 +78,20 @@ def parse_index(text: str, dataset: str, cloud: str) -> dict:
 # ---------------------------------------------------------------- metadata
 
 
-def open_metadata(path: Path, max_bytes: int):
-    """Open the COCO Camera Traps JSON inside a metadata zip (or a bare JSON) as a stream."""
+def inspect_metadata(path: Path, max_bytes: int) -> tuple[str | None, int]:
+    """Check a metadata zip (or bare JSON); return its JSON member (None if bare) and size."""
+    path = Path(path)
     if not zipfile.is_zipfile(path):
-        head = Path(path).open("rb").read(64).lstrip()
+        with open(path, "rb") as fh:
+            head = fh.read(64).lstrip()
         if not head.startswith(b"{"):
             raise MetadataError(f"{path.name}: neither a zip nor a JSON object")
         if path.stat().st_size > max_bytes:
             raise MetadataError(f"metadata JSON exceeds the configured limit of {max_bytes} bytes")
-        return open(path, "rb")
+        return None, path.stat().st_size
     try:
-        zf = zipfile.ZipFile(path)
-        infos = zf.infolist()
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
     except (zipfile.BadZipFile, OSError) as exc:
         raise MetadataError(f"{path.name}: malformed zip: {exc}") from None
     for info in infos:
@@ -107,7 +109,20 @@ def open_metadata(path: Path, max_bytes: int):
             f"metadata JSON {members[0].filename} is {members[0].file_size} bytes, over the "
             f"configured limit of {max_bytes} bytes"
         )
-    return zf.open(members[0])
+    return members[0].filename, members[0].file_size
+
+
+def open_member(path: Path, member: str | None):
+    """Open a checked metadata file (a zip member, or the file itself) as a binary stream."""
+    if member is None:
+        return open(path, "rb")
+    return zipfile.ZipFile(path).open(member)
+
+
+def open_metadata(path: Path, max_bytes: int):
+    """Check, then open, the COCO Camera Traps JSON inside a metadata zip (or a bare JSON)."""
+    member, _ = inspect_metadata(path, max_bytes)
+    return open_member(path, member)
 
 
 def safe_relpath(name) -> str:
@@ -140,8 +155,7 @@ class Metadata:
     n_images: int = 0
     n_annotations: int = 0
     ann_image: list[str] = field(default_factory=list)
-    ann_parked: list = field(default_factory=list)  # (joined ids or list, count) per batch
-    n_kept: int = 0
+    ann_parked: list = field(default_factory=list)  # per batch: ids joined by SEP, or a list
     ann_cat: list[int] = field(default_factory=list)
     ann_box: dict[int, tuple[str, list]] = field(default_factory=dict)  # index -> (kind, box)
     images: dict[str, dict] = field(default_factory=dict)
@@ -161,14 +175,13 @@ SEP = "\x00"
 
 def _add_annotations(meta: Metadata, batch: list, wanted: set | None) -> None:
     """Append a batch of annotations (of wanted categories, if known) plus sparse boxes."""
-    base = meta.n_kept
+    base = len(meta.ann_cat)
     meta.n_annotations += len(batch)
     try:
         if wanted is not None:
             # Categories came first (as in NACTI): keep only what selection can use.
             batch = [d for d in batch if d["category_id"] in wanted]
         ids = [d["image_id"] for d in batch]
-        meta.n_kept += len(ids)
         meta.ann_cat.extend([d["category_id"] for d in batch])
         boxed = [(i, d) for i, d in enumerate(batch) if "bbox" in d or "bbox_relative" in d]
     except (KeyError, TypeError) as exc:
@@ -177,14 +190,13 @@ def _add_annotations(meta: Metadata, batch: list, wanted: set | None) -> None:
         ) from None
     # Park ids as one joined string per batch: thousands of small strings kept alive between
     # freed batches would pin the allocator's arenas and inflate peak memory.
-    try:
-        joined = SEP.join(ids)
-    except TypeError:
-        joined = None  # int ids in older datasets
-    if joined is not None and joined.count(SEP) == len(ids) - 1:
-        meta.ann_parked.append((joined, len(ids)))
-    else:
-        meta.ann_parked.append(([str(i) for i in ids], len(ids)))
+    if ids:
+        try:
+            joined = SEP.join(ids)
+        except TypeError:
+            joined = None  # int ids in older datasets
+        ok = joined is not None and joined.count(SEP) == len(ids) - 1
+        meta.ann_parked.append(joined if ok else [str(i) for i in ids])
     for i, d in boxed:
         kind = "bbox" if d.get("bbox") is not None else "bbox_relative"
         box = d.get(kind)
@@ -200,17 +212,16 @@ def _add_annotations(meta: Metadata, batch: list, wanted: set | None) -> None:
 
 
 def _unpark(meta: Metadata) -> None:
-    """Turn parked annotation ids back into one list (allocated compactly, in one go)."""
-    for parked, count in meta.ann_parked:
-        if count:
-            meta.ann_image.extend(parked.split(SEP) if isinstance(parked, str) else parked)
+    """Turn parked annotation ids back into one list of str (allocated compactly, in one go)."""
+    for parked in meta.ann_parked:
+        meta.ann_image.extend(parked.split(SEP) if isinstance(parked, str) else parked)
     meta.ann_parked.clear()
 
 
 def _take_images(meta: Metadata, batch: list, wanted: set[str]) -> None:
     """Keep the records of wanted images from a batch."""
     try:
-        if all(type(d["id"]) is str for d in batch[:1]):  # noqa: E721
+        if not batch or type(batch[0]["id"]) is str:  # noqa: E721
             hits = [d for d in batch if d["id"] in wanted]
         else:  # older datasets use int ids; annotations were normalised to str
             hits = [d for d in batch if str(d["id"]) in wanted]
@@ -238,25 +249,38 @@ def paused_gc():
 PARALLEL_MIN_BYTES = 64 << 20
 
 
+def _document(source, max_bytes: int | None):
+    """Stream a metadata document, decoding images and annotations in batches."""
+    # exact_integers off: ids and sizes are type-checked where they are used.
+    return iter_document(
+        _stream(source), {"images", "annotations"}, max_bytes=max_bytes, exact_integers=False
+    )
+
+
+def _image_batches(source, max_bytes: int | None):
+    """Yield the batches of the images array, then stop reading the file."""
+    in_images = False
+    for key, kind, payload in _document(source, max_bytes):
+        if key == "images":
+            in_images = True
+            if kind == "batch":
+                yield payload
+        elif in_images:
+            return
+
+
 def _spool_images(source, max_bytes: int | None, ids_path: str, recs_path: str) -> int:
     """Write every image's id and record, one JSON line each, to two files (child process)."""
-    n, in_images = 0, False
+    n = 0
     with paused_gc(), open(ids_path, "wb") as fi, open(recs_path, "wb") as fr:
-        for key, kind, payload in iter_document(
-            _stream(source), {"images", "annotations"}, max_bytes=max_bytes, exact_integers=False
-        ):
-            if key == "images":
-                in_images = True
-                if kind == "batch":
-                    try:
-                        ids = [orjson.dumps(str(d["id"])) for d in payload]
-                    except (KeyError, TypeError):
-                        raise MetadataError("an image lacks an id or is not an object") from None
-                    fi.write(b"\n".join(ids) + b"\n")
-                    fr.write(b"\n".join(map(orjson.dumps, payload)) + b"\n")
-                    n += len(ids)
-            elif in_images:
-                break  # the rest of the file is the parent's business
+        for batch in _image_batches(source, max_bytes):
+            try:
+                ids = [orjson.dumps(str(d["id"])) for d in batch]
+            except (KeyError, TypeError):
+                raise MetadataError("an image lacks an id or is not an object") from None
+            fi.write(b"\n".join(ids) + b"\n")
+            fr.write(b"\n".join(map(orjson.dumps, batch)) + b"\n")
+            n += len(ids)
     return n
 
 
@@ -332,8 +356,8 @@ def _read_metadata(
     """Read categories and annotations, select, and keep the selected images' records.
 
     One pass reads categories and annotations; image records are kept only for selected
-    images, inline when the file lists images last, else in a second pass that stops
-    after the images array (NACTI lists images first).
+    images: inline when the file lists images last, else (NACTI lists them first) from the
+    spool a helper process wrote meanwhile, or from a second pass over the images array.
     """
     meta = Metadata()
     sel: Selection | None = None
@@ -341,12 +365,7 @@ def _read_metadata(
     images_done = False
     current = None
     wanted_cats: set | None = None
-    for key, kind, payload in iter_document(
-        _stream(source),
-        {"images", "annotations"},
-        max_bytes=max_bytes,
-        exact_integers=False,  # ids/sizes are checked for type below
-    ):
+    for key, kind, payload in _document(source, max_bytes):
         if key != current:
             if current is not None:
                 seen.add(current)
@@ -359,9 +378,7 @@ def _read_metadata(
             if sel is not None:
                 _take_images(meta, payload, sel.wanted)  # images listed last: filter inline
                 images_done = True
-            elif spool is not None:
-                # Images come first: the spool process reads them, so just count here.
-                continue
+            # Else images come first: the spool process (or a second pass) takes them.
         elif key == "annotations" and kind == "batch":
             _add_annotations(meta, payload, wanted_cats)
         elif key == "categories" and kind == "value":
@@ -370,7 +387,7 @@ def _read_metadata(
             meta.categories = payload
             if not payload:
                 raise MetadataError("metadata has no categories")
-            if not meta.n_kept:
+            if not meta.ann_cat:
                 cat_map = match_classes(payload, classes(cfg))
                 wanted_cats = set().union(*cat_map.values())
         elif key == "info" and kind == "value":
@@ -382,21 +399,14 @@ def _read_metadata(
     if sel is None:
         _unpark(meta)
         sel = select(meta, cfg)
-    if not images_done and sel.wanted and spool is not None:
-        spool.pick(meta, sel.wanted)
-    elif not images_done and sel.wanted:
-        # Images came before annotations (NACTI): a second pass keeps the selected ones and
-        # stops after the images array. Holding all image records instead costs ~1 GB more.
-        in_images = False
-        for key, kind, payload in iter_document(
-            _stream(source), {"images", "annotations"}, max_bytes=max_bytes, exact_integers=False
-        ):
-            if key == "images":
-                in_images = True
-                if kind == "batch":
-                    _take_images(meta, payload, sel.wanted)
-            elif in_images:
-                break
+    if not images_done and sel.wanted:
+        if spool is not None:
+            spool.pick(meta, sel.wanted)
+        else:
+            # A second pass, stopping after the images array. Holding every image record
+            # from the first pass instead costs ~1 GB more on NACTI.
+            for batch in _image_batches(source, max_bytes):
+                _take_images(meta, batch, sel.wanted)
     missing = sel.wanted - meta.images.keys()
     if missing:
         raise MetadataError(
@@ -451,6 +461,7 @@ class Selection:
     order: list[str]  # image ids, sorted
     stats: dict
     wanted: set[str] = field(default_factory=set)
+    class_of: dict = field(default_factory=dict)  # category id -> class names (config order)
 
 
 def select(meta: Metadata, cfg: dict) -> Selection:
@@ -467,8 +478,6 @@ def select(meta: Metadata, cfg: dict) -> Selection:
         if hit is not None:
             for name in hit:
                 per_class[name].add(image_id)
-    if meta.ann_image and type(meta.ann_image[0]) is not str:  # noqa: E721
-        per_class = {n: {str(i) for i in ids} for n, ids in per_class.items()}  # old int ids
     rank = ranker(int(cfg.get("seed") or 0))
     caps = {str(k).lower(): v for k, v in (cfg.get("caps") or {}).items()}
     unknown_caps = set(caps) - {n.lower() for n in names}
@@ -524,7 +533,7 @@ def select(meta: Metadata, cfg: dict) -> Selection:
         for image_id in hits:
             labels.setdefault(image_id, []).append(name)
         stats["selected"][name] = len(hits)
-    return Selection(labels, sorted(labels), stats, set(labels))
+    return Selection(labels, sorted(labels), stats, set(labels), cat_to_class)
 
 
 def build_rows(meta: Metadata, sel: Selection, cfg: dict, base_url: str, source: str) -> list[Row]:
@@ -534,17 +543,13 @@ def build_rows(meta: Metadata, sel: Selection, cfg: dict, base_url: str, source:
 
 
 def _build_rows(meta: Metadata, sel: Selection, cfg: dict, base_url: str, source: str) -> list[Row]:
-    names = classes(cfg)
-    cat_to_class = {}
-    for name, cids in match_classes(meta.categories, names).items():
-        for cid in cids:
-            cat_to_class.setdefault(cid, name)
     boxes: dict[str, list[dict]] = {}
     for idx, (kind, box) in sorted(meta.ann_box.items()):
         image_id = meta.ann_image[idx]
-        name = cat_to_class.get(meta.ann_cat[idx])
-        if name is None or image_id not in sel.wanted:
+        names = sel.class_of.get(meta.ann_cat[idx])
+        if names is None or image_id not in sel.wanted:
             continue
+        name = names[0]
         im = meta.images[image_id]
         if kind == "bbox_relative":
             w, h = im.get("width"), im.get("height")
@@ -628,12 +633,8 @@ def plan(cfg: dict, ctx: Context) -> Plan:
         raise MetadataError(f"cannot download the metadata: {res.status} ({res.reason})")
     max_bytes = int(cfg.get("max_metadata_bytes") or 8_000_000_000)
     path = dl.object_path(res.sha256)
-    open_metadata(path, max_bytes).close()  # validate the zip before reading it twice
-    size = path.stat().st_size
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            size = sum(i.file_size for i in zf.infolist())
-    meta, sel = read_metadata(lambda: open_metadata(path, max_bytes), cfg, max_bytes, size=size)
+    member, size = inspect_metadata(path, max_bytes)  # checked once; then opened per pass
+    meta, sel = read_metadata(lambda: open_member(path, member), cfg, max_bytes, size=size)
     rows = build_rows(meta, sel, cfg, entry["image_base_url"], ctx.source)
     stats = {
         "dataset": entry["name"],
