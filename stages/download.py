@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
-import http.client
 import itertools
 import logging
 import os
@@ -273,13 +272,20 @@ class Downloader:
         remove_orphan_parts(self.tmp)
         self.objects_str, self.tmp_str = f"{self.objects}/", f"{self.tmp}/"
 
+    def object_file(self, sha256: str) -> str:
+        """Return where content with this hash lives in the cache (a plain string: hot path)."""
+        return f"{self.objects_str}{sha256[:2]}/{sha256}"
+
     def object_path(self, sha256: str) -> Path:
         """Return where content with this hash lives in the cache."""
-        return self.objects / sha256[:2] / sha256
+        return Path(self.object_file(sha256))
 
-    def cached(self, url: str, res: Result | None = None) -> Result | None:
+    def cached(self, url: str) -> Result | None:
         """Return a prior result that needs no new request, if any."""
-        res = res or self.ledger.get(url)
+        return self.reusable(self.ledger.get(url))
+
+    def reusable(self, res: Result | None) -> Result | None:
+        """Return a recorded result if it stands (object present, or a permanent failure)."""
         if res is None:
             return None
         if res.status == "ok":
@@ -295,7 +301,7 @@ class Downloader:
         """Make one request; raise Retry or Permanent on failure."""
         try:
             resp = self.http.get(url + self.url_suffix)
-        except (OSError, http.client.HTTPException, Urllib3Error) as exc:
+        except (OSError, Urllib3Error) as exc:
             what = "timeout" if "timed out" in str(exc).lower() else "error"
             raise Retry(f"connection {what}: {type(exc).__name__}") from None
         reusable = False
@@ -314,7 +320,7 @@ class Downloader:
             res = self._receive(resp, url, kind)
             reusable = True
             return res
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, Urllib3Error) as exc:
             raise Retry(f"read error: {type(exc).__name__}", None, resp.status) from None
         finally:
             resp.release(reusable)
@@ -347,7 +353,7 @@ class Downloader:
                         size += len(chunk)
                         if size == expected:
                             break  # no extra read call for the end of the body
-            except (Urllib3Error, OSError, http.client.HTTPException) as exc:
+            except (Urllib3Error, OSError) as exc:
                 raise Retry(read_error(exc, size, expected), None, 200) from None
             if expected is not None and size != expected:
                 raise Retry(f"truncated body ({size} of {expected} bytes)", None, 200)
@@ -362,7 +368,7 @@ class Downloader:
                 raise Permanent("corrupt", problem, 200)
             sha = digest.hexdigest()
             # Atomic: nothing unverified ever lands. Plain strings: this runs per file.
-            os.replace(tmp, f"{self.objects_str}{sha[:2]}/{sha}")
+            os.replace(tmp, self.object_file(sha))
             tmp = None
             return Result(url, "ok", "", sha, size, 200)
         finally:
@@ -421,7 +427,7 @@ class Downloader:
         todo = []
         recorded = self.ledger.all()
         for url in urls:
-            prior = self.cached(url, recorded.get(url)) if url in recorded else None
+            prior = self.reusable(recorded.get(url))
             if prior is not None:
                 results[url] = prior
                 bar.update(1)

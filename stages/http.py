@@ -102,8 +102,8 @@ class Connection:
 class Response:
     """A streaming response body; call release() when done with it."""
 
-    def __init__(self, conn: Connection | None, status: int, version: str, fields: dict, raw=None):
-        self.conn, self.status, self.fields, self.raw = conn, status, fields, raw
+    def __init__(self, conn: Connection, status: int, version: str, fields: dict):
+        self.conn, self.status, self.fields = conn, status, fields
         self.done = False
         self.chunk_left = 0  # bytes left in the current chunk (chunked encoding)
         self.chunked = "chunked" in fields.get("transfer-encoding", "").lower()
@@ -118,8 +118,6 @@ class Response:
 
     def header(self, name: str) -> str | None:
         """Return a response header."""
-        if self.raw is not None:
-            return self.raw.headers.get(name)
         return self.fields.get(name.lower())
 
     def _take(self, n: int) -> bytes:
@@ -157,8 +155,6 @@ class Response:
 
     def read(self, n: int) -> bytes:
         """Read up to n bytes of the body (b"" at its end)."""
-        if self.raw is not None:
-            return self.raw.read(n)
         if self.done or n <= 0:
             return b""
         if self.left is not None:
@@ -194,10 +190,28 @@ class Response:
 
     def release(self, reusable: bool) -> None:
         """Give the connection back for reuse, or close it."""
-        if self.raw is not None:
-            self.release_cb(reusable)
-        else:
-            self.release_cb(reusable and self.done and not self.will_close)
+        self.release_cb(reusable and self.done and not self.will_close)
+
+
+class ProxyResponse:
+    """A urllib3 response (through a proxy) behind the same small interface as Response."""
+
+    def __init__(self, raw):
+        self.raw, self.status = raw, raw.status
+
+    def header(self, name: str) -> str | None:
+        """Return a response header."""
+        return self.raw.headers.get(name)
+
+    def read(self, n: int) -> bytes:
+        """Read up to n bytes of the body."""
+        return self.raw.read(n)
+
+    def release(self, reusable: bool) -> None:
+        """Give the connection back to urllib3's pool, closing it first if it is spoiled."""
+        if not reusable:
+            self.raw.close()
+        self.raw.release_conn()
 
 
 class HttpClient:
@@ -227,14 +241,14 @@ class HttpClient:
             return proxy
         return None
 
-    def get(self, url: str) -> Response:
+    def get(self, url: str) -> Response | ProxyResponse:
         """Send a GET, following redirects; raise OSError on transport failure."""
         for _ in range(6):
             parts = urlsplit(url)
             proxy = self._proxy_for(parts.scheme, parts.hostname or "")
             resp = self._get_via_proxy(proxy, url) if proxy else self._get_direct(parts)
             location = resp.header("Location")
-            if resp.status in REDIRECTS and location and resp.raw is None:
+            if resp.status in REDIRECTS and location and isinstance(resp, Response):
                 resp.read(1 << 16)  # a small body: read it so the connection can be reused
                 resp.release(True)
                 url = urljoin(url, location)
@@ -272,7 +286,7 @@ class HttpClient:
             return resp
         raise AssertionError("unreachable")
 
-    def _get_via_proxy(self, proxy: str, url: str) -> Response:
+    def _get_via_proxy(self, proxy: str, url: str) -> ProxyResponse:
         with self.lock:
             pm = self.proxy_managers.get(proxy)
             if pm is None:
@@ -286,15 +300,7 @@ class HttpClient:
             preload_content=False,
             timeout=urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout),
         )
-        resp = Response(None, raw.status, "HTTP/1.1", {}, raw=raw)
-
-        def release(reusable: bool) -> None:
-            if not reusable:
-                raw.close()
-            raw.release_conn()
-
-        resp.release_cb = lambda reusable: release(reusable)
-        return resp
+        return ProxyResponse(raw)
 
     def close(self) -> None:
         """Close every idle connection and any proxy pools."""
