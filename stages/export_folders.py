@@ -9,7 +9,7 @@ from pathlib import Path
 from lxml import etree
 
 from stages.cli import run_main
-from stages.store import SAFE, Row, Store, member_name
+from stages.store import SAFE, Row, Store, member_name, payload_ext
 
 
 def safe_dir(name: str) -> str:
@@ -60,8 +60,7 @@ def export_folders(store: Store, dest: Path, layout: str) -> int:
     """Write every ok item under dest in the chosen layout; return the number of items."""
     n = 0
     for row, data in store.iter_payloads([r for r in store.rows() if r.status == "ok"]):
-        ext = Path(row.url.split("?")[0]).suffix.lower() or ".jpg"
-        name = member_name(row.item_id, ext)
+        name = member_name(row.item_id, payload_ext(row) or ".jpg")
         if layout == "classes":
             for lab in row.labels or ["unlabeled"]:
                 put(dest / safe_dir(lab) / name, data)

@@ -87,6 +87,11 @@ class Row:
         return cls(**rec)
 
 
+def payload_ext(row: Row) -> str:
+    """Return the file extension of a row's payload, from its URL (without the query)."""
+    return Path(row.url.split("?")[0]).suffix.lower()
+
+
 def member_name(item_id: str, ext: str) -> str:
     """Return a tar member name for an item: readable, unique, within ustar's 100 chars."""
     safe = SAFE.sub("_", item_id).strip("._") or "item"
@@ -171,7 +176,7 @@ def write_store(
     rows: Iterable[Row],
     payload: Callable[[Row], Path | None],
     shard_bytes: int,
-    ext: Callable[[Row], str] = lambda r: Path(r.url.split("?")[0]).suffix.lower(),
+    ext: Callable[[Row], str] = payload_ext,
 ) -> list[Row]:
     """Pack each row's payload (a file path, or None for no payload) and write the manifest."""
     out_dir = Path(out_dir)
@@ -220,8 +225,7 @@ class Store:
 
     def shard_path(self, row: Row) -> Path:
         """Resolve a row's shard, which may live in an upstream store."""
-        path = (self.root / row.shard).resolve()
-        return path
+        return (self.root / row.shard).resolve()
 
     def read(self, item_id_or_row: str | Row) -> bytes:
         """Return one item's payload bytes without unpacking its shard."""
