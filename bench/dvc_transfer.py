@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
+import _unshadow  # noqa: F401  # isort: skip
+
+import argparse
+import hashlib
 import os
+import shutil
+import subprocess
 import sys
+import time
+from pathlib import Path
 
-# bench/select.py shadows the stdlib `select` (imported by subprocess): keep this folder off
-# sys.path while the stdlib loads, then put it back for _common.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import select  # noqa: E402, F401  (the stdlib module, cached before bench/ returns)
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, _HERE)
-from _common import (  # noqa: E402
+from _common import (
     ROOT,
     bench_dir,
     median,

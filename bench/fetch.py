@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
+import _unshadow  # noqa: F401  # isort: skip
+
+import argparse
+import hashlib
+import io
 import os
+import resource
+import shutil
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
 
-# bench/select.py shadows the stdlib `select` (imported by socket, subprocess): keep this
-# folder off sys.path while the stdlib loads, then put it back for _common.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import io  # noqa: E402
-import resource  # noqa: E402
-import select  # noqa: E402, F401  (the stdlib module, cached before bench/ returns)
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-from multiprocessing.pool import ThreadPool  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, _HERE)
-from _common import (  # noqa: E402
+from _common import (
     ROOT,
     bench_dir,
     fmt_rate,

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import os
+import _unshadow  # noqa: F401  # isort: skip
+
+import argparse
+import json
+import random
+import resource
+import subprocess
 import sys
+import time
+from pathlib import Path
 
-# This file is named like the stdlib `select` module: keep its folder off sys.path while the
-# stdlib loads (subprocess imports `select`), then put it back for _common.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import resource  # noqa: E402
-import select  # noqa: E402, F401  (the stdlib module, cached before bench/ returns)
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, _HERE)
-from _common import ROOT, bench_dir  # noqa: E402
+from _common import ROOT, bench_dir
 
 # The seed notebook's classes; `empty` capped at 55,000 as the seed did by shuffling.
 SEED_CLASSES = [
