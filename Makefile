@@ -18,8 +18,8 @@ test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check stages tests bench
-	$(BIN)/ruff format --check stages tests bench
+	$(BIN)/ruff check stages standins tests bench
+	$(BIN)/ruff format --check stages standins tests bench
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/fetch.py

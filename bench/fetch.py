@@ -1,4 +1,5 @@
-"""Compare the project's Downloader with ThreadPool(50)+urlretrieve against a local nginx."""
+"""Compare the project's Downloader (libcurl) with the seed's ThreadPool(50)+urlretrieve and
+with a plain urllib3 pool doing the same checks, against a local nginx, alternating rounds."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from _common import (
 # 2-core machine serving from loopback, --sweep puts W=4..64 within run-to-run noise.
 HEADLINE_WORKERS = 16
 BASELINE_THREADS = 50
+URLLIB3_THREADS = 16
 NGINX = "/usr/sbin/nginx"
 
 
@@ -214,12 +217,70 @@ def check_baseline(dest: Path, expected: dict[str, tuple[int, str]]) -> None:
             raise AssertionError(f"baseline: {name} differs from the source")
 
 
-def run_ours(urls: list[str], cache: Path, workers: int) -> tuple[float, dict]:
-    """Download with stages.download.Downloader into a fresh cache; return seconds, results."""
-    from stages.download import Config, Downloader
+def run_urllib3(urls: list[str], dest: Path, threads: int) -> float:
+    """Download with a urllib3 PoolManager on `threads` threads, verifying like ours."""
+    import urllib3
+
+    from stages.net.verify import check_structure
+
+    objects, tmp = dest / "objects", dest / "tmp"
+    for i in range(256):
+        (objects / f"{i:02x}").mkdir(parents=True)
+    tmp.mkdir()
+    pool = urllib3.PoolManager(
+        maxsize=threads,
+        block=True,
+        retries=urllib3.Retry(3, backoff_factor=0.5),
+        timeout=urllib3.Timeout(connect=10.0, read=30.0),
+    )
+
+    def get(item: tuple[int, str]) -> None:
+        i, url = item
+        resp = pool.request(
+            "GET", url, preload_content=False, headers={"Accept-Encoding": "identity"}
+        )
+        part, digest, size, head, tail = f"{tmp}/{i}.part", hashlib.sha256(), 0, b"", b""
+        with open(part, "wb") as fh:
+            for chunk in resp.stream(1 << 18):
+                if size < 16:
+                    head = (head + chunk[:16])[:16]
+                tail = (tail + chunk[-64:])[-64:]
+                fh.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+        resp.release_conn()
+        length = resp.headers.get("Content-Length")
+        if resp.status != 200 or (length is not None and int(length) != size):
+            raise AssertionError(f"urllib3: {url}: {resp.status}, {size} of {length} bytes")
+        if check_structure("jpeg", head, tail):
+            raise AssertionError(f"urllib3: {url}: not a whole JPEG")
+        sha = digest.hexdigest()
+        os.replace(part, objects / sha[:2] / sha)
 
     start = time.perf_counter()
-    dl = Downloader(Config(workers=workers), cache_dir=cache, ledger_name="bench")
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(get, enumerate(urls)))
+    elapsed = time.perf_counter() - start
+    pool.clear()
+    return elapsed
+
+
+def check_cache(dest: Path, expected: dict[str, tuple[int, str]]) -> None:
+    """Fail unless dest/objects holds exactly the expected content, named by sha256."""
+    found = {p.name: p.stat().st_size for p in (dest / "objects").rglob("*") if p.is_file()}
+    want = {sha: size for size, sha in expected.values()}
+    if found != want:
+        raise AssertionError(f"{dest.name}: {len(found)} objects, want {len(want)}")
+
+
+def run_ours(urls: list[str], cache: Path, workers: int) -> tuple[float, dict]:
+    """Download with stages.net.download.Downloader into a fresh cache; return seconds, results."""
+    from stages.net.download import Downloader
+    from stages.pipeline.compose import group_defaults
+
+    cfg = group_defaults("fetch", workers=workers)
+    start = time.perf_counter()
+    dl = Downloader(cfg, cache_dir=cache, ledger_name="bench")
     results = dl.fetch_all(urls)
     dl.close()
     elapsed = time.perf_counter() - start
@@ -281,13 +342,14 @@ def main() -> None:
             urls = [f"{base}/{name}" for name in sorted(expected)]
             print(f"{version} (pid {proc.pid}) on 127.0.0.1:{port}, 2 workers", flush=True)
             print(
-                f"baseline: ThreadPool({BASELINE_THREADS}) + urlretrieve; "
-                f"ours: Downloader(Config(workers={args.workers})), sha256 + JPEG check",
+                f"baseline: ThreadPool({BASELINE_THREADS}) + urlretrieve; urllib3: "
+                f"PoolManager on {URLLIB3_THREADS} threads, sha256 + JPEG check + rename; "
+                f"ours: Downloader(workers={args.workers}) on libcurl, same checks + ledger",
                 flush=True,
             )
             n = len(urls)
-            times: dict[str, list[float]] = {"baseline": []}
-            cpu: dict[str, list[float]] = {"baseline": []}
+            times: dict[str, list[float]] = {"baseline": [], "urllib3": []}
+            cpu: dict[str, list[float]] = {"baseline": [], "urllib3": []}
             worker_counts = [args.workers] + [w for w in sweep if w != args.workers]
             for w in worker_counts:
                 times[f"ours W={w}"] = []
@@ -304,11 +366,15 @@ def main() -> None:
                     r0 = resource.getrusage(resource.RUSAGE_SELF)
                     if label == "baseline":
                         secs = run_baseline(urls, out)
+                    elif label == "urllib3":
+                        secs = run_urllib3(urls, out, URLLIB3_THREADS)
                     else:
                         secs, results = run_ours(urls, out, int(label.split("=")[1]))
                     r1 = resource.getrusage(resource.RUSAGE_SELF)
                     if label == "baseline":
                         check_baseline(out, expected)
+                    elif label == "urllib3":
+                        check_cache(out, expected)
                     else:
                         check_ours(results, out, base, expected)
                     used = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
@@ -329,9 +395,13 @@ def main() -> None:
             )
         print(f"verified: every run produced {n} files matching the sources' sizes and sha256")
         base_s = median(times["baseline"])
+        pool_s = median(times["urllib3"])
         ours_s = median(times[f"ours W={args.workers}"])
-        print(f"baseline {base_s:.2f} s / ours (W={args.workers}) {ours_s:.2f} s")
-    print(f"fetch_speedup={base_s / ours_s:.3f}")
+        print(
+            f"baseline {base_s:.2f} s, urllib3 {pool_s:.2f} s / ours (W={args.workers}) "
+            f"{ours_s:.2f} s"
+        )
+    print(f"fetch_speedup={base_s / ours_s:.3f} vs_urllib3={pool_s / ours_s:.3f}")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,22 @@ from collections import Counter
 
 from PIL import Image
 
-from stages.cli import run_main
-from stages.entry import start
-from stages.executor import pmap
-from stages.metrics import class_counts
-from stages.store import Row, Store, rebase, write_manifest
+from stages.core.config import CleanConf, SourceConf
+from stages.core.metrics import class_counts
+from stages.core.parallel import pmap
+from stages.core.store import Row, Store, rebase, write_manifest
+from stages.pipeline.entry import run_main, start
+from stages.sources import Source
 
 log = logging.getLogger("stages.clean")
+SHARED_COUNTS = (
+    "boxes_in",
+    "boxes_out",
+    "boxes_clamped",
+    "boxes_dropped_degenerate",
+    "size_mismatch",
+    "labels_unknown",
+)
 
 
 def inspect_image(data: bytes, decode: bool) -> tuple[int, int] | str:
@@ -49,11 +58,13 @@ def clean_boxes(row: Row, width: int, height: int, min_size: float, counts: Coun
     return out
 
 
-def clean(store: Store, names: list[str], cfg: dict) -> tuple[list[Row], dict]:
+def clean(
+    store: Store, source: Source, src_cfg: SourceConf, cfg: CleanConf
+) -> tuple[list[Row], dict]:
     """Return the cleaned rows (payloads unchanged) and the counts of what was dropped."""
+    names = source.classes(src_cfg)
     ids = {n: i for i, n in enumerate(names)}
-    decode = bool(cfg.get("decode_check", True))
-    min_size = float(cfg.get("min_box_size", 1.0))
+    decode, min_size = cfg.decode_check, cfg.min_box_size
     counts: Counter = Counter()
     dropped: Counter = Counter()
     rows = store.rows()
@@ -76,7 +87,7 @@ def clean(store: Store, names: list[str], cfg: dict) -> tuple[list[Row], dict]:
         known = [lab for lab in row.labels if lab in ids]
         if len(known) != len(row.labels):
             counts["labels_unknown"] += len(row.labels) - len(known)
-        if not known and cfg.get("drop_unlabeled", True):
+        if not known and cfg.drop_unlabeled:
             dropped["unlabeled"] += 1
             continue
         counts["boxes_in"] += len(row.boxes)
@@ -87,23 +98,19 @@ def clean(store: Store, names: list[str], cfg: dict) -> tuple[list[Row], dict]:
         row.width, row.height = width, height
         row.labels = sorted(known, key=ids.__getitem__)
         row.label_ids = [ids[lab] for lab in row.labels]
+        row = source.clean_row(src_cfg, row, counts)
+        if row is None:
+            dropped["by_source"] += 1
+            continue
         kept.append(row)
     metrics = {
         "items_in": len(rows),
         "items_out": len(kept),
         "dropped": dict(sorted(dropped.items())),
         "dropped_total": sum(dropped.values()),
-        **{
-            k: counts.get(k, 0)
-            for k in (
-                "boxes_in",
-                "boxes_out",
-                "boxes_clamped",
-                "boxes_dropped_degenerate",
-                "size_mismatch",
-                "labels_unknown",
-            )
-        },
+        **{k: counts.get(k, 0) for k in SHARED_COUNTS},
+        # What a source's clean_row hook counted, under its own names.
+        "source": {k: v for k, v in sorted(counts.items()) if k not in SHARED_COUNTS},
         "classes": class_counts(kept, names),
         "class_ids": ids,
         "bytes": sum(r.bytes or 0 for r in kept),
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run clean-annotations for one source."""
     run = start(argv, "stages.clean_annotations", __doc__)
     args = run.args
-    rows, metrics = clean(Store(args.inp), run.classes, run.section("clean"))
+    rows, metrics = clean(Store(args.inp), run.source, run.cfg, run.section("clean"))
     args.out.mkdir(parents=True)
     # Payloads are unchanged: the manifest points into the upstream shards.
     write_manifest(args.out, rebase(rows, args.inp, args.out))

@@ -24,7 +24,7 @@ def start_standin() -> subprocess.Popen:
         [
             sys.executable,
             "-m",
-            "stages.standin",
+            "standins.lila",
             "serve",
             "--root",
             str(DEMO / "standin"),

@@ -4,43 +4,38 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from stages.cli import run_main
-from stages.entry import start
-from stages.errors import ConfigError
-from stages.executor import pmap
-from stages.store import Row, Store
+from stages.core.config import Aspect, ExportConf
+from stages.core.parallel import pmap
+from stages.core.store import Row, Store
+from stages.formats.npz import write_npz
+from stages.pipeline.entry import run_main, start
 
 log = logging.getLogger("stages.export")
-ASPECTS = ("pad", "stretch", "crop")
-ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def fit(size: tuple[int, int], out: tuple[int, int], aspect: str):
+def fit(size: tuple[int, int], out: tuple[int, int], aspect: Aspect):
     """Return (scale_x, scale_y, resized (w, h), offset (x, y)) mapping an image into `out`."""
     (w, h), (ow, oh) = size, out
-    if aspect == "stretch":
+    if aspect is Aspect.stretch:
         return ow / w, oh / h, (ow, oh), (0, 0)
-    s = min(ow / w, oh / h) if aspect == "pad" else max(ow / w, oh / h)
+    s = min(ow / w, oh / h) if aspect is Aspect.pad else max(ow / w, oh / h)
     rw, rh = max(1, round(w * s)), max(1, round(h * s))
     return s, s, (rw, rh), ((ow - rw) // 2, (oh - rh) // 2)
 
 
-def transform(data: bytes, row: Row, cfg: dict) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def transform(data: bytes, row: Row, cfg: ExportConf) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Decode, resize and place one image; move its boxes the same way."""
-    out = (int(cfg["width"]), int(cfg["height"]))
-    aspect = cfg.get("aspect", "pad")
+    out = (cfg.width, cfg.height)
     with Image.open(io.BytesIO(data)) as im:
         im = im.convert("RGB")
-        sx, sy, rsize, (ox, oy) = fit(im.size, out, aspect)
+        sx, sy, rsize, (ox, oy) = fit(im.size, out, cfg.aspect)
         im = im.resize(rsize, Image.Resampling.BILINEAR)
-        canvas = Image.new("RGB", out, (int(cfg.get("pad_value", 0)),) * 3)
+        canvas = Image.new("RGB", out, (cfg.pad_value,) * 3)
         canvas.paste(im, (ox, oy))  # negative offsets crop (aspect=crop)
         arr = np.asarray(canvas, dtype=np.uint8)
     ow, oh = out
@@ -56,28 +51,10 @@ def transform(data: bytes, row: Row, cfg: dict) -> tuple[np.ndarray, np.ndarray,
     return arr, np.asarray(boxes, np.float32).reshape(-1, 4), labels
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool) -> None:
-    """Write an npz with fixed zip metadata, atomically, so equal arrays give equal bytes."""
-    tmp = path.with_name(path.name + ".part")
-    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    with zipfile.ZipFile(tmp, "w", compression=method) as zf:
-        for name in sorted(arrays):
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
-            info.compress_type = method
-            info.external_attr = 0o644 << 16
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-            zf.writestr(info, buf.getvalue())
-    os.replace(tmp, path)
-
-
-def export(store: Store, names: list[str], cfg: dict, out_dir: Path) -> dict:
+def export(store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> dict:
     """Write npz shards of X, y, multi-hot labels, ragged boxes, classes and ids."""
-    aspect = cfg.get("aspect", "pad")
-    if aspect not in ASPECTS:
-        raise ConfigError(f"export.aspect must be one of {', '.join(ASPECTS)}, not {aspect!r}")
     ids = {n: i for i, n in enumerate(names)}
-    per = max(1, int(cfg.get("items_per_shard", 1000)))
+    per = cfg.items_per_shard
     rows = [r for r in store.rows() if r.status == "ok" and r.shard is not None]
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = np.array(names, dtype=str)
@@ -111,7 +88,7 @@ def export(store: Store, names: list[str], cfg: dict, out_dir: Path) -> dict:
                 "classes": classes,
                 "ids": np.array([r.item_id for r in chunk], dtype=str),
             },
-            bool(cfg.get("compress", False)),
+            cfg.compress,
         )
         nbytes += path.stat().st_size
         shards += 1
@@ -119,7 +96,7 @@ def export(store: Store, names: list[str], cfg: dict, out_dir: Path) -> dict:
         "items": len(rows),
         "shards": shards,
         "bytes": nbytes,
-        "image_size": [int(cfg["height"]), int(cfg["width"])],
+        "image_size": [cfg.height, cfg.width],
         "classes": counts,
     }
 

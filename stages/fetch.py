@@ -6,34 +6,33 @@ import logging
 import shutil
 from pathlib import Path
 
-from stages import sources
-from stages.cli import run_main
-from stages.download import Config, Downloader
-from stages.entry import start
-from stages.errors import StageError
-from stages.metrics import class_counts, status_summary
-from stages.store import Row, write_store
+from stages.core.config import FetchConf, SourceConf, StoreConf
+from stages.core.errors import StageError
+from stages.core.metrics import class_counts, status_summary
+from stages.core.store import Row, write_store
+from stages.net.credentials import Credentials
+from stages.net.download import Downloader
+from stages.pipeline.entry import run_main, start
+from stages.sources import Context, Source
 
 log = logging.getLogger("stages.fetch")
 
 
 def fetch(
-    source: str,
-    src_cfg: dict,
-    fetch_cfg: dict,
-    store_cfg: dict,
+    source: Source,
+    cfg: SourceConf,
+    fetch_cfg: FetchConf,
+    store_cfg: StoreConf,
     out_dir: Path,
     cache_dir: Path | None = None,
 ) -> tuple[list[Row], dict]:
     """Plan, download and pack one source; return the rows and the metrics."""
-    module = sources.load(source)
-    cfg = Config.from_params(fetch_cfg)
-    options = module.request_options(src_cfg) if hasattr(module, "request_options") else {}
-    dl = Downloader(cfg, cache_dir, ledger_name=f"ledger-{source}", **options)
+    creds = Credentials(source.credentials(cfg))
+    dl = Downloader(fetch_cfg, cache_dir, ledger_name=f"ledger-{source.name}", credentials=creds)
     try:
-        plan = module.plan(src_cfg, sources.Context(downloader=dl, source=source))
+        plan = source.plan(cfg, Context(downloader=dl, source=source.name))
         pending = [r for r in plan.rows if r.status == "pending"]
-        results = dl.fetch_all([r.url for r in pending], desc=f"fetch@{source}")
+        results = dl.fetch_all([r.url for r in pending], desc=f"fetch@{source.name}")
     finally:
         dl.close()
     for row in pending:
@@ -47,19 +46,15 @@ def fetch(
     if out_dir.exists():
         shutil.rmtree(out_dir)  # DVC removes outputs too; never mix two runs' files
     rows = write_store(
-        out_dir,
-        plan.rows,
-        lambda r: dl.object_path(r.sha256),
-        int(store_cfg.get("shard_bytes") or 256 << 20),
+        out_dir, plan.rows, lambda r: dl.object_path(r.sha256), store_cfg.shard_bytes
     )
-    if not cfg.keep_cache:
+    if not fetch_cfg.keep_cache:
         for row in rows:
             if row.status == "ok":
                 dl.object_path(row.sha256).unlink(missing_ok=True)
-    names = module.classes(src_cfg)
     metrics = {
         **status_summary(rows),
-        "classes": class_counts(rows, names),
+        "classes": class_counts(rows, source.classes(cfg)),
         "selection": plan.stats,
     }
     return rows, metrics
@@ -69,10 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the fetch stage for one source."""
     # The output is replaced only once planning and downloads are done.
     run = start(argv, "stages.fetch", __doc__, has_input=False, clear=False)
-    args = run.args
-    rows, metrics = fetch(
-        args.source, run.source_cfg, run.section("fetch"), run.section("store"), args.out
-    )
+    args, fetch_cfg = run.args, run.section("fetch")
+    rows, metrics = fetch(run.source, run.cfg, fetch_cfg, run.section("store"), args.out)
     run.finish(metrics)
     log.info(
         "fetch@%s: %d ok, %d failed, %d missing, %d corrupt, %.1f MB",
@@ -84,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics["bytes"] / 1e6,
     )
     transient = metrics["failed"]
-    if transient and not Config.from_params(run.section("fetch")).allow_transient_failures:
+    if transient and not fetch_cfg.allow_transient_failures:
         raise StageError(
             f"{transient} item(s) failed transiently (see {args.metrics}); "
             "re-run `dvc repro` to resume: finished downloads are kept"

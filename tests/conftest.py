@@ -9,11 +9,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from stages.standin import LilaStandin, generate_dataset
+from stages.core.config import typed
+from stages.sources.lila import LilaConf
+from standins.lila import LilaStandin, generate_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+
+def lila_conf(classes=("mule deer", "cougar", "wild turkey", "empty"), **fetch) -> LilaConf:
+    """The project's conf/source/lila.yaml with other classes and some fetch settings."""
+    data = yaml.safe_load((ROOT / "conf" / "source" / "lila.yaml").read_text())
+    data["classes"] = list(classes)
+    data["fetch"].update({"dataset": "T", "est_bytes_per_image": 100, "caps": {}, **fetch})
+    return typed(LilaConf, data)
 
 
 @pytest.fixture(scope="session")

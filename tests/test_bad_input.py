@@ -23,11 +23,12 @@ def good_metadata(standin_root) -> bytes:
         return zf.read(zf.namelist()[0])
 
 
-def zipped(members: dict[str, bytes]) -> bytes:
+def zipped(members: dict[str, bytes], stored: bool = False) -> bytes:
     import io
 
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
+    method = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(buf, "w", compression=method) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
@@ -66,6 +67,22 @@ def case_files(name: str, standin_root, server) -> tuple[str, dict[str, bytes], 
     elif name == "zip-garbage":
         files[meta] = b"PK\x03\x04" + b"\x00" * 100
         expect = "neither a zip nor a JSON|malformed zip"
+    elif name == "zip-bad-crc":
+        # Stored, not deflated, so one changed letter keeps the JSON valid and only the CRC
+        # tells: the reader must say so, not crash.
+        blob = zipped({"m.json": good}, stored=True)
+        at = blob.index(b"generated stand-in")
+        files[meta] = blob[:at] + b"G" + blob[at + 1 :]
+        expect = "metadata archive is corrupt: Bad CRC-32"
+    elif name == "json-huge-value":
+        doc["info"]["description"] = "x" * 300_000
+        files[meta] = zipped({"m.json": json.dumps(doc).encode()})
+        expect = "single JSON value .* larger than the configured limit of 100000 bytes"
+    elif name == "index-oversized":
+        files[f"bad-{name}/index.csv"] += b"#" * 3000
+        expect = r"cannot download the datasets index: failed \(body over the cap of 2000 bytes\)"
+    elif name == "metadata-missing":
+        expect = r"cannot download the metadata: missing \(http 404\)"
     elif name in ("filename-dotdot", "filename-absolute"):
         bad = "../../../../tmp/owned.jpg" if name == "filename-dotdot" else "/etc/passwd"
         for im in doc["images"]:
@@ -87,7 +104,16 @@ CASES = [
     "zip-garbage",
     "filename-dotdot",
     "filename-absolute",
+    "zip-bad-crc",
+    "json-huge-value",
+    "index-oversized",
+    "metadata-missing",
 ]
+# Limits a case lowers in conf/source/lila.yaml (the default is far above the test data).
+LIMITS = {
+    "json-huge-value": ("max_json_value_bytes: 67108864", "max_json_value_bytes: 100000"),
+    "index-oversized": ("max_index_bytes: 67108864", "max_index_bytes: 2000"),
+}
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -98,11 +124,12 @@ def test_bad_input_is_refused_cleanly(name, tmp_path, server, standin_root):
         (standin_root / rel).write_bytes(data)
     proj = make_project(tmp_path / "repo", tmp_path / "cache", f"{server.url}/gcp/{index_rel}")
     if name == "json-oversized":
-        proj.set_conf(
-            "conf/source/lila.yaml",
+        LIMITS[name] = (
             "max_metadata_bytes: 8000000000",
             f"max_metadata_bytes: {len(good_metadata(standin_root)) + 1000}",
         )
+    if name in LIMITS:
+        proj.set_conf("conf/source/lila.yaml", *LIMITS[name])
         proj.compose()
     before = sorted(p for p in tmp_path.rglob("*") if "cache" not in p.parts)
     proc = proj.run(

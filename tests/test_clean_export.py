@@ -11,9 +11,13 @@ from lxml import etree
 from PIL import Image
 
 from stages.clean_annotations import clean
+from stages.core.config import Aspect
+from stages.core.store import Row, Store, rebase, write_manifest, write_store
 from stages.export_folders import export_folders
 from stages.export_npz import export, fit
-from stages.store import Row, Store, rebase, write_manifest, write_store
+from stages.pipeline.compose import group_defaults
+from stages.sources.lila import SOURCE as LILA
+from tests.conftest import lila_conf
 
 NAMES = ["deer", "cougar", "empty"]
 
@@ -82,8 +86,9 @@ def fetched(tmp_path) -> Store:
     return Store(tmp_path / "fetch")
 
 
-def cleaned(fetched, tmp_path, **cfg) -> Store:
-    rows, metrics = clean(fetched, NAMES, {"decode_check": True, "min_box_size": 2.0, **cfg})
+def cleaned(fetched, tmp_path, source=LILA, **cfg) -> Store:
+    settings = group_defaults("clean", **{"decode_check": True, "min_box_size": 2.0, **cfg})
+    rows, metrics = clean(fetched, source, lila_conf(NAMES), settings)
     out = tmp_path / "clean"
     out.mkdir(exist_ok=True)
     write_manifest(out, rebase(rows, fetched.root, out))
@@ -111,15 +116,15 @@ def test_clean_drops_bad_items_and_fixes_boxes(fetched, tmp_path):
 
 
 def test_fit_modes():
-    assert fit((200, 100), (100, 100), "stretch") == (0.5, 1.0, (100, 100), (0, 0))
-    assert fit((200, 100), (100, 100), "pad") == (0.5, 0.5, (100, 50), (0, 25))
-    assert fit((200, 100), (100, 100), "crop") == (1.0, 1.0, (200, 100), (-50, 0))
+    assert fit((200, 100), (100, 100), Aspect.stretch) == (0.5, 1.0, (100, 100), (0, 0))
+    assert fit((200, 100), (100, 100), Aspect.pad) == (0.5, 0.5, (100, 50), (0, 25))
+    assert fit((200, 100), (100, 100), Aspect.crop) == (1.0, 1.0, (200, 100), (-50, 0))
 
 
 @pytest.mark.parametrize("aspect", ["pad", "stretch", "crop"])
 def test_export_npz_loads_with_plain_numpy_and_is_deterministic(fetched, tmp_path, aspect):
     store, _ = cleaned(fetched, tmp_path)
-    cfg = {"height": 32, "width": 48, "aspect": aspect, "items_per_shard": 2}
+    cfg = group_defaults("export", height=32, width=48, aspect=aspect, items_per_shard=2)
     m1 = export(store, NAMES, cfg, tmp_path / "npz1")
     export(store, NAMES, cfg, tmp_path / "npz2")
     files = sorted(p.name for p in (tmp_path / "npz1").iterdir())
@@ -161,3 +166,42 @@ def test_folder_exports(fetched, tmp_path):
     assert doc.findtext("object/bndbox/xmin") == "1"
     assert doc.findtext("object/bndbox/ymax") == "100"
     assert images[0].read_bytes() == store.read("t/a")
+
+
+class DropsCougars(type(LILA)):
+    """A source whose cleaning hook drops one class."""
+
+    def clean_row(self, cfg, row, counts):
+        if "cougar" in row.labels:
+            counts["cougars_dropped"] += 1
+            return None
+        return row
+
+
+def test_a_source_cleaning_hook_runs_after_the_shared_checks(fetched, tmp_path):
+    store, m = cleaned(fetched, tmp_path, source=DropsCougars())
+    assert [r.item_id for r in store.rows()] == ["t/a", "t/c"]
+    assert m["dropped"]["by_source"] == 1 and m["source"] == {"cougars_dropped": 1}
+
+
+def test_voc_export_survives_control_characters_in_ids_and_labels(tmp_path):
+    src = tmp_path / "x.jpg"
+    src.write_bytes(jpeg(20, 10, (1, 2, 3)))
+    nasty = "cam\x01\x1b[31m\x00id\ufffe"
+    row = Row(
+        f"t/{nasty}",
+        "t",
+        nasty,
+        url="http://h/x.jpg",
+        width=20,
+        height=10,
+        labels=["de\x07er"],
+        boxes=[{"label": "de\x07er", "x": 1.0, "y": 1.0, "w": 5.0, "h": 5.0}],
+    )
+    write_store(tmp_path / "s", [row], lambda r: src, 1 << 20)
+    assert export_folders(Store(tmp_path / "s"), tmp_path / "voc", "voc") == 1
+    (xml,) = (tmp_path / "voc" / "Annotations").iterdir()
+    doc = etree.parse(str(xml))  # well-formed XML
+    assert doc.findtext("source/id") == "cam\\x01\\x1b[31m\\x00id\\ufffe"
+    assert doc.findtext("object/name") == "de\\x07er"
+    assert "/" not in xml.name and xml.parent == tmp_path / "voc" / "Annotations"

@@ -1,66 +1,182 @@
-"""Every conf file composes; params.yaml is current; secrets never reach params."""
+"""Every conf file composes and validates; typos fail at compose; secrets never reach params."""
 
+import dataclasses
+import shutil
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import MISSING
 
 from stages import sources
-from stages.compose import compose, hand_edited, render, source_files, write_params
-from stages.errors import ConfigError
+from stages.core.config import GROUPS, SourceConf, typed
+from stages.core.errors import ConfigError
+from stages.pipeline.compose import compose, compose_text, source_files, write_params
+from stages.pipeline.params import hand_edited, load_params
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 
 
 def test_committed_params_match_conf():
-    assert (ROOT / "params.yaml").read_text() == render(compose(CONF))
+    assert (ROOT / "params.yaml").read_text() == compose_text(CONF)
 
 
-@pytest.mark.parametrize("group", ["fetch", "store", "clean", "export"])
+@pytest.mark.parametrize("group", list(GROUPS))
 def test_every_group_option_composes(group):
-    for path in sorted((CONF / group).glob("*.yaml")):
+    options = sorted((CONF / group).glob("*.yaml"))
+    assert options, f"conf/{group}/ has no options"
+    for path in options:
         data = compose(CONF, [f"{group}={path.stem}"])
         assert data[group] == yaml.safe_load(path.read_text())
 
 
 @pytest.mark.parametrize("path", source_files(CONF), ids=lambda p: p.stem)
-def test_every_source_composes_and_has_a_module(path):
+def test_every_source_composes_and_has_a_package(path):
     data = compose(CONF)
-    assert data["sources"][path.stem]["enabled"] is True
-    module = sources.load(path.stem)
-    assert module.classes(data["sources"][path.stem])
-    assert data["pipeline"][path.stem]["clean_input"] == ("frames" if module.VIDEO else "fetch")
+    source = sources.load(path.stem)
+    assert isinstance(source, sources.Source) and source.name == path.stem
+    assert issubclass(source.schema, SourceConf)
+    if yaml.safe_load(path.read_text())["enabled"]:
+        cfg = data["sources"][path.stem]
+        assert source.classes(typed(source.schema, cfg))
+        assert data["pipeline"][path.stem]["clean_input"] == ("frames" if source.video else "fetch")
+        assert set(cfg) >= {"classes", "fetch", "clean", "export"}
+
+
+def schemas():
+    """Every schema dataclass reachable from the groups and the sources, nested ones too."""
+    seen, todo = [], [*GROUPS.values(), *(sources.load(p.stem).schema for p in source_files(CONF))]
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.append(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            if dataclasses.is_dataclass(kind):
+                todo.append(kind)
+    return seen
+
+
+def test_every_default_lives_in_conf_only():
+    """Schemas give keys and types; every value comes from conf/ (no second default)."""
+    for cls in schemas():
+        for f in dataclasses.fields(cls):
+            assert f.default is MISSING and f.default_factory is dataclasses.MISSING, (
+                f"{cls.__name__}.{f.name} has a default in code; put it in conf/ instead"
+            )
 
 
 def copy_conf(tmp_path):
-    import shutil
-
     dst = tmp_path / "conf"
     shutil.copytree(CONF, dst)
     return dst
 
 
-def test_disabled_source_is_left_out(tmp_path):
+def edit(conf: Path, rel: str, old: str, new: str) -> None:
+    p = conf / rel
+    text = p.read_text()
+    assert old in text, f"{old!r} not in {rel}"
+    p.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    "rel, old, new, message",
+    [
+        (
+            "fetch/default.yaml",
+            "retries: 5",
+            "retires: 5",
+            r"conf/fetch: unknown key 'fetch.retires'; did you mean retries",
+        ),
+        (
+            "fetch/default.yaml",
+            "workers: 16",
+            "workers: many",
+            r"conf/fetch: 'fetch.workers': Value 'many' .* could not be converted to Integer",
+        ),
+        (
+            "fetch/default.yaml",
+            "workers: 16",
+            "workers: 0",
+            r"fetch.workers must be > 0",
+        ),
+        (
+            "export/default.yaml",
+            "aspect: pad",
+            "aspect: padd",
+            r"'export.aspect': Invalid value 'padd', expected one of \[pad, stretch, crop\]",
+        ),
+        (
+            "source/lila.yaml",
+            "  seed: 0",
+            "  seeed: 0",
+            r"conf/source/lila.yaml: unknown key 'sources.lila.fetch.seeed'; did you mean seed\?",
+        ),
+        (
+            "source/lila.yaml",
+            "  seed: 0 ",
+            "",
+            r"conf/source/lila.yaml: 'sources.lila.fetch.seed' is required but not set",
+        ),
+        (
+            "source/lila.yaml",
+            "clean: {}",
+            "clean: {min_box_size: 3}",
+            r"unknown key 'sources.lila.clean.min_box_size'",
+        ),
+        (
+            "source/lila.yaml",
+            "    empty: 8",
+            "    moose: 8",
+            r"caps name classes not in `classes`: moose",
+        ),
+        (
+            "config.yaml",
+            "  - _self_",
+            "  - _self_\nextra: 1",
+            r"unknown top-level key\(s\) extra",
+        ),
+    ],
+    ids=["typo", "type", "range", "enum", "source-typo", "missing", "stage-part", "caps", "root"],
+)
+def test_bad_conf_fails_at_compose_with_the_key_path(tmp_path, rel, old, new, message):
     conf = copy_conf(tmp_path)
-    p = conf / "source" / "lila.yaml"
-    p.write_text(p.read_text().replace("enabled: true", "enabled: false"))
+    edit(conf, rel, old, new)
+    with pytest.raises(ConfigError, match=message):
+        compose(conf)
+
+
+def test_disabled_sources_are_left_out_but_still_checked(tmp_path):
+    conf = copy_conf(tmp_path)
+    edit(conf, "source/lila.yaml", "enabled: true", "enabled: false")
     data = compose(conf)
     assert data["sources"] == {} and data["pipeline"] == {}
+    edit(conf, "source/lila.yaml", "  seed: 0", "  seeed: 0")
+    with pytest.raises(ConfigError, match="seeed"):
+        compose(conf)
+
+
+def test_a_conf_file_without_a_source_package_is_refused(tmp_path):
+    conf = copy_conf(tmp_path)
+    shutil.copy(conf / "source" / "lila.yaml", conf / "source" / "nosuch.yaml")
+    with pytest.raises(ConfigError, match="no source package stages/sources/nosuch/"):
+        compose(conf)
 
 
 def test_literal_secret_is_refused(tmp_path):
     conf = copy_conf(tmp_path)
-    p = conf / "source" / "lila.yaml"
-    p.write_text(p.read_text() + "api_token: abc123\n")
-    with pytest.raises(ConfigError, match="api_token"):
+    edit(conf, "source/lila.yaml", "  sas_token_env: null", "  sas_token: abc123")
+    with pytest.raises(ConfigError, match="sas_token"):
         compose(conf)
 
 
 def test_env_interpolation_is_refused(tmp_path):
     conf = copy_conf(tmp_path)
-    p = conf / "source" / "lila.yaml"
-    p.write_text(p.read_text().replace("seed: 0", "seed: ${oc.env:SEED}"))
+    edit(conf, "source/lila.yaml", "seed: 0", "seed: ${oc.env:SEED}")
     with pytest.raises(ConfigError, match="oc.env"):
         compose(conf)
 
@@ -74,9 +190,10 @@ def test_hand_edit_of_params_is_detected(tmp_path):
     assert not hand_edited(text)
     params.write_text(text.replace("seed: 0", "seed: 3"))
     assert hand_edited(params.read_text())
+    with pytest.raises(ConfigError, match="hand-edited"):
+        load_params(params, conf)
     # conf edits also change params.yaml, and that is fine: compose wins over its own output.
-    p = conf / "export" / "default.yaml"
-    p.write_text(p.read_text().replace("height: 224", "height: 96"))
+    edit(conf, "export/default.yaml", "height: 224", "height: 96")
     with pytest.raises(ConfigError, match="edited by hand"):
         write_params(conf, params)
     assert write_params(conf, params, force=True)
@@ -84,14 +201,11 @@ def test_hand_edit_of_params_is_detected(tmp_path):
 
 
 def test_stage_entries_refuse_stale_params(tmp_path):
-    from stages.params import load_params
-
     conf = copy_conf(tmp_path)
     params = tmp_path / "params.yaml"
     write_params(conf, params)
     assert load_params(params, conf)["export"]["height"] == 224
-    p = conf / "export" / "default.yaml"
-    p.write_text(p.read_text().replace("height: 224", "height: 96"))
+    edit(conf, "export/default.yaml", "height: 224", "height: 96")
     with pytest.raises(ConfigError, match="stale"):
         load_params(params, conf)
 
@@ -100,8 +214,7 @@ def test_changing_the_set_of_sources_asks_for_a_second_run(tmp_path):
     conf = copy_conf(tmp_path)
     params = tmp_path / "params.yaml"
     write_params(conf, params)
-    p = conf / "source" / "lila.yaml"
-    p.write_text(p.read_text().replace("enabled: true", "enabled: false"))
+    edit(conf, "source/lila.yaml", "enabled: true", "enabled: false")
     with pytest.raises(ConfigError, match="run `dvc repro` again"):
         write_params(conf, params)
     assert yaml.safe_load(params.read_text())["pipeline"] == {}  # written all the same

@@ -5,12 +5,30 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
-from stages.download import Config, Downloader, check_structure, parse_retry_after
+from stages.net.credentials import Credential, Credentials, origin_of
+from stages.net.download import Downloader, parse_retry_after
+from stages.net.verify import check_structure, goog_md5
+from stages.pipeline.compose import group_defaults
 
-FAST = dict(backoff=0.01, backoff_max=0.05, read_timeout=5.0, connect_timeout=2.0)
+FAST = dict(backoff=0.01, backoff_max=0.05, low_speed_time=5.0, connect_timeout=2.0)
+
+
+class FakeClock:
+    """A monotonic clock that sleeping advances instantly; records every sleep."""
+
+    def __init__(self):
+        self.offset, self.sleeps = 0.0, []
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.offset += seconds
 
 
 def images(standin_root, n=None):
@@ -23,10 +41,17 @@ def url(server, rel):
     return f"{server.url}/gcp/{rel}"
 
 
-def make(tmp_path, retries=3, sleeps=None, **kw):
-    cfg = Config(retries=retries, **{**FAST, **kw})
-    sleep = sleeps.append if sleeps is not None else (lambda s: None)
-    return Downloader(cfg, tmp_path / "cache", ledger_name="t", sleep=sleep)
+def make(tmp_path, retries=3, clock=None, credentials=None, **kw):
+    cfg = group_defaults("fetch", retries=retries, **{**FAST, **kw})
+    clock = clock or FakeClock()
+    return Downloader(
+        cfg,
+        tmp_path / "cache",
+        ledger_name="t",
+        credentials=credentials,
+        clock=clock,
+        sleep=clock.sleep,
+    )
 
 
 def assert_cache_sound(dl):
@@ -71,7 +96,7 @@ def test_transient_faults_are_retried_until_ok(tmp_path, server, standin_root, a
 def test_stalled_response_times_out_and_is_retried(tmp_path, server, standin_root):
     rel, sha = next(iter(images(standin_root, 1).items()))
     server.faults.add(rel, ["stall:3"])
-    dl = make(tmp_path, read_timeout=0.3)
+    dl = make(tmp_path, low_speed_time=1.0)
     res = dl.fetch(url(server, rel))
     assert (res.status, res.sha256, res.attempts) == ("ok", sha, 2)
 
@@ -79,10 +104,11 @@ def test_stalled_response_times_out_and_is_retried(tmp_path, server, standin_roo
 def test_429_honours_retry_after(tmp_path, server, standin_root):
     rel, _ = next(iter(images(standin_root, 1).items()))
     server.faults.add(rel, [("429", 7), ("429", 500)])
-    sleeps = []
-    dl = make(tmp_path, sleeps=sleeps, retry_after_max=60)
+    clock = FakeClock()
+    dl = make(tmp_path, clock=clock, retry_after_max=60)
     assert dl.fetch(url(server, rel)).status == "ok"
-    assert sleeps == [7.0, 60.0]  # the server's value, capped by retry_after_max
+    # The server's value, capped by retry_after_max (less the instant the answer took).
+    assert clock.sleeps == [pytest.approx(7.0, abs=0.2), pytest.approx(60.0, abs=0.2)]
 
 
 def test_exhausted_retries_fail_transiently_and_resume_next_run(tmp_path, server, standin_root):
@@ -141,7 +167,7 @@ def test_many_faults_at_once_leave_zero_corrupt_items(tmp_path, server, standin_
             server.faults.set_default(rels[i], actions[0])
         else:
             server.faults.add(rels[i], actions)
-    dl = make(tmp_path, retries=3, read_timeout=0.5, workers=8)
+    dl = make(tmp_path, retries=3, low_speed_time=1.0, workers=8)
     res = dl.fetch_all([url(server, r) for r in rels])
     status = {r: res[url(server, r)].status for r in rels}
     assert status[rels[4]] == "missing" and status[rels[5]] == "corrupt"
@@ -156,7 +182,7 @@ def test_many_faults_at_once_leave_zero_corrupt_items(tmp_path, server, standin_
 
 
 def test_token_goes_on_the_wire_but_not_in_the_ledger(tmp_path, standin_root):
-    from stages.standin import LilaStandin
+    from standins.lila import LilaStandin
 
     token = "sv=2020&sig=s3cr3t-token"
     rel, sha = next(iter(images(standin_root, 1).items()))
@@ -165,7 +191,8 @@ def test_token_goes_on_the_wire_but_not_in_the_ledger(tmp_path, standin_root):
         denied = dl.fetch(f"{srv.url}/gcp/{rel}")
         assert (denied.status, denied.reason) == ("failed", "http 403")
         dl.close()
-        dl = Downloader(Config(**FAST), tmp_path / "cache", ledger_name="t", url_suffix="?" + token)
+        cred = Credential(frozenset({origin_of(srv.url)}), value=token, query=True)
+        dl = make(tmp_path, credentials=Credentials([cred]))
         assert dl.fetch(f"{srv.url}/gcp/{rel}").sha256 == sha
         dl.close()
     raw = (tmp_path / "cache" / "t.sqlite").read_bytes()
@@ -187,8 +214,6 @@ def test_structure_checks():
 
 def test_gcs_md5_header_is_checked():
     import base64
-
-    from stages.download import goog_md5
 
     digest = hashlib.md5(b"abc").digest()
     header = f"crc32c=n03x6A==,md5={base64.b64encode(digest).decode()}"

@@ -1,4 +1,4 @@
-"""Tests for stages.jsonstream: streamed decoding must agree exactly with json.load."""
+"""Tests for stages.formats.jsonstream: streamed decoding must agree exactly with json.load."""
 
 import io
 import json
@@ -9,9 +9,9 @@ import zipfile
 
 import pytest
 
-from stages import jsonstream
-from stages.errors import MetadataError
-from stages.jsonstream import iter_document
+from stages.core.errors import MetadataError
+from stages.formats import jsonstream
+from stages.formats.jsonstream import iter_document
 
 STREAM = frozenset({"images", "annotations"})
 

@@ -7,8 +7,12 @@ import zipfile
 
 import pytest
 
-from stages.errors import ConfigError, MetadataError
-from stages.sources import lila
+from stages.core.errors import ConfigError, MetadataError
+from stages.core.selection import match_names
+from stages.formats import coco_ct
+from stages.sources.lila.index import Entry, parse_index
+from stages.sources.lila.rows import Selector, build_rows
+from tests.conftest import lila_conf
 
 CATS = [
     {"id": 0, "name": "empty", "common name": "empty"},
@@ -42,31 +46,24 @@ def doc(n=40, start=0, cats=CATS, extra_ann=()):
     }
 
 
-def cfg(**kw):
-    base = {
-        "dataset": "T",
-        "classes": ["mule deer", "cougar", "wild turkey", "empty"],
-        "cap": None,
-        "caps": {},
-        "seed": 0,
-        "byte_budget": None,
-        "est_bytes_per_image": 100,
-    }
-    return {**base, **kw}
+def cfg(classes=("mule deer", "cougar", "wild turkey", "empty"), **fetch):
+    return lila_conf(classes, **fetch)
 
 
 def scan(d, c=None, **kw):
     """Read and select; returns (meta, selection)."""
-    return lila.read_metadata(json.dumps(d, indent=1).encode(), c or cfg(), **kw)
+    selector = Selector(c or cfg())
+    meta, _ = coco_ct.read_metadata(json.dumps(d, indent=1).encode(), selector, **kw)
+    return meta, selector.result
 
 
 def sel_of(d, **c):
     return scan(d, cfg(**c))[1]
 
 
-def rows_of(d, c):
-    meta, sel = scan(d, c)
-    return lila.build_rows(meta, sel, c, "http://h/base", "lila")
+def rows_of(d, c, **kw):
+    meta, sel = scan(d, c, **kw)
+    return build_rows(meta, sel, c.fetch.dataset, "http://h/base", "lila")
 
 
 # ---------------------------------------------------------------- index CSV
@@ -79,13 +76,9 @@ INDEX = (
 
 
 def test_index_is_read_by_column_name():
-    entry = lila.parse_index(INDEX, "NACTI", "gcp")
-    assert entry == {
-        "name": "NACTI",
-        "metadata_url": "https://g/nacti.zip",
-        "image_base_url": "https://g/nacti-unzipped",
-    }
-    assert lila.parse_index(INDEX, "NACTI", "aws")["metadata_url"] == "http://a/n.zip"
+    entry = parse_index(INDEX, "NACTI", "gcp")
+    assert entry == Entry("NACTI", "https://g/nacti.zip", "https://g/nacti-unzipped")
+    assert parse_index(INDEX, "NACTI", "aws").metadata_url == "http://a/n.zip"
 
 
 @pytest.mark.parametrize(
@@ -99,14 +92,14 @@ def test_index_is_read_by_column_name():
 )
 def test_malformed_index_is_a_clear_error(text, match):
     with pytest.raises(MetadataError, match=match):
-        lila.parse_index(text, "NACTI", "gcp")
+        parse_index(text, "NACTI", "gcp")
 
 
 def test_unknown_dataset_and_cloud():
     with pytest.raises(ConfigError, match="close matches: NACTI"):
-        lila.parse_index(INDEX, "NACTl", "gcp")
-    with pytest.raises(ConfigError, match="cloud must be one of"):
-        lila.parse_index(INDEX, "NACTI", "ibm")
+        parse_index(INDEX, "NACTl", "gcp")
+    with pytest.raises(ConfigError, match=r"fetch.cloud.*expected one of \[gcp, aws, azure\]"):
+        cfg(cloud="ibm")
 
 
 # ---------------------------------------------------------------- metadata files
@@ -122,7 +115,8 @@ def write_zip(path, members):
 def test_metadata_zip_checks(tmp_path):
     good = json.dumps(doc(3)).encode()
     path = write_zip(tmp_path / "ok.zip", {"m.json": good})
-    meta, _ = lila.read_metadata(lambda: lila.open_metadata(path, 10**9), cfg())
+    opener, _ = coco_ct.open_document(path, 10**9)
+    meta, _ = coco_ct.read_metadata(opener, Selector(cfg()))
     assert meta.n_images == 3
     cases = {
         "none.zip": ({"readme.txt": b"hi"}, "exactly one .json"),
@@ -132,12 +126,12 @@ def test_metadata_zip_checks(tmp_path):
     }
     for name, (members, match) in cases.items():
         with pytest.raises(MetadataError, match=match):
-            lila.open_metadata(write_zip(tmp_path / name, members), 10**9)
+            coco_ct.open_document(write_zip(tmp_path / name, members), 10**9)
     with pytest.raises(MetadataError, match="limit"):
-        lila.open_metadata(tmp_path / "ok.zip", 100)
+        coco_ct.open_document(tmp_path / "ok.zip", 100)
     (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(MetadataError):
-        lila.open_metadata(tmp_path / "junk.zip", 10**9)
+        coco_ct.open_document(tmp_path / "junk.zip", 10**9)
 
 
 @pytest.mark.parametrize(
@@ -161,10 +155,10 @@ def test_bad_metadata_is_a_clear_error(mutate, match):
 
 def test_malformed_and_oversized_json():
     with pytest.raises(MetadataError):
-        lila.read_metadata(b'{"images": [{"id": "a", "file_name": "x.jpg"},', cfg())
+        coco_ct.read_metadata(b'{"images": [{"id": "a", "file_name": "x.jpg"},', Selector(cfg()))
     big = json.dumps(doc(200)).encode()
     with pytest.raises(MetadataError, match="limit"):
-        lila.read_metadata(big, cfg(), max_bytes=len(big) // 2)
+        coco_ct.read_metadata(big, Selector(cfg()), max_bytes=len(big) // 2)
 
 
 @pytest.mark.parametrize(
@@ -183,9 +177,7 @@ def test_any_key_order_gives_the_same_rows(order):
     d2 = {k: d[k] for k in order}
     assert [r.to_record() for r in rows_of(d2, cfg(cap=4))] == want
     # The same with the images array read by a second process.
-    c = cfg(cap=4)
-    meta, sel = lila.read_metadata(json.dumps(d2).encode(), c, parallel=True)
-    rows = lila.build_rows(meta, sel, c, "http://h/base", "lila")
+    rows = rows_of(d2, cfg(cap=4), parallel=True)
     assert [r.to_record() for r in rows] == want
 
 
@@ -193,17 +185,18 @@ def test_parallel_reader_reports_bad_images():
     d = doc(10)
     del d["images"][3]["id"]
     with pytest.raises(MetadataError, match="lacks an id"):
-        lila.read_metadata(json.dumps(d).encode(), cfg(), parallel=True)
+        coco_ct.read_metadata(json.dumps(d).encode(), Selector(cfg()), parallel=True)
 
 
 # ---------------------------------------------------------------- classes and selection
 
 
 def test_classes_match_common_or_scientific_names():
-    got = lila.match_classes(CATS, ["Mule Deer", "puma concolor", "empty"])
+    index = coco_ct.category_index(CATS)
+    got = match_names(index, ["Mule Deer", "puma concolor", "empty"])
     assert got == {"Mule Deer": {1}, "puma concolor": {2}, "empty": {0}}
     with pytest.raises(ConfigError, match=r"'mule dear' \(close: mule deer"):
-        lila.match_classes(CATS, ["mule dear", "cougar"])
+        match_names(index, ["mule dear", "cougar"])
 
 
 def test_caps_are_seeded_and_stable_when_images_are_added():
@@ -231,7 +224,7 @@ def test_per_class_caps_and_unknown_cap_names():
     sel = sel_of(doc(80), cap=None, caps={"empty": 2, "Cougar": 3})
     assert sel.stats["selected"] == {"mule deer": 20, "cougar": 3, "wild turkey": 20, "empty": 2}
     with pytest.raises(ConfigError, match="caps name classes not in"):
-        sel_of(doc(8), caps={"moose": 1})
+        cfg(caps={"moose": 1})
 
 
 def test_byte_budget_stops_selection_fairly():

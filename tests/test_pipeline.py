@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.store import Store
+from stages.core.store import Store
 from tests.conftest import BIN, git, make_project
 
 pytestmark = pytest.mark.slow
@@ -95,11 +95,11 @@ def test_experiments_and_metrics(project):
     project.dvc("repro")
     project.git("add", "-A")
     project.git("commit", "-qm", "baseline")
-    project.dvc("exp", "run", "-n", "cap3", "-S", "conf/source/lila.yaml:cap=3")
+    project.dvc("exp", "run", "-n", "cap3", "-S", "conf/source/lila.yaml:fetch.cap=3")
     show = json.loads(project.dvc("exp", "show", "--json").stdout)
     exps = [e for rev in show for e in (rev.get("experiments") or [])]
     cap3 = [e for e in exps if e.get("name") == "cap3"][0]["revs"][0]["data"]
-    assert cap3["params"]["params.yaml"]["data"]["sources"]["lila"]["cap"] == 3
+    assert cap3["params"]["params.yaml"]["data"]["sources"]["lila"]["fetch"]["cap"] == 3
     fetched = cap3["metrics"]["data/lila/metrics/fetch.json"]["data"]
     # Each class contributes at most 3 picks, `empty` its own cap of 8 (conf caps.empty);
     # multi-label images may count in two classes.
@@ -114,7 +114,7 @@ def test_experiments_and_metrics(project):
     plots = project.dvc("plots", "diff", "--json", "HEAD").stdout
     assert "cls" in plots and "mule deer" in plots  # per-class bars, both revisions
     # Editing params.yaml directly is refused, never silently overwritten.
-    bad = project.dvc("exp", "run", "-S", "sources.lila.cap=2", check=False)
+    bad = project.dvc("exp", "run", "-S", "sources.lila.fetch.cap=2", check=False)
     assert "edited by hand" in bad.stdout + bad.stderr
 
 
@@ -179,7 +179,7 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path, server, point):
 def test_secret_never_reaches_params_lock_logs_or_git(tmp_path, standin_root, monkeypatch):
     import secrets
 
-    from stages.standin import LilaStandin
+    from standins.lila import LilaStandin
 
     sig = secrets.token_hex(16)  # random, so no file in the project can contain it by chance
     secret = f"sv=2034-01-01&sig={sig}"
@@ -187,6 +187,9 @@ def test_secret_never_reaches_params_lock_logs_or_git(tmp_path, standin_root, mo
         proj = make_project(tmp_path / "repo", tmp_path / "cache", srv.index_url)
         proj.set_conf(
             "conf/source/lila.yaml", "sas_token_env: null", "sas_token_env: LILA_SAS_TOKEN"
+        )
+        proj.set_conf(
+            "conf/source/lila.yaml", "- https://lilawildlife.blob.core.windows.net", f"- {srv.url}"
         )
         missing = proj.dvc("repro", check=False)
         assert missing.returncode != 0 and "LILA_SAS_TOKEN, which is not set" in missing.stderr

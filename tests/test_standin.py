@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
-from stages.standin import (
+from standins.http import FaultPlan
+from standins.lila import (
     INDEX_COLUMNS,
-    FaultPlan,
     LilaStandin,
     generate_dataset,
     is_generated,
@@ -435,7 +435,7 @@ def test_bad_actions_are_rejected():
 
 
 def test_cli_serve(tmp_path):
-    cmd = [sys.executable, "-m", "stages.standin", "serve", "--root", str(tmp_path), "--port", "0"]
+    cmd = [sys.executable, "-m", "standins.lila", "serve", "--root", str(tmp_path), "--port", "0"]
     with subprocess.Popen(
         [*cmd, "--generate", "3", "--seed", "2"],
         cwd=Path(__file__).resolve().parents[1],

@@ -5,8 +5,9 @@ import os
 import tarfile
 
 import pyarrow.parquet as pq
+import pytest
 
-from stages.store import Row, Store, member_name, rebase, write_manifest, write_store
+from stages.core.store import Row, Store, member_name, rebase, write_manifest, write_store
 
 
 def make_rows(tmp_path, n=30, size=3000):
@@ -115,3 +116,23 @@ def test_member_names_are_safe_and_unique():
     a = member_name("NACTI/../../etc/passwd", ".jpg")
     assert "/" not in a and not a.startswith(".") and len(a) < 100
     assert member_name("x/" + "y" * 300, ".jpg") != member_name("x/" + "y" * 299, ".jpg")
+
+
+def test_a_shard_that_fails_mid_write_never_gets_its_final_name(tmp_path):
+    src = tmp_path / "blob.jpg"
+    src.write_bytes(b"\xff\xd8" + b"x" * 5000 + b"\xff\xd9")
+    rows = [Row(f"t/{i}", "t", str(i), url=f"http://h/{i}.jpg") for i in range(6)]
+
+    def payload(row):
+        if row.item_id == "t/4":
+            raise KeyboardInterrupt  # Ctrl-C while the shard is half written
+        return src
+
+    with pytest.raises(KeyboardInterrupt):
+        write_store(tmp_path / "out", rows, payload, shard_bytes=12_000)
+    shards = tmp_path / "out" / "shards"
+    # shard 0 (items 0, 1) was complete; shard 1 (items 2, 3, then the crash) never was.
+    assert sorted(p.name for p in shards.iterdir()) == ["shard-00000.tar"]
+    with tarfile.open(shards / "shard-00000.tar") as tar:
+        assert len(tar.getmembers()) == 2
+    assert not (tmp_path / "out" / "manifest.parquet").exists()

@@ -1,22 +1,29 @@
-"""Sources: one module per source, all behind one small interface.
+"""Sources: one package per source, all behind the `Source` base class.
 
-A source module defines:
-- ``VIDEO: bool`` -- whether its items need the extract-frames stage;
-- ``plan(cfg: dict, ctx: Context) -> Plan`` -- list what to download (rows in ``pending`` state);
-- ``classes(cfg: dict) -> list[str]`` -- class names in id order.
-Adding a source means adding ``stages/sources/<name>.py`` and ``conf/source/<name>.yaml``.
+Adding a source means adding `stages/sources/<name>/` (a module-level `SOURCE`, an instance
+of a `Source` subclass) and `conf/source/<name>.yaml`; nothing else changes. The schema of
+the conf file is the source's `schema`, a `SourceConf` subclass whose `fetch` (and, where the
+source has settings for them, `frames`, `clean`, `export`) sections are read by those stages
+only, so dvc.yaml can make each stage depend on its own part.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
+from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
-from types import ModuleType
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
-from stages.download import Downloader
-from stages.errors import ConfigError
-from stages.store import Row
+from stages.core.config import SourceConf
+from stages.core.errors import ConfigError
+from stages.core.store import Row
+
+if TYPE_CHECKING:  # only fetch imports the network code: other stages do not depend on it
+    from stages.net.credentials import Credential
+    from stages.net.download import Downloader
 
 
 @dataclass
@@ -29,17 +36,58 @@ class Context:
 
 @dataclass
 class Plan:
-    """Rows to fetch plus selection statistics for the metrics."""
+    """Rows to fetch (status `pending`) plus selection statistics for the metrics."""
 
     rows: list[Row]
     stats: dict = field(default_factory=dict)
 
 
-def load(name: str) -> ModuleType:
-    """Import a source module by name."""
+class Source(ABC):
+    """One source: its settings schema, how it plans downloads, and its optional hooks."""
+
+    name: ClassVar[str]
+    schema: ClassVar[type[SourceConf]]
+    # Whether items are videos that the extract-frames stage turns into frames. Said here
+    # only: compose derives the stage lists of dvc.yaml from it.
+    video: ClassVar[bool] = False
+
+    @abstractmethod
+    def plan(self, cfg: SourceConf, ctx: Context) -> Plan:
+        """Return the rows to download (from the source's index, metadata or API)."""
+
+    def credentials(self, cfg: SourceConf) -> list[Credential]:
+        """Return the secrets this source needs, each scoped to its origins (hook)."""
+        return []
+
+    def extract_frames(self, cfg: SourceConf, fetched: Path, out: Path) -> dict:
+        """Turn fetched videos into frames under out; return metrics (hook, video sources)."""
+        raise NotImplementedError(f"source {self.name!r} has no extract-frames step")
+
+    def clean_row(self, cfg: SourceConf, row: Row, counts: Counter) -> Row | None:
+        """Apply source-specific cleaning to a row that passed the shared checks (hook).
+
+        Return the row (possibly changed) or None to drop it; count what was done in `counts`.
+        """
+        return row
+
+    def classes(self, cfg: SourceConf) -> list[str]:
+        """Return the class names in id order."""
+        return list(cfg.classes)
+
+
+def load(name: str) -> Source:
+    """Return the source registered under a name."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ConfigError(f"invalid source name {name!r}")
     try:
-        return importlib.import_module(f"stages.sources.{name}")
+        module = importlib.import_module(f"stages.sources.{name}")
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"no source module stages/sources/{name}.py") from exc
+        if exc.name != f"stages.sources.{name}":
+            raise
+        raise ConfigError(
+            f"no source package stages/sources/{name}/ for conf/source/{name}.yaml"
+        ) from None
+    source = getattr(module, "SOURCE", None)
+    if not isinstance(source, Source):
+        raise ConfigError(f"stages/sources/{name}/ defines no SOURCE (a Source instance)")
+    return source

@@ -11,24 +11,22 @@ import argparse
 import base64
 import collections
 import csv
-import fnmatch
 import hashlib
 import io
 import json
 import shutil
 import signal
-import socket
-import struct
 import sys
 import threading
 import zipfile
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl
 
 import numpy as np
 from PIL import Image
+
+from standins.http import Handler, Standin
 
 INDEX_NAME = "lila_camera_trap_datasets.csv"
 REGISTRY_NAME = "_datasets.json"
@@ -93,7 +91,6 @@ CONTENT_TYPES = {
 }
 IMAGES_PER_SUB = 5
 SUBS_PER_PART = 4
-STALL_PREFIX_BYTES = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +342,7 @@ def generate_dataset(
             "version": METADATA_VERSION,
             "description": f"{name}: generated stand-in for NACTI (seed {seed})",
             "year": 2023,
-            "contributor": "stages.standin",
+            "contributor": "standins.lila",
             "date_created": "2023-10-01",
         },
         "categories": cats,
@@ -391,299 +388,79 @@ def is_generated(root: Path, **kwargs) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fault injection
-
-
-def _parse_action(action) -> tuple:
-    """Normalise a fault action to a tuple: (kind, arg)."""
-    if isinstance(action, (tuple, list)) and len(action) == 2:
-        kind, arg = str(action[0]), float(action[1])
-        if kind in ("429", "stall"):
-            return (kind, arg)
-    elif isinstance(action, int) and not isinstance(action, bool):
-        if action == 200:
-            return ("ok", None)
-        if 400 <= action <= 599:
-            return ("status", action)
-    elif isinstance(action, str):
-        if action == "ok":
-            return ("ok", None)
-        if action.isdigit():
-            return _parse_action(int(action))
-        if action in ("truncate", "reset", "corrupt"):
-            return (action, None)
-        kind, sep, arg = action.partition(":")
-        if sep and kind in ("429", "stall"):
-            return (kind, float(arg))
-    raise ValueError(f"unknown fault action: {action!r}")
-
-
-class FaultPlan:
-    """Per-request fault actions keyed by fnmatch patterns on the cloud-relative path."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._queued: list[tuple[str, collections.deque]] = []
-        self._defaults: dict[str, tuple] = {}
-
-    def add(self, pattern: str, actions) -> None:
-        """Queue actions, one consumed per matching request, then serve normally."""
-        if isinstance(actions, (str, int, tuple)):
-            actions = [actions]
-        parsed = collections.deque(_parse_action(a) for a in actions)
-        with self._lock:
-            self._queued.append((pattern, parsed))
-
-    def set_default(self, pattern: str, action) -> None:
-        """Apply action to every matching request once queued actions run out (None removes)."""
-        with self._lock:
-            if action is None:
-                self._defaults.pop(pattern, None)
-            else:
-                self._defaults[pattern] = _parse_action(action)
-
-    def clear(self) -> None:
-        """Drop all queued and default actions."""
-        with self._lock:
-            self._queued.clear()
-            self._defaults.clear()
-
-    def pending(self) -> int:
-        """Return how many queued actions are not yet consumed."""
-        with self._lock:
-            return sum(len(q) for _, q in self._queued)
-
-    def take(self, path: str) -> tuple | None:
-        """Consume and return the action for this request path, or None."""
-        with self._lock:
-            for pattern, queue in self._queued:
-                if queue and fnmatch.fnmatchcase(path, pattern):
-                    return queue.popleft()
-            for pattern, action in self._defaults.items():
-                if fnmatch.fnmatchcase(path, pattern):
-                    return action
-        return None
-
-
-# ---------------------------------------------------------------------------------------------
 # Server
 
 
-def _parse_range(header: str | None, size: int):
-    """Return (start, end) inclusive, "unsatisfiable", or None to serve the whole body."""
-    if not header or not header.startswith("bytes=") or "," in header:
-        return None  # RFC 9110 lets a server ignore ranges it does not support
-    first, sep, last = header[len("bytes=") :].strip().partition("-")
-    if not sep or not (first.isdigit() or last.isdigit()):
-        return None
-    if not first:
-        n = int(last)
-        if n == 0 or size == 0:
-            return "unsatisfiable"
-        return (max(0, size - n), size - 1)
-    start = int(first)
-    if last and not last.isdigit():
-        return None
-    if last and int(last) < start:
-        return None
-    if start >= size:
-        return "unsatisfiable"
-    return (start, min(int(last), size - 1) if last else size - 1)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _LilaHandler(Handler):
     server_version = "lila-standin/1.0"
-    timeout = 60  # idle keep-alive connections should not pin threads forever
 
-    def log_message(self, format, *args):  # noqa: A002 - signature from the base class
-        pass
-
-    def setup(self):
-        super().setup()
-        # Headers and body go out in separate writes; without NODELAY, Nagle plus the
-        # client's delayed ACK stalls every keep-alive response by ~40 ms.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.standin._track(self.connection, add=True)
-
-    def finish(self):
-        try:
-            super().finish()
-        finally:
-            self.server.standin._track(self.connection, add=False)
-
-    def do_GET(self):
-        self._respond(head=False)
-
-    def do_HEAD(self):
-        self._respond(head=True)
-
-    def _simple(self, status: int, body: bytes, head: bool, extra=()) -> None:
-        """Send a small text/plain response."""
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in extra:
-            self.send_header(key, value)
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def _reset(self) -> None:
-        """Close the socket with a TCP RST before sending anything."""
-        self.close_connection = True
-        sock = self.connection
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        # detach() so the later graceful shutdown(SHUT_WR) cannot send a FIN first.
-        socket.close(sock.detach())
-
-    def _respond(self, head: bool) -> None:
-        standin = self.server.standin
-        split = urlsplit(self.path)
-        path = unquote(split.path)
-        if not head:
-            standin._count(path)
+    def route(self, path: str, query: str, head: bool) -> None:
+        standin: LilaStandin = self.server.standin
         first, _, rest = path.lstrip("/").partition("/")
         if path == "/" + INDEX_NAME:
             rel, cloud = INDEX_NAME, None
         elif first in CLOUDS:
             rel, cloud = rest, first
-            if standin.token is not None and split.query != standin.token:
-                return self._simple(403, b"AuthenticationFailed\n", head)
+            if not standin.authorized(query):
+                return self.simple(403, b"AuthenticationFailed\n", head)
         else:
-            return self._simple(404, b"not found", head)
-
-        kind, arg = standin.faults.take(rel) or ("ok", None)
-        if kind == "reset":
-            return self._reset()
-        if kind == "status":
-            return self._simple(arg, f"{arg} injected fault\n".encode(), head)
-        if kind == "429":
-            return self._simple(429, b"429 slow down\n", head, [("Retry-After", f"{arg:g}")])
-
+            return self.simple(404, b"not found", head)
+        fault = standin.faults.take(rel)
+        if self.pre_fault(fault, head):
+            return None
         if cloud is None:
             data, ctype = standin.index_csv().encode(), "text/csv"
         else:
-            fp = standin._resolve(rel)
+            fp = standin.resolve(rel)
             if fp is None:
-                return self._simple(404, b"not found", head)
+                return self.simple(404, b"not found", head)
             data = fp.read_bytes()
             ctype = CONTENT_TYPES.get(fp.suffix.lower(), "application/octet-stream")
-        if kind == "corrupt":
-            data = data[: len(data) * 6 // 10]  # corrupt at the source: HTTP-level consistent
-
-        size = len(data)
-        md5 = hashlib.md5(data)
-        headers = [
-            ("Content-Type", ctype),
-            ("Accept-Ranges", "bytes"),
-            ("ETag", f'"{md5.hexdigest()}"'),
-        ]
+        body = data[: len(data) * 6 // 10] if fault and fault[0] == "corrupt" else data
+        md5 = hashlib.md5(body)
+        extra = [("ETag", f'"{md5.hexdigest()}"')]
         if cloud == "gcp":
-            headers.append(("x-goog-hash", "md5=" + base64.b64encode(md5.digest()).decode()))
-        rng = _parse_range(self.headers.get("Range"), size)
-        if rng == "unsatisfiable":
-            extra = [("Content-Range", f"bytes */{size}")]
-            return self._simple(416, b"range not satisfiable\n", head, extra)
-        status, body = 200, data
-        if rng is not None:
-            start, end = rng
-            status, body = 206, data[start : end + 1]
-            headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
-
-        self.send_response(status)
-        for key, value in headers:
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if head:
-            return
-        if kind == "truncate":
-            self.close_connection = True
-            self.wfile.write(body[: len(body) // 2])
-        elif kind == "stall":
-            self.close_connection = True
-            self.wfile.write(body[:STALL_PREFIX_BYTES])
-            self.wfile.flush()
-            standin._stopping.wait(arg)  # wakes at once when stop() is called
-        else:
-            self.wfile.write(body)
+            extra.append(("x-goog-hash", "md5=" + base64.b64encode(md5.digest()).decode()))
+        return self.serve(data, ctype, head, fault, extra)
 
 
-class _Server(ThreadingHTTPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-    block_on_close = False  # stop() must not wait for stalled or idle keep-alive handlers
-    request_queue_size = 128  # 20+ parallel downloaders must not overflow the listen backlog
+class LilaStandin(Standin):
+    """Local HTTP stand-in for LILA's index CSV and GCP/AWS/Azure blob stores.
 
-    def handle_error(self, request, client_address):
-        """Stay quiet about clients that hang up; still report real bugs."""
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
+    `metadata_base` / `images_base` make the index point at other servers (other origins),
+    the way the real index points at storage.googleapis.com and friends.
+    """
 
+    handler = _LilaHandler
+    name = "lila-standin"
 
-class LilaStandin:
-    """Local HTTP stand-in for LILA's index CSV and GCP/AWS/Azure blob stores."""
-
-    def __init__(self, root: Path, *, host="127.0.0.1", port=0, datasets=None, token=None):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        host="127.0.0.1",
+        port=0,
+        datasets=None,
+        token=None,
+        metadata_base: str | None = None,
+        images_base: str | None = None,
+    ):
+        super().__init__(host=host, port=port)
         self.root = Path(root).resolve()
         self.datasets = datasets
         self.token = token
-        self.faults = FaultPlan()
-        self.requests: collections.Counter = collections.Counter()
-        self._lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._server = _Server((host, port), _Handler)
-        self._server.standin = self
-        url_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
-        self.url = f"http://{url_host}:{self._server.server_address[1]}"
+        self.metadata_base = metadata_base or self.url
+        self.images_base = images_base or self.url
         self.index_url = f"{self.url}/{INDEX_NAME}"
 
-    def start(self) -> LilaStandin:
-        """Serve in a background thread; return self."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="lila-standin",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
+    def authorized(self, query: str) -> bool:
+        """Tell whether a blob request carries the SAS token (when one is required)."""
+        if self.token is None:
+            return True
+        have = set(parse_qsl(query, keep_blank_values=True))
+        return set(parse_qsl(self.token, keep_blank_values=True)) <= have
 
-    def stop(self) -> None:
-        """Stop serving, wake stalled handlers and close open connections."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._server.server_close()
-
-    def __enter__(self) -> LilaStandin:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _count(self, path: str) -> None:
-        with self._lock:
-            self.requests[path] += 1
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            (self._conns.add if add else self._conns.discard)(conn)
-
-    def _resolve(self, rel: str) -> Path | None:
+    def resolve(self, rel: str) -> Path | None:
         """Map a cloud-relative path to a file under root, or None."""
         parts = rel.split("/")
         if not rel or "\\" in rel or any(p in ("", ".", "..") for p in parts):
@@ -719,8 +496,8 @@ class LilaStandin:
                 "bbox_url_relative": "",
             }
             for cloud in CLOUDS:
-                row[f"image_base_url_{cloud}"] = f"{self.url}/{cloud}/{base}"
-                row[f"metadata_url_{cloud}"] = f"{self.url}/{cloud}/{meta}"
+                row[f"image_base_url_{cloud}"] = f"{self.images_base}/{cloud}/{base}"
+                row[f"metadata_url_{cloud}"] = f"{self.metadata_base}/{cloud}/{meta}"
             writer.writerow(row)
         writer.writerow(EXTRA_ROW)
         return buf.getvalue()
@@ -732,7 +509,7 @@ class LilaStandin:
 
 def main(argv=None) -> int:
     """Run the stand-in from the command line."""
-    parser = argparse.ArgumentParser(prog="python -m stages.standin", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m standins.lila", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="generate (optionally) and serve a dataset")
     serve.add_argument("--root", type=Path, required=True)

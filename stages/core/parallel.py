@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    Executor,
-    ProcessPoolExecutor,
-    ThreadPoolExecutor,
-    wait,
-)
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from itertools import islice
 from typing import TypeVar
 
@@ -54,20 +48,3 @@ def pmap(
 
 
 _END = object()
-
-
-def imap_unordered(
-    fn: Callable[[T], R], items: Iterable[T], *, workers: int, window: int | None = None
-) -> Iterator[R]:
-    """Yield fn(item) as each finishes, with a bounded number in flight (threads)."""
-    items = iter(items)
-    window = window or workers * 4
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        pending = {ex.submit(fn, it) for it in islice(items, window)}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                nxt = next(items, _END)
-                if nxt is not _END:
-                    pending.add(ex.submit(fn, nxt))
-                yield fut.result()

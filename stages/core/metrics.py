@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from stages.store import Row
+from stages.core.files import atomic_write
+from stages.core.store import Row
 
 
 def write_json(path: str | Path, data) -> None:
     """Write JSON atomically with sorted keys, so diffs are stable."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def class_counts(rows: Iterable[Row], names: list[str], status: str = "ok") -> dict[str, int]:

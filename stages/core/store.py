@@ -14,6 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stages.core.files import atomic_path, part_path
+
 MANIFEST = "manifest.parquet"
 SHARD_DIR = "shards"
 STATUSES = ("ok", "failed", "missing", "corrupt")
@@ -129,7 +131,7 @@ class ShardWriter:
         self._close()
         self.index += 1
         self.path = self.dir / f"shard-{self.index:05d}.tar"
-        self.fh = open(self.path.with_name(self.path.name + ".part"), "wb")
+        self.fh = open(part_path(self.path), "wb")
         self.tar = tarfile.open(fileobj=self.fh, mode="w", format=tarfile.USTAR_FORMAT)
         self.size = 0
 
@@ -138,7 +140,14 @@ class ShardWriter:
             self.tar.close()
             self.fh.close()
             # Only complete shards get their final name.
-            os.replace(self.path.with_name(self.path.name + ".part"), self.path)
+            os.replace(part_path(self.path), self.path)
+        self.tar = self.fh = None
+
+    def abort(self) -> None:
+        """Drop the shard being written: a shard that fails mid-write never gets its name."""
+        if self.fh is not None:
+            self.fh.close()
+            part_path(self.path).unlink(missing_ok=True)
         self.tar = self.fh = None
 
     def add(self, name: str, fileobj, size: int) -> tuple[str, int]:
@@ -165,9 +174,8 @@ def write_manifest(out_dir: Path, rows: Iterable[Row]) -> Path:
         raise ValueError("duplicate item ids in manifest")
     table = pa.Table.from_pylist(records, schema=SCHEMA)
     path = Path(out_dir) / MANIFEST
-    tmp = path.with_name(path.name + ".part")
-    pq.write_table(table, tmp, compression="zstd", write_statistics=False, use_dictionary=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=False, use_dictionary=True)
     return path
 
 
@@ -193,8 +201,10 @@ def write_store(
             with open(src, "rb") as fh:
                 row.shard, row.offset = writer.add(member_name(row.item_id, ext(row)), fh, size)
             row.bytes = size
-    finally:
-        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
     write_manifest(out_dir, rows)
     return rows
 

@@ -14,7 +14,8 @@ from typing import Any, BinaryIO, Literal, NoReturn
 
 import orjson
 
-from stages.errors import MetadataError
+from stages.core.errors import MetadataError
+from stages.formats.archives import ZIP_READ_ERRORS
 
 __all__ = ["iter_document"]
 
@@ -50,6 +51,7 @@ def iter_document(
     stream_keys: Collection[str],
     *,
     max_bytes: int | None = None,
+    max_value_bytes: int | None = None,
     batch_chars: int = DEFAULT_BATCH_CHARS,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     exact_integers: bool = True,
@@ -61,9 +63,11 @@ def iter_document(
     `stream_keys`; a streamed array yields zero or more batches, in order.
 
     `fp` only needs ``read(n)``; it is read `block_bytes` at a time and `batch_chars` bounds the
-    text decoded per batch. With `exact_integers` false, integers beyond 64 bits may decode as
-    floats (orjson's behaviour); skipping the check that routes them to json is ~2x faster for
-    callers that validate their integer fields anyway. Input problems raise MetadataError as
+    text decoded per batch; `max_value_bytes` bounds one value outside the streamed arrays (or
+    one array element too large for a batch), which would otherwise be buffered whole. With
+    `exact_integers` false, integers beyond 64 bits may decode as floats (orjson's behaviour);
+    skipping the check that routes them to json is ~2x faster for callers that validate their
+    integer fields anyway. Input problems raise MetadataError as
     they are reached, so the document is only fully validated (including trailing data) once
     the iterator is exhausted.
     """
@@ -74,7 +78,9 @@ def iter_document(
     if max_bytes is not None and max_bytes < 0:
         raise ValueError("max_bytes must not be negative")
     keys = frozenset(stream_keys)
-    reader = _Reader(fp, max_bytes=max_bytes, block_bytes=block_bytes)
+    reader = _Reader(
+        fp, max_bytes=max_bytes, block_bytes=block_bytes, max_value_bytes=max_value_bytes
+    )
 
     c = reader.peek()
     if c != "{":
@@ -236,9 +242,17 @@ def _is_cut_short(message: str, rest: str) -> bool:
 class _Reader:
     """Hold a window of decoded text over a binary stream, refilled on demand."""
 
-    def __init__(self, fp: BinaryIO, *, max_bytes: int | None, block_bytes: int) -> None:
+    def __init__(
+        self,
+        fp: BinaryIO,
+        *,
+        max_bytes: int | None,
+        block_bytes: int,
+        max_value_bytes: int | None = None,
+    ) -> None:
         self._fp = fp
         self._max_bytes = max_bytes
+        self._max_value = max_value_bytes
         self._block_bytes = block_bytes
         # utf-8-sig drops a leading byte order mark, as json.load does for bytes.
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
@@ -274,7 +288,11 @@ class _Reader:
             if self._max_bytes is not None:
                 # One byte past the limit is enough to tell that the input exceeds it.
                 size = min(size, self._max_bytes - self._bytes_read + 1)
-            data = self._fp.read(size)
+            try:
+                data = self._fp.read(size)
+            except ZIP_READ_ERRORS as exc:
+                # A damaged archive member: bad CRC, bad deflate data, a cut stream.
+                raise MetadataError(f"metadata archive is corrupt: {exc}") from None
             try:
                 if data:
                     self._bytes_read += len(data)
@@ -332,15 +350,27 @@ class _Reader:
                     "Unterminated string"
                 ):
                     self.fail(exc.msg, exc.pos)
+                size = len(self.buf) - self.pos  # the value is at least this long
             except RecursionError:
                 raise MetadataError(
                     f"metadata JSON is nested too deeply near character {self.offset}"
                 ) from None
             else:
+                size = end - self.pos
+                self._check_value_size(size)
                 # A number near the end of the buffer ("1" of "1.5", "1" of "1e5") may continue
                 # in the next block.
                 if end <= len(self.buf) - _NEAR_END or self.eof:
                     self.pos = end
                     return value
+            self._check_value_size(size)
             # Grow geometrically so a large value is re-decoded only a few times.
             self.fill(max(self._block_bytes, len(self.buf) - self.pos))
+
+    def _check_value_size(self, size: int) -> None:
+        """Refuse one value larger than the configured limit instead of buffering it."""
+        if self._max_value is not None and size > self._max_value:
+            raise MetadataError(
+                f"a single JSON value at character {self.offset} is larger than the "
+                f"configured limit of {self._max_value} bytes"
+            )

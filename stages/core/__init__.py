@@ -1,0 +1,1 @@
+"""Library code shared by every stage: config schemas, errors, the item store, metrics."""

@@ -1,0 +1,212 @@
+"""Config schemas (Hydra structured configs) for every conf group, and typed loading.
+
+Every setting's value lives in `conf/` (the one place for defaults); these schemas say which
+keys exist and what types they take, so a typo or a wrong type fails when conf/ is composed,
+with the key's path and close matches, instead of in the middle of a stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeVar
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from stages.core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _positive(where: str, **values: float) -> None:
+    """Raise unless every value is > 0."""
+    for key, value in values.items():
+        if value is None or value <= 0:
+            raise ConfigError(f"{where}.{key} must be > 0, not {value!r}")
+
+
+def _non_negative(where: str, **values: float) -> None:
+    """Raise unless every value is >= 0."""
+    for key, value in values.items():
+        if value is None or value < 0:
+            raise ConfigError(f"{where}.{key} must be >= 0, not {value!r}")
+
+
+@dataclass
+class FetchConf:
+    """The downloader shared by every source (`conf/fetch/`)."""
+
+    workers: int = MISSING
+    connect_timeout: float = MISSING
+    low_speed_limit: int = MISSING
+    low_speed_time: float = MISSING
+    attempt_timeout: float = MISSING
+    max_item_bytes: int = MISSING
+    max_redirects: int = MISSING
+    retries: int = MISSING
+    backoff: float = MISSING
+    backoff_max: float = MISSING
+    retry_after_max: float = MISSING
+    verify_decode: bool = MISSING
+    retry_permanent: bool = MISSING
+    allow_transient_failures: bool = MISSING
+    keep_cache: bool = MISSING
+
+    def __post_init__(self) -> None:
+        _positive(
+            "fetch",
+            workers=self.workers,
+            connect_timeout=self.connect_timeout,
+            low_speed_time=self.low_speed_time,
+            attempt_timeout=self.attempt_timeout,
+            max_item_bytes=self.max_item_bytes,
+        )
+        _non_negative(
+            "fetch",
+            low_speed_limit=self.low_speed_limit,
+            max_redirects=self.max_redirects,
+            retries=self.retries,
+            backoff=self.backoff,
+            backoff_max=self.backoff_max,
+            retry_after_max=self.retry_after_max,
+        )
+
+
+@dataclass
+class StoreConf:
+    """The item store (`conf/store/`)."""
+
+    shard_bytes: int = MISSING
+
+    def __post_init__(self) -> None:
+        _positive("store", shard_bytes=self.shard_bytes)
+
+
+@dataclass
+class CleanConf:
+    """clean-annotations, for every source (`conf/clean/`)."""
+
+    decode_check: bool = MISSING
+    min_box_size: float = MISSING
+    drop_unlabeled: bool = MISSING
+
+    def __post_init__(self) -> None:
+        _non_negative("clean", min_box_size=self.min_box_size)
+
+
+class Aspect(Enum):
+    """How export-npz fits an image into the output size."""
+
+    pad = "pad"
+    stretch = "stretch"
+    crop = "crop"
+
+
+@dataclass
+class ExportConf:
+    """export-npz, for every source (`conf/export/`)."""
+
+    height: int = MISSING
+    width: int = MISSING
+    aspect: Aspect = MISSING
+    pad_value: int = MISSING
+    items_per_shard: int = MISSING
+    compress: bool = MISSING
+
+    def __post_init__(self) -> None:
+        _positive(
+            "export", height=self.height, width=self.width, items_per_shard=self.items_per_shard
+        )
+        if not 0 <= self.pad_value <= 255:
+            raise ConfigError(f"export.pad_value must be 0..255, not {self.pad_value}")
+
+
+GROUPS: dict[str, type] = {
+    "fetch": FetchConf,
+    "store": StoreConf,
+    "clean": CleanConf,
+    "export": ExportConf,
+}
+
+
+@dataclass
+class NoSettings:
+    """A stage section for which a source has no settings of its own (`{}` in its conf)."""
+
+
+@dataclass
+class SourceConf:
+    """What every `conf/source/<name>.yaml` holds; a source narrows the stage sections.
+
+    Settings are split by the stage that reads them, so that dvc.yaml can make each stage
+    depend on its own part only (a cleaning setting never re-runs fetch).
+    """
+
+    enabled: bool = MISSING
+    classes: list[str] = MISSING
+    fetch: Any = MISSING
+    clean: NoSettings = MISSING
+    export: NoSettings = MISSING
+
+    def __post_init__(self) -> None:
+        names = [c.strip() for c in self.classes]
+        if not names or not all(names):
+            raise ConfigError("classes is empty or has a blank name: list the class names")
+        if len({n.lower() for n in names}) != len(names):
+            raise ConfigError(f"classes has duplicates: {names}")
+        self.classes = names
+
+
+def _explain(exc: OmegaConfBaseException, where: str, prefix: str) -> str:
+    """Turn an OmegaConf error into one line: file, key path, and close matches."""
+    key = getattr(exc, "full_key", None) or "?"
+    key = f"{prefix}.{key}" if prefix else key
+    if isinstance(exc, ConfigKeyError):
+        kind = getattr(exc, "object_type", None)
+        names = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else []
+        leaf = key.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(leaf, names, n=3, cutoff=0.6)
+        hint = (
+            f"; did you mean {' or '.join(close)}?"
+            if close
+            else (f"; known keys: {', '.join(names)}" if names else "")
+        )
+        return f"{where}: unknown key {key!r}{hint}"
+    if isinstance(exc, MissingMandatoryValue):
+        return f"{where}: {key!r} is required but not set"
+    message = str(getattr(exc, "msg", exc)).splitlines()[0]
+    return f"{where}: {key!r}: {message}"
+
+
+def typed(schema: type[T], data: Any, where: str = "config", prefix: str = "") -> T:
+    """Validate data against a schema and return it as the schema's dataclass.
+
+    `where` names the file or group in messages, `prefix` the data's key path (`fetch`).
+    """
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(schema), data or {})
+        return OmegaConf.to_object(node)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_explain(exc, where, prefix)) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def plain(obj: Any) -> Any:
+    """Return a schema dataclass as plain data (enums as their names), as params.yaml holds it."""
+    return OmegaConf.to_container(OmegaConf.structured(obj), enum_to_str=True)
+
+
+def validate(schema: type, data: Any, where: str = "config", prefix: str = "") -> dict:
+    """Validate data against a schema; return it as plain data with only the schema's keys."""
+    return plain(typed(schema, data, where, prefix))
+
+
+def with_overrides(obj: T, **changes: Any) -> T:
+    """Return a copy of a schema dataclass with some fields changed, re-validated."""
+    data = plain(obj)
+    data.update(changes)
+    return typed(type(obj), data, type(obj).__name__)

@@ -1,0 +1,36 @@
+"""File helpers: every output appears whole under its final name, or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def part_path(path: Path) -> Path:
+    """Return the temporary name an output is written under before it is complete."""
+    return path.with_name(path.name + ".part")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it to `path` on success, delete it on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = part_path(path)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write bytes or UTF-8 text to a file atomically."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)

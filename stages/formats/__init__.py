@@ -1,0 +1,1 @@
+"""File formats: streaming JSON, COCO Camera Traps, archives, VOC, npz."""

@@ -1,0 +1,1 @@
+"""Network code: the libcurl transport, origin-scoped credentials, the downloader, its ledger."""

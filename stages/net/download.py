@@ -1,0 +1,483 @@
+"""One downloader: pooled libcurl transfers, bounded retries, verified atomic writes, a ledger."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import heapq
+import itertools
+import logging
+import os
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tqdm import tqdm
+
+from stages.core.config import FetchConf
+from stages.core.errors import StageError
+from stages.net.credentials import Credentials, origin_of, redact
+from stages.net.ledger import PERMANENT, Ledger, Result
+from stages.net.transport import Exchange, Options, Transport
+from stages.net.verify import check_structure, decode_check, goog_md5, kind_of
+
+log = logging.getLogger("stages.download")
+
+TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+MISSING_HTTP = {404, 410}
+REDIRECT_HTTP = {301, 302, 303, 307, 308}
+SPILL = 8 << 20  # bodies up to this size stay in memory until verified
+LEDGER_BATCH = 256
+
+
+class Retry(Exception):
+    """A transient failure; carries the server's Retry-After if any."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, http_status=None):
+        super().__init__(reason)
+        self.reason, self.retry_after, self.http_status = reason, retry_after, http_status
+
+
+class Permanent(Exception):
+    """A failure that retrying within this run will not fix."""
+
+    def __init__(self, status: str, reason: str, http_status=None):
+        super().__init__(reason)
+        self.status, self.reason, self.http_status = status, reason, http_status
+
+
+class CredentialRejected(StageError):
+    """A credentialed origin answered 401/403: every later request would fail the same way."""
+
+
+def cache_root() -> Path:
+    """Return the download cache directory ($DSREPO_CACHE_DIR, else ~/.cache/dsrepo)."""
+    env = os.environ.get("DSREPO_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dsrepo"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Parse Retry-After as ASCII delta-seconds or an HTTP date; None if it is neither."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    try:
+        return max(0.0, when.timestamp() - time.time())
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def remove_orphan_parts(tmp: Path) -> None:
+    """Delete part files left by killed runs (named <pid>-...; live processes keep theirs)."""
+    for part in tmp.glob("*.part"):
+        pid = part.name.split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # another user's live process
+
+
+class PartFile:
+    """A body being received: kept in memory, spilled to a .part file when it grows large."""
+
+    __slots__ = ("path", "chunks", "size", "fh", "sha", "md5", "head", "tail")
+
+    def __init__(self, path: str):
+        self.path = path
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.fh = None
+        self.sha = self.md5 = None
+        self.head = self.tail = b""
+
+    def write(self, data: bytes) -> None:
+        """Take the next chunk of the body."""
+        if self.fh is None:
+            self.chunks.append(data)
+            self.size += len(data)
+            if self.size > SPILL:
+                self._spill()
+            return
+        if self.size < 16:
+            self.head = (self.head + data[:16])[:16]
+        self.tail = (self.tail + data[-64:])[-64:]
+        self.fh.write(data)
+        self.sha.update(data)
+        self.md5.update(data)
+        self.size += len(data)
+
+    def _spill(self) -> None:
+        data = b"".join(self.chunks)
+        self.chunks = []
+        self.fh = open(self.path, "wb")
+        self.sha, self.md5 = hashlib.sha256(data), hashlib.md5(data)
+        self.head, self.tail = data[:16], data[-64:]
+        self.fh.write(data)
+
+    def discard(self) -> None:
+        """Drop the body and any part file."""
+        self.chunks = []
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+@dataclass(eq=False)
+class _Job:
+    """One URL's way through attempts and redirects."""
+
+    url: str
+    kind: str
+    max_bytes: int
+    deadline: float
+    target: str = ""
+    attempts: int = 0
+    hops: int = 0
+
+
+class Downloader:
+    """Fetch URLs into a content-addressed cache with verification, retries and a ledger."""
+
+    def __init__(
+        self,
+        cfg: FetchConf,
+        cache_dir: Path | None = None,
+        *,
+        ledger_name: str = "ledger",
+        credentials: Credentials | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.cfg = cfg
+        self.root = Path(cache_dir) if cache_dir else cache_root()
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(self.root / f"{ledger_name}.sqlite")
+        # Secrets are attached per request to their own origins: never stored or logged.
+        self.creds = credentials or Credentials()
+        self.clock, self.sleep = clock, sleep
+        self.transport = Transport(
+            Options(
+                connect_timeout=cfg.connect_timeout,
+                low_speed_limit=cfg.low_speed_limit,
+                low_speed_time=cfg.low_speed_time,
+                max_connections=max(1, cfg.workers),
+            )
+        )
+        for i in range(256):  # made once, not per file
+            (self.objects / f"{i:02x}").mkdir(exist_ok=True)
+        self._seq = itertools.count()
+        remove_orphan_parts(self.tmp)
+        self.objects_str, self.tmp_str = f"{self.objects}/", f"{self.tmp}/"
+
+    # ------------------------------------------------------------------ cache
+
+    def object_file(self, sha256: str) -> str:
+        """Return where content with this hash lives in the cache (a plain string: hot path)."""
+        return f"{self.objects_str}{sha256[:2]}/{sha256}"
+
+    def object_path(self, sha256: str) -> Path:
+        """Return where content with this hash lives in the cache."""
+        return Path(self.object_file(sha256))
+
+    def reusable(self, res: Result | None) -> Result | None:
+        """Return a recorded result if it stands (object present, or a permanent failure)."""
+        if res is None:
+            return None
+        if res.status == "ok":
+            path = self.object_path(res.sha256)
+            if path.is_file() and path.stat().st_size == res.bytes:
+                return res
+            return None
+        if res.status in PERMANENT and not self.cfg.retry_permanent:
+            return res
+        return None
+
+    # ------------------------------------------------------------------ public API
+
+    def fetch(
+        self,
+        url: str,
+        kind: str | None = None,
+        *,
+        refresh: bool = False,
+        max_bytes: int | None = None,
+        deadline: float | None = None,
+    ) -> Result:
+        """Download one URL with bounded retries; record and return the outcome."""
+        if not refresh:
+            prior = self.reusable(self.ledger.get(url))
+            if prior is not None:
+                return prior
+        job = self._job(url, kind, max_bytes, deadline)
+        results = []
+        try:
+            self._run([job], results.append)
+        finally:
+            if results:
+                self.ledger.put(*results)
+        return results[0]
+
+    def fetch_all(
+        self,
+        urls: Iterable[str],
+        *,
+        desc: str = "fetch",
+        max_bytes: int | None = None,
+        kind: str | None = None,
+    ) -> dict[str, Result]:
+        """Download many URLs concurrently; show items/s and MB/s on a TTY."""
+        urls = sorted(set(urls))
+        results: dict[str, Result] = {}
+        recorded = self.ledger.all()
+        todo = []
+        for url in urls:
+            prior = self.reusable(recorded.get(url))
+            if prior is not None:
+                results[url] = prior
+            else:
+                todo.append(self._job(url, kind, max_bytes, None))
+        bar = tqdm(
+            total=len(urls),
+            initial=len(results),
+            desc=desc,
+            unit="item",
+            disable=not sys.stderr.isatty(),
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
+        start, nbytes = time.monotonic(), 0
+        # Results are recorded in batches (one transaction each); the finally below writes the
+        # last batch even on Ctrl-C or a fatal error, so finished downloads are never redone.
+        batch: list[Result] = []
+        flushed = time.monotonic()
+
+        def done(res: Result) -> None:
+            nonlocal flushed, nbytes, batch
+            results[res.url] = res
+            batch.append(res)
+            nbytes += res.bytes or 0
+            if len(batch) >= LEDGER_BATCH or time.monotonic() - flushed > 1.0:
+                self.ledger.put(*batch)
+                batch, flushed = [], time.monotonic()
+            if not bar.disable:
+                bar.update(1)
+                elapsed = max(time.monotonic() - start, 1e-9)
+                bar.set_postfix_str(f"{nbytes / elapsed / 1e6:.1f} MB/s", refresh=False)
+
+        try:
+            self._run(todo, done)
+        finally:
+            if batch:
+                self.ledger.put(*batch)
+            bar.close()
+        elapsed = time.monotonic() - start
+        counts: dict[str, int] = {}
+        for res in results.values():
+            counts[res.status] = counts.get(res.status, 0) + 1
+        log.info(
+            "%s: %d items (%s), %d new downloads, %.1f MB in %.1fs (%.1f items/s, %.1f MB/s)",
+            desc,
+            len(urls),
+            ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+            len(todo),
+            nbytes / 1e6,
+            elapsed,
+            len(todo) / max(elapsed, 1e-9),
+            nbytes / 1e6 / max(elapsed, 1e-9),
+        )
+        return results
+
+    def close(self) -> None:
+        """Release connections and the ledger."""
+        self.transport.close()
+        self.ledger.close()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _job(self, url: str, kind: str | None, max_bytes: int | None, deadline: float | None):
+        return _Job(
+            url,
+            kind or kind_of(url),
+            int(max_bytes or self.cfg.max_item_bytes),
+            float(deadline or self.cfg.attempt_timeout),
+            target=url,
+        )
+
+    def _run(self, jobs: list[_Job], done: Callable[[Result], None]) -> None:
+        """Drive every job to a result; at most `workers` requests in flight."""
+        ready: deque[_Job] = deque(jobs)
+        waiting: list[tuple[float, int, _Job]] = []  # (due, seq, job): retries after backoff
+        transport = self.transport
+        workers = max(1, self.cfg.workers)
+        try:
+            while ready or waiting or transport.active:
+                now = self.clock()
+                while waiting and waiting[0][0] <= now:
+                    ready.append(heapq.heappop(waiting)[2])
+                while ready and transport.active < workers:
+                    self._start(ready.popleft())
+                if not transport.active and not transport.failed_at_start:
+                    if waiting:
+                        self.sleep(max(0.0, waiting[0][0] - now))
+                    continue
+                timeout = 0.5 if not waiting else min(0.5, max(0.0, waiting[0][0] - now))
+                for ex in transport.poll(timeout):
+                    job = ex.tag
+                    try:
+                        res = self._conclude(job, ex)
+                    except _Redirect as red:
+                        job.target, job.hops = red.url, job.hops + 1
+                        ready.appendleft(job)
+                        continue
+                    except Retry as exc:
+                        if job.attempts <= self.cfg.retries:
+                            delay = self.backoff(job.attempts - 1, exc.retry_after)
+                            log.debug("retry %s in %.2fs: %s", redact(job.url), delay, exc.reason)
+                            job.target, job.hops = job.url, 0
+                            heapq.heappush(waiting, (self.clock() + delay, next(self._seq), job))
+                            continue
+                        res = Result(job.url, "failed", exc.reason, None, None, exc.http_status)
+                    except Permanent as exc:
+                        res = Result(job.url, exc.status, exc.reason, None, None, exc.http_status)
+                    res.attempts = job.attempts
+                    done(res)
+        finally:
+            for ex in transport.abort():
+                ex.sink.discard()
+
+    def _start(self, job: _Job) -> None:
+        """Send the next request of a job, with the credentials of its current origin only."""
+        if job.hops == 0:
+            job.attempts += 1
+        part = PartFile(f"{self.tmp_str}{os.getpid()}-{next(self._seq)}.part")
+        url, headers = self.creds.apply(job.target)
+        # Ask for the bytes as stored: a content coding would defeat the length and md5 checks.
+        headers.append("Accept-Encoding: identity")
+        ex = Exchange(url, headers, job.max_bytes, job.deadline, part, job)
+        self.transport.start(ex)
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Return the delay before the next attempt: Retry-After, else exponential + jitter."""
+        if retry_after is not None:
+            return min(retry_after, self.cfg.retry_after_max)
+        base = min(self.cfg.backoff_max, self.cfg.backoff * (2**attempt))
+        return base * (0.5 + random.random() / 2)
+
+    # ------------------------------------------------------------------ one response
+
+    def _conclude(self, job: _Job, ex: Exchange) -> Result:
+        """Turn a finished exchange into a result, or raise Retry / Permanent / _Redirect."""
+        part: PartFile = ex.sink
+        try:
+            if ex.error is not None:
+                if ex.retryable:
+                    raise Retry(ex.error, None, ex.status or None)
+                raise Permanent("failed", ex.error, ex.status or None)
+            status = ex.status
+            if status == 200:
+                return self._accept(job, ex, part)
+            if status in REDIRECT_HTTP:
+                raise _Redirect(self._next_hop(job, ex))
+            labels = self.creds.scoped(job.target) if status in (401, 403) else []
+            if labels:
+                scheme, host, port = origin_of(job.target)
+                raise CredentialRejected(
+                    f"{scheme}://{host}:{port} answered http {status} to the credential from "
+                    f"{', '.join(labels)}: check that secret and the origins it is scoped to"
+                )
+            if status in MISSING_HTTP:
+                raise Permanent("missing", f"http {status}", status)
+            if status in TRANSIENT_HTTP or status >= 500:
+                raise Retry(f"http {status}", parse_retry_after(ex.header("Retry-After")), status)
+            # 401/403 without a credential of ours, 204, 304, other 4xx: a re-run may fix it.
+            raise Permanent("failed", f"http {status}", status)
+        finally:
+            part.discard()
+
+    def _next_hop(self, job: _Job, ex: Exchange) -> str:
+        """Check a redirect and return where it points."""
+        if job.hops >= self.cfg.max_redirects:
+            raise Permanent("failed", "too many redirects", ex.status)
+        target = ex.redirect_url
+        if not target:
+            raise Permanent("failed", f"http {ex.status} without a usable Location", ex.status)
+        try:
+            scheme, _, _ = origin_of(target)
+        except ValueError:
+            parts = urlsplit(target)
+            what = parts.scheme or "relative"
+            if parts.scheme in ("http", "https"):
+                raise Permanent("failed", "redirect to an invalid URL", ex.status) from None
+            raise Permanent("failed", f"redirect to a {what} URL refused", ex.status) from None
+        if scheme == "http" and urlsplit(job.target).scheme == "https":
+            raise Permanent("failed", "redirect from https to http refused", ex.status)
+        return target
+
+    def _accept(self, job: _Job, ex: Exchange, part: PartFile) -> Result:
+        """Verify a 200 body and move it into the cache under its sha256."""
+        encoding = (ex.header("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            raise Permanent("failed", f"unrequested content-encoding {encoding[:20]!r}", 200)
+        lengths = set(ex.header_values("Content-Length"))
+        if len(lengths) > 1:
+            raise Retry("conflicting Content-Length headers", None, 200)
+        if ex.content_length is not None and part.size != ex.content_length:
+            raise Retry("truncated body", None, 200)
+        want_md5 = goog_md5(ex.header("x-goog-hash"))
+        if part.fh is None:
+            data = b"".join(part.chunks)
+            part.chunks = []
+            head, tail = data[:16], data[-64:]
+            sha = hashlib.sha256(data).hexdigest()
+            md5 = hashlib.md5(data).hexdigest() if want_md5 else None
+        else:
+            part.fh.close()
+            part.fh = None
+            data, head, tail = None, part.head, part.tail
+            sha, md5 = part.sha.hexdigest(), part.md5.hexdigest()
+        if want_md5 and md5 != want_md5:
+            raise Retry("md5 does not match the server's x-goog-hash", None, 200)
+        problem = check_structure(job.kind, head, tail)
+        if problem is None and self.cfg.verify_decode and job.kind in ("jpeg", "png"):
+            problem = decode_check(data if data is not None else part.path)
+        if problem:
+            if ex.content_length is None:
+                raise Retry(problem, None, 200)  # a cut transfer looks like a bad source
+            raise Permanent("corrupt", problem, 200)
+        if data is not None:
+            with open(part.path, "wb") as fh:
+                fh.write(data)
+        # Atomic: nothing unverified ever lands. Plain strings: this runs per file.
+        os.replace(part.path, self.object_file(sha))
+        return Result(job.url, "ok", "", sha, part.size, 200)
+
+
+class _Redirect(Exception):
+    """A verified redirect: send the job's next request to `url`."""
+
+    def __init__(self, url: str):
+        super().__init__("redirect")
+        self.url = url

@@ -1,0 +1,130 @@
+"""Compose conf/ with Hydra and validate every group against its schema (the compose stage)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import OmegaConf
+
+from stages import sources
+from stages.core.config import GROUPS, typed, validate
+from stages.core.errors import ConfigError
+from stages.core.files import atomic_write
+from stages.pipeline.params import conf_digest, hand_edited, render
+
+# Keys whose value would be a secret: conf must name an env var instead (`<key>_env`).
+SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|access_key|private_key)$", re.I)
+
+
+def source_files(conf_dir: Path) -> list[Path]:
+    """List the source config files, sorted."""
+    return sorted((Path(conf_dir) / "source").glob("*.yaml"))
+
+
+def check_conf_text(conf_dir: Path) -> None:
+    """Refuse env interpolations, which would bake secrets into params.yaml."""
+    for path in sorted(Path(conf_dir).rglob("*.yaml")):
+        if "oc.env" in path.read_text(encoding="utf-8"):
+            raise ConfigError(
+                f"{path}: `${{oc.env:...}}` would copy an environment value into params.yaml; "
+                "name the variable instead (e.g. `token_env: MY_TOKEN`)"
+            )
+
+
+def check_secrets(node, where: str = "") -> None:
+    """Refuse literal secrets anywhere in the composed config."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if SECRET_KEY.search(str(key)) and value not in (None, ""):
+                raise ConfigError(
+                    f"{path}: secrets never go in conf/ or params.yaml; "
+                    f"set `{key}_env: VAR_NAME` and export VAR_NAME instead"
+                )
+            check_secrets(value, path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_secrets(value, f"{where}[{i}]")
+
+
+def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Return the composed, validated, resolved config as plain data."""
+    conf_dir = Path(conf_dir).resolve()
+    if not (conf_dir / "config.yaml").is_file():
+        raise ConfigError(f"{conf_dir}/config.yaml not found")
+    check_conf_text(conf_dir)
+    files = {path.stem: path for path in source_files(conf_dir)}
+    extra = [f"+source@sources.{name}={name}" for name in files]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=[*extra, *overrides])
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:  # Hydra raises many types; the user needs the message only.
+        raise ConfigError(f"cannot compose {conf_dir}: {exc}") from exc
+    unknown = set(data) - set(GROUPS) - {"sources"}
+    if unknown:
+        raise ConfigError(
+            f"conf/config.yaml: unknown top-level key(s) {', '.join(sorted(unknown))}"
+        )
+    out: dict = {}
+    for group, schema in GROUPS.items():
+        out[group] = validate(schema, data.get(group), f"conf/{group}", group)
+    out["sources"] = {}
+    video = {}
+    for name, raw in (data.get("sources") or {}).items():
+        source = sources.load(name)
+        checked = validate(source.schema, raw, f"conf/source/{name}.yaml", f"sources.{name}")
+        if checked["enabled"]:  # disabled sources are validated too, so typos show early
+            out["sources"][name] = checked
+            video[name] = source.video
+    check_secrets(out)
+    # extract-frames runs only for sources with video; dvc.yaml iterates over these maps.
+    out["video_sources"] = {k: {} for k, v in video.items() if v}
+    out["pipeline"] = {k: {"clean_input": "frames" if v else "fetch"} for k, v in video.items()}
+    return out
+
+
+def compose_text(conf_dir: Path) -> str:
+    """Return the params.yaml text conf/ composes to."""
+    return render(compose(conf_dir), conf_digest(conf_dir))
+
+
+def write_params(conf_dir: Path, params_path: Path, *, force: bool = False) -> bool:
+    """Write params.yaml from conf/; return whether it changed."""
+    text = compose_text(conf_dir)
+    old = params_path.read_text(encoding="utf-8") if params_path.exists() else None
+    if old is not None and not force and old != text and hand_edited(old):
+        raise ConfigError(
+            f"{params_path} was edited by hand (or by `dvc exp run -S key=value`); conf/ is the "
+            "source of truth. Use `dvc exp run -S conf/source/lila.yaml:fetch.cap=7`, or edit "
+            "conf/ and run `dvc repro` (pass --force to `python -m stages.compose` to discard "
+            "the edit)"
+        )
+    if old == text:
+        return False
+    atomic_write(params_path, text)
+    if old is not None:
+        before = yaml.safe_load(old) or {}
+        after = yaml.safe_load(text)
+        if before.get("pipeline") != after.get("pipeline"):
+            # dvc.yaml's stage list was expanded from the old params.yaml in this run.
+            raise ConfigError(
+                f"the set of enabled sources changed ({sorted(before.get('pipeline') or {})} -> "
+                f"{sorted(after['pipeline'])}); {params_path} is updated: run `dvc repro` again "
+                "so DVC expands the new stages"
+            )
+    return True
+
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def group_defaults(group: str, conf_dir: Path = CONF_DIR, **changes):
+    """Return a shared group's settings as conf/ composes them (for tests, benches, tools)."""
+    data = compose(conf_dir)[group]
+    data.update(changes)
+    return typed(GROUPS[group], data, f"conf/{group}", group)

@@ -1,0 +1,86 @@
+"""LILA camera traps: a datasets index CSV, COCO Camera Traps metadata, images on three clouds.
+
+This module is what every stage imports (settings schema, hooks); what only fetch needs lives
+in `fetch.py`, `index.py` and `rows.py`, imported when fetch runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Optional
+
+from omegaconf import MISSING
+
+from stages.core.config import NoSettings, SourceConf
+from stages.core.selection import check_caps
+from stages.sources import Context, Plan, Source
+
+if TYPE_CHECKING:
+    from stages.net.credentials import Credential
+
+
+class Cloud(Enum):
+    """Which mirror's URLs to use from the index."""
+
+    gcp = "gcp"
+    aws = "aws"
+    azure = "azure"
+
+
+@dataclass
+class LilaFetch:
+    """What fetch@lila reads: where the data is, what to select, limits, the SAS token."""
+
+    index_url: str = MISSING
+    dataset: str = MISSING
+    cloud: Cloud = MISSING
+    cap: Optional[int] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
+    caps: dict[str, int] = MISSING
+    seed: int = MISSING
+    byte_budget: Optional[int] = MISSING  # noqa: UP045
+    est_bytes_per_image: int = MISSING
+    max_index_bytes: int = MISSING
+    max_metadata_bytes: int = MISSING
+    max_json_value_bytes: int = MISSING
+    sas_token_env: Optional[str] = MISSING  # noqa: UP045
+    sas_token_origins: list[str] = MISSING
+
+
+@dataclass
+class LilaConf(SourceConf):
+    """conf/source/lila.yaml."""
+
+    fetch: LilaFetch = MISSING
+    clean: NoSettings = MISSING
+    export: NoSettings = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_caps(self.fetch.caps, self.classes)
+
+
+class Lila(Source):
+    """LILA BC camera-trap datasets (e.g. NACTI) from the GCP, AWS or Azure mirror."""
+
+    name = "lila"
+    schema = LilaConf
+
+    def credentials(self, cfg: LilaConf) -> list[Credential]:
+        """Return the Azure SAS token, if configured, scoped to its origins."""
+        from stages.net.credentials import from_env
+
+        f = cfg.fetch
+        if not f.sas_token_env:
+            return []
+        where = "sources.lila.fetch.sas_token_env"
+        return [from_env(f.sas_token_env, f.sas_token_origins, where)]
+
+    def plan(self, cfg: LilaConf, ctx: Context) -> Plan:
+        """Read the index and metadata, select images, and return rows to download."""
+        from stages.sources.lila.fetch import plan
+
+        return plan(cfg, ctx)
+
+
+SOURCE = Lila()

@@ -1,0 +1,55 @@
+"""fetch@lila: the datasets index, then the metadata, then the selected images' rows."""
+
+from __future__ import annotations
+
+import logging
+
+from stages.core.errors import MetadataError
+from stages.formats.coco_ct import open_document, read_metadata
+from stages.net.credentials import redact
+from stages.sources import Context, Plan
+from stages.sources.lila.index import parse_index
+from stages.sources.lila.rows import Selector, build_rows
+
+log = logging.getLogger("stages.sources.lila")
+
+
+def plan(cfg, ctx: Context) -> Plan:
+    """Read the index and metadata, select images, and return rows to download."""
+    f, dl = cfg.fetch, ctx.downloader
+    res = dl.fetch(f.index_url, kind="any", refresh=True, max_bytes=f.max_index_bytes)
+    if res.status != "ok":
+        raise MetadataError(f"cannot download the datasets index: {res.status} ({res.reason})")
+    try:
+        text = dl.object_path(res.sha256).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"datasets index CSV is not UTF-8: {exc.reason}") from None
+    entry = parse_index(text, f.dataset, f.cloud.value)
+    log.info("%s: metadata %s", entry.name, redact(entry.metadata_url))
+    res = dl.fetch(entry.metadata_url, kind="any", max_bytes=f.max_metadata_bytes)
+    if res.status != "ok":
+        raise MetadataError(f"cannot download the metadata: {res.status} ({res.reason})")
+    opener, size = open_document(dl.object_path(res.sha256), f.max_metadata_bytes)
+    selector = Selector(cfg)
+    meta, _ = read_metadata(
+        opener,
+        selector,
+        f.max_metadata_bytes,
+        max_value_bytes=f.max_json_value_bytes,
+        size=size,
+    )
+    sel = selector.result
+    rows = build_rows(meta, sel, f.dataset, entry.image_base_url, ctx.source)
+    stats = {
+        "dataset": entry.name,
+        "metadata_images": meta.n_images,
+        "metadata_annotations": meta.n_annotations,
+        **sel.stats,
+    }
+    log.info(
+        "selected %d of %d images (%s)",
+        len(rows),
+        meta.n_images,
+        ", ".join(f"{k} {v}" for k, v in sel.stats["selected"].items()),
+    )
+    return Plan(rows, stats)

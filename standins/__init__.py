@@ -1,0 +1,1 @@
+"""Local stand-ins for external services (LILA today), for tests and `make demo`."""
