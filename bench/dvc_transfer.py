@@ -85,7 +85,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 def check_payloads(store_dir: Path, originals: dict[str, Path]) -> int:
     """Fail unless every item read back from the store's shards equals its original file."""
-    from stages.store import Store
+    from stages.core.store import Store
 
     n = 0
     for row, data in Store(store_dir).iter_payloads():
@@ -111,7 +111,7 @@ def main() -> None:
     if args.quick:
         args.items, args.shard_mb, args.rounds = 3000, 4.0, 1
     sys.path.insert(0, str(ROOT))
-    from stages.store import Row, write_store
+    from stages.core.store import Row, write_store
 
     dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
     jobs = ["-j", str(args.jobs)] if args.jobs else []

@@ -121,19 +121,26 @@ def run_seed(path: str) -> int:
 
 def run_ours(path: str) -> int:
     """Select with the project's streaming reader, seeded ranking and caps."""
-    from stages.sources import lila
+    import yaml
 
-    cfg = {
-        "dataset": "bench",
-        "classes": SEED_CLASSES,
-        "caps": {"empty": EMPTY_CAP},
-        "cap": None,
-        "seed": 0,
-        "byte_budget": None,
-        "est_bytes_per_image": 400_000,
-    }
-    meta, sel = lila.read_metadata(Path(path), cfg, max_bytes=8_000_000_000)
-    rows = lila.build_rows(meta, sel, cfg, "https://example.org/nacti-unzipped", "lila")
+    from stages.core.config import typed
+    from stages.formats.coco_ct import read_metadata
+    from stages.sources.lila import LilaConf
+    from stages.sources.lila.rows import Selector, build_rows
+
+    data = yaml.safe_load((ROOT / "conf" / "source" / "lila.yaml").read_text())
+    data["classes"] = SEED_CLASSES
+    data["fetch"].update(
+        dataset="bench", caps={"empty": EMPTY_CAP}, cap=None, seed=0, est_bytes_per_image=400_000
+    )
+    cfg = typed(LilaConf, data)
+    f = cfg.fetch
+    selector = Selector(cfg)
+    meta, _ = read_metadata(
+        Path(path), selector, f.max_metadata_bytes, max_value_bytes=f.max_json_value_bytes
+    )
+    base = "https://example.org/nacti-unzipped"
+    rows = build_rows(meta, selector.result, f.dataset, base, "lila")
     return len(rows)
 
 

@@ -259,7 +259,7 @@ class Standin:
     handler: type[Handler] = Handler
     name = "standin"
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, tls=None):
         self.faults = FaultPlan()
         self.requests: collections.Counter = collections.Counter()
         self.seen: list[Seen] = []
@@ -269,8 +269,12 @@ class Standin:
         self._thread: threading.Thread | None = None
         self._server = _Server((host, port), self.handler)
         self._server.standin = self
+        scheme = "http"
+        if tls is not None:  # an ssl.SSLContext with the server's certificate
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
         url_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
-        self.url = f"http://{url_host}:{self._server.server_address[1]}"
+        self.url = f"{scheme}://{url_host}:{self._server.server_address[1]}"
 
     def start(self):
         """Serve in a background thread; return self."""

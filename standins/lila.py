@@ -444,8 +444,9 @@ class LilaStandin(Standin):
         token=None,
         metadata_base: str | None = None,
         images_base: str | None = None,
+        tls=None,
     ):
-        super().__init__(host=host, port=port)
+        super().__init__(host=host, port=port, tls=tls)
         self.root = Path(root).resolve()
         self.datasets = datasets
         self.token = token

@@ -47,15 +47,15 @@ def raw(data: bytes, keep: bool = False) -> Script:
     return script
 
 
-def drip(body: bytes, every: float) -> Script:
-    """Send a Content-Length body one byte at a time."""
+def drip(body: bytes, every: float, step: int = 1) -> Script:
+    """Send a Content-Length body `step` bytes at a time, every `every` seconds."""
 
     def script(conn, server):
         conn.sendall(head("200 OK", f"Content-Length: {len(body)}"))
-        for i in range(len(body)):
+        for i in range(0, len(body), step):
             if server.stopping.wait(every):
                 return False
-            conn.sendall(body[i : i + 1])
+            conn.sendall(body[i : i + step])
         return True
 
     return script
@@ -121,7 +121,7 @@ def scripts(base: str) -> dict[str, Script]:
         "/bad-port": fixed(b"", "302 Found", "Location: http://127.0.0.1:99999/x.jpg"),
         "/to-good": fixed(b"", "301 Moved", f"Location: {base}/good"),
         "/drip": drip(GOOD[:400], 0.25),
-        "/trickle": drip(GOOD, 0.002),
+        "/trickle": drip(GOOD, 0.1, 64),  # 640 B/s: above a low-speed limit of 100 B/s
         "/big-length": raw(head("200 OK", f"Content-Length: {64 << 20}") + b"x" * 4096),
         "/big-chunked": endless_chunks("/big-chunked", 256 << 20),
     }

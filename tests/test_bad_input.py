@@ -81,6 +81,9 @@ def case_files(name: str, standin_root, server) -> tuple[str, dict[str, bytes], 
     elif name == "index-oversized":
         files[f"bad-{name}/index.csv"] += b"#" * 3000
         expect = r"cannot download the datasets index: failed \(body over the cap of 2000 bytes\)"
+    elif name == "metadata-oversized":
+        files[meta] = zipped({"m.json": good}, stored=True)  # the download itself is too big
+        expect = r"cannot download the metadata: failed \(body over the cap of 5000 bytes\)"
     elif name == "metadata-missing":
         expect = r"cannot download the metadata: missing \(http 404\)"
     elif name in ("filename-dotdot", "filename-absolute"):
@@ -107,12 +110,14 @@ CASES = [
     "zip-bad-crc",
     "json-huge-value",
     "index-oversized",
+    "metadata-oversized",
     "metadata-missing",
 ]
 # Limits a case lowers in conf/source/lila.yaml (the default is far above the test data).
 LIMITS = {
     "json-huge-value": ("max_json_value_bytes: 67108864", "max_json_value_bytes: 100000"),
     "index-oversized": ("max_index_bytes: 67108864", "max_index_bytes: 2000"),
+    "metadata-oversized": ("max_metadata_bytes: 8000000000", "max_metadata_bytes: 5000"),
 }
 
 

@@ -239,3 +239,50 @@ def test_part_files_of_dead_runs_are_removed(tmp_path):
     mine.write_bytes(b"in use")
     make(tmp_path).close()
     assert not orphan.exists() and mine.exists()
+
+
+def test_ctrl_c_stops_within_seconds_and_keeps_every_finished_result(tmp_path, server):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tests.conftest import make_project
+
+    proj = make_project(tmp_path / "repo", tmp_path / "cache", server.index_url)
+    stalled = "nacti-unzipped/part1/*"
+    server.faults.set_default(stalled, "stall:60")  # these never finish on their own
+    cmd = [sys.executable, "-m", "stages.fetch", "lila", "data/lila/fetch"]
+    cmd += ["data/lila/metrics/fetch.json", "data/lila/plots/fetch.json"]
+    proc = subprocess.Popen(
+        cmd, cwd=proj.path, env=proj.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    objects = tmp_path / "cache" / "objects"
+    deadline = time.monotonic() + 60
+    while sum(1 for p in objects.rglob("*") if p.is_file()) < 15:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - start < 5, "Ctrl-C took too long"
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    # Every verified download is in the ledger, and nothing half-written is left.
+    db = sqlite3.connect(tmp_path / "cache" / "ledger-lila.sqlite")
+    ok = {u for (u,) in db.execute("SELECT url FROM results WHERE status='ok'")}
+    db.close()
+    on_disk = {p.name for p in objects.rglob("*") if p.is_file()}
+    assert len(ok) >= len(on_disk) - 2  # index + metadata are recorded too
+    assert not list((tmp_path / "cache" / "tmp").glob("*.part"))
+    assert not (proj.path / "data" / "lila" / "fetch").exists()
+    assert len(ok) >= 15
+    # The re-run fetches only what was not finished (and re-reads the index, as every run).
+    server.faults.clear()
+    seen = dict(server.requests)
+    proj.run(*cmd)
+
+    def requests(url):
+        return server.requests[url[len(server.url) :]]
+
+    assert {u for u in ok if requests(u) != seen[u[len(server.url) :]]} == {server.index_url}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 
@@ -276,3 +277,64 @@ def test_integer_ids_from_older_datasets():
     rows = rows_of(d, cfg(cap=2))
     assert len(rows) == 8 and all(r.source_id.isdigit() for r in rows)
     assert rows[0].item_id == f"T/{rows[0].source_id}"
+
+
+# ---------------------------------------------------------------- file names in URLs
+
+
+ODD_NAMES = [
+    "odd/with space.jpg",
+    "odd/hash#tag.jpg",
+    "odd/per%25cent%.jpg",
+    "odd/what?now.jpg",
+    "odd/caf\u00e9 \u5730\u56f3.jpg",
+    "odd/plus+semi;colon.jpg",
+]
+
+
+def test_file_names_are_percent_encoded_and_fetch_the_right_object(tmp_path):
+    from stages.fetch import fetch
+    from stages.pipeline.compose import group_defaults
+    from stages.sources.lila import SOURCE
+    from standins.lila import LilaStandin
+
+    root = tmp_path / "root"
+    blobs = {}
+    for i, name in enumerate(ODD_NAMES):
+        data = b"\xff\xd8" + f"image {i}".encode() * 50 + b"\xff\xd9"
+        path = root / "odd-unzipped" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        blobs[f"odd{i}"] = data
+    d = {
+        "info": {"version": "1"},
+        "categories": CATS,
+        "images": [{"id": f"odd{i}", "file_name": n} for i, n in enumerate(ODD_NAMES)],
+        "annotations": [
+            {"id": f"a{i}", "image_id": f"odd{i}", "category_id": 1} for i in range(len(ODD_NAMES))
+        ],
+    }
+    (root / "odd").mkdir()
+    write_zip(root / "odd" / "meta.zip", {"meta.json": json.dumps(d).encode()})
+    entry = {
+        "name": "ODD",
+        "slug": "odd",
+        "image_base_relative": "odd-unzipped",
+        "metadata_path": "odd/meta.zip",
+    }
+    with LilaStandin(root, datasets=[entry]) as srv:
+        cfg = lila_conf(["mule deer"], index_url=srv.index_url, dataset="ODD")
+        rows, metrics = fetch(
+            SOURCE,
+            cfg,
+            group_defaults("fetch"),
+            group_defaults("store"),
+            tmp_path / "out",
+            tmp_path / "cache",
+        )
+    assert metrics["ok"] == len(ODD_NAMES), metrics["reasons"]
+    by_id = {r.source_id: r for r in rows}
+    for image_id, data in blobs.items():
+        assert by_id[image_id].sha256 == hashlib.sha256(data).hexdigest(), by_id[image_id].url
+    assert by_id["odd3"].url.endswith("/odd/what%3Fnow.jpg")
+    assert by_id["odd2"].url.endswith("/odd/per%2525cent%25.jpg")

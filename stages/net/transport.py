@@ -53,6 +53,9 @@ def curl_reason(code: int, message: str, deadline: float) -> tuple[str, bool]:
         if "onnect" in message.split(" after ", 1)[0]:
             return "connect timeout", True
         return f"attempt deadline of {deadline:g} s exceeded", True
+    if code == 1 and "HTTP" in message:
+        # A broken status line: libcurl reports it as an unsupported HTTP version.
+        return "malformed response", True
     reason, retry = CURL_REASONS.get(code, (f"transfer error (curl {code})", True))
     return reason, retry
 
