@@ -123,6 +123,19 @@ def scripts(base: str) -> dict[str, Script]:
         "/drip": drip(GOOD[:400], 0.25),
         "/trickle": drip(GOOD, 0.1, 64),  # 640 B/s: above a low-speed limit of 100 B/s
         "/big-length": raw(head("200 OK", f"Content-Length: {64 << 20}") + b"x" * 4096),
+        # Error answers declaring huge bodies: the status decides, not the size cap.
+        "/big-404": raw(head("404 Not Found", f"Content-Length: {64 << 20}") + b"x" * 4096),
+        "/big-401": raw(head("401 Unauthorized", f"Content-Length: {64 << 20}") + b"x" * 4096),
+        # Locations that are not ASCII: Latin-1 bytes (not even UTF-8), and UTF-8.
+        "/latin1-location": raw(
+            b"HTTP/1.1 302 Found\r\nLocation: /caf\xe9\r\nContent-Length: 0\r\n\r\n", True
+        ),
+        "/utf8-location": raw(head("302 Found", "Location: /caf\u00e9", "Content-Length: 0"), True),
+        # A header line that looks like a status line must not be taken for one.
+        "/status-like-header": raw(
+            b"HTTP/1.1 200 OK\r\nX-Note: 1\r\nHTTP/1.1 404 Not Found\r\nConnection: close"
+            b"\r\n\r\n" + GOOD
+        ),
         "/big-chunked": endless_chunks("/big-chunked", 256 << 20),
     }
 

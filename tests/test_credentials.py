@@ -67,6 +67,7 @@ def test_a_header_credential_goes_to_its_origin_only():
         (dict(header="X-Api-Key", value="k\ney"), "line break"),
         (dict(header="Bad Name", value="k"), "line break"),
         (dict(value="sig=a\r\nb", query=True), "line break"),
+        (dict(header="Authorization", value="Token caf\u00e9"), "non-ASCII"),
     ],
 )
 def test_header_injection_is_refused(kwargs, match):

@@ -231,14 +231,18 @@ def test_part_files_of_dead_runs_are_removed(tmp_path):
         text=True,
         check=True,
     ).stdout.strip()
+    from stages.net.download import HOST
+
     tmp = tmp_path / "cache" / "tmp"
     tmp.mkdir(parents=True)
-    orphan = tmp / f"{dead}-1-0.part"
-    mine = tmp / f"{os.getpid()}-1-0.part"
-    orphan.write_bytes(b"half")
-    mine.write_bytes(b"in use")
+    orphan = tmp / f"{dead}-1-{HOST}.part"
+    mine = tmp / f"{os.getpid()}-1-{HOST}.part"
+    # Another machine sharing the cache: its pids mean nothing here, so its parts stay.
+    elsewhere = tmp / f"{dead}-1-otherhost.part"
+    for part in (orphan, mine, elsewhere):
+        part.write_bytes(b"half")
     make(tmp_path).close()
-    assert not orphan.exists() and mine.exists()
+    assert not orphan.exists() and mine.exists() and elsewhere.exists()
 
 
 def test_ctrl_c_stops_within_seconds_and_keeps_every_finished_result(tmp_path, server):

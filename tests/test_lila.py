@@ -145,6 +145,13 @@ def test_metadata_zip_checks(tmp_path):
         (lambda d: d["annotations"][0].update(bbox=[1, 2]), "bbox"),
         (lambda d: d.update(categories=[]), "no categories"),
         (lambda d: d["images"][1].update(width="wide"), "width"),
+        (  # a relative box on an image whose width is text: no string repetition, an error
+            lambda d: (
+                d["images"][1].update(width="w" * 10),
+                d["annotations"][1].update(bbox_relative=[10**9, 0.1, 0.1, 0.1]),
+            ),
+            "width must be a number",
+        ),
     ],
 )
 def test_bad_metadata_is_a_clear_error(mutate, match):

@@ -20,7 +20,7 @@ def origin_of(url: str) -> Origin:
     if scheme not in DEFAULT_PORTS or not parts.hostname:
         raise ValueError(f"not an http(s) URL with a host: {redact(url)!r}")
     port = parts.port  # raises ValueError for a port out of range
-    return scheme, parts.hostname.lower(), port or DEFAULT_PORTS[scheme]
+    return scheme, parts.hostname.lower(), DEFAULT_PORTS[scheme] if port is None else port
 
 
 def is_loopback(host: str) -> bool:
@@ -34,14 +34,21 @@ def is_loopback(host: str) -> bool:
 
 
 def redact(url: str) -> str:
-    """Return a URL without its query and fragment (they may hold a token), for logs."""
-    return url.split("?", 1)[0].split("#", 1)[0]
+    """Return a URL without user info, query and fragment (they may hold a secret), for logs."""
+    base = url.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = base.partition("://")
+    if sep:
+        netloc, slash, path = rest.partition("/")
+        base = f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
+    return base
 
 
 def check_header_value(name: str, value: str) -> None:
-    """Refuse CR, LF and NUL in a header, which would let a value inject more headers."""
+    """Refuse CR, LF, NUL and non-ASCII in a header: a value must not inject more headers."""
     if any(c in value for c in "\r\n\0") or any(c in name for c in "\r\n\0: "):
         raise ValueError(f"header {name!r} holds a line break or NUL; refused")
+    if not (name.isascii() and value.isascii()):
+        raise ValueError(f"header {name!r} holds non-ASCII characters; refused")
 
 
 @dataclass(frozen=True)

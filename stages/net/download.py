@@ -8,12 +8,15 @@ import heapq
 import itertools
 import logging
 import os
+import queue
 import random
+import socket
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +36,7 @@ MISSING_HTTP = {404, 410}
 REDIRECT_HTTP = {301, 302, 303, 307, 308}
 SPILL = 8 << 20  # bodies up to this size stay in memory until verified
 LEDGER_BATCH = 256
+COMMIT_THREADS = 2
 
 
 class Retry(Exception):
@@ -43,8 +47,8 @@ class Retry(Exception):
         self.reason, self.retry_after, self.http_status = reason, retry_after, http_status
 
 
-class Permanent(Exception):
-    """A failure that retrying within this run will not fix."""
+class Final(Exception):
+    """An outcome retrying within this run will not change (missing, corrupt, or a refusal)."""
 
     def __init__(self, status: str, reason: str, http_status=None):
         super().__init__(reason)
@@ -81,18 +85,39 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+HOST = socket.gethostname().replace("-", "_") or "host"
+_PART_SEQ = itertools.count()  # shared by every Downloader of the process: names never clash
+
+
+def part_name(tmp: str) -> str:
+    """Return a fresh part-file path: <pid>-<seq>-<host>.part."""
+    return f"{tmp}{os.getpid()}-{next(_PART_SEQ)}-{HOST}.part"
+
+
+def process_alive(pid: int) -> bool:
+    """Tell whether a process runs (a killed one not yet reaped, a zombie, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
 def remove_orphan_parts(tmp: Path) -> None:
-    """Delete part files left by killed runs (named <pid>-...; live processes keep theirs)."""
+    """Delete part files left by killed runs on this host (live processes keep theirs)."""
     for part in tmp.glob("*.part"):
-        pid = part.name.split("-", 1)[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        pid, _, rest = part.name.partition("-")
+        host = rest.partition("-")[2].removesuffix(".part")
+        if not pid.isdigit() or host != HOST:
+            continue  # another machine (or container) sharing the cache: not ours to judge
+        if not process_alive(int(pid)):
             part.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # another user's live process
 
 
 class PartFile:
@@ -101,7 +126,7 @@ class PartFile:
     __slots__ = ("path", "chunks", "size", "fh", "sha", "md5", "head", "tail")
 
     def __init__(self, path: str):
-        self.path = path
+        self.path: str | None = path
         self.chunks: list[bytes] = []
         self.size = 0
         self.fh = None
@@ -133,13 +158,17 @@ class PartFile:
         self.fh.write(data)
 
     def discard(self) -> None:
-        """Drop the body and any part file."""
+        """Drop the body and any part file (none once it was moved into the cache)."""
         self.chunks = []
         if self.fh is not None:
             self.fh.close()
             self.fh = None
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.path = None
 
 
 @dataclass(eq=False)
@@ -150,9 +179,10 @@ class _Job:
     kind: str
     max_bytes: int
     deadline: float
-    target: str = ""
+    target: str = field(default="", repr=False)  # the current hop
     attempts: int = 0
     hops: int = 0
+    started: float = 0.0  # when the current attempt began: its hops share one deadline
 
 
 class Downloader:
@@ -189,6 +219,9 @@ class Downloader:
         for i in range(256):  # made once, not per file
             (self.objects / f"{i:02x}").mkdir(exist_ok=True)
         self._seq = itertools.count()
+        # Hashing and writing verified bodies happen off the transfer thread (both release the
+        # GIL), so libcurl keeps receiving while the last bodies land in the cache.
+        self.committer = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="commit")
         remove_orphan_parts(self.tmp)
         self.objects_str, self.tmp_str = f"{self.objects}/", f"{self.tmp}/"
 
@@ -310,9 +343,14 @@ class Downloader:
         )
         return results
 
+    def forget(self, url: str) -> None:
+        """Drop a URL's recorded result, so the next fetch downloads it again."""
+        self.ledger.forget(url)
+
     def close(self) -> None:
-        """Release connections and the ledger."""
+        """Release connections, the commit threads and the ledger."""
         self.transport.close()
+        self.committer.shutdown(wait=True)
         self.ledger.close()
 
     # ------------------------------------------------------------------ the loop
@@ -330,53 +368,98 @@ class Downloader:
         """Drive every job to a result; at most `workers` requests in flight."""
         ready: deque[_Job] = deque(jobs)
         waiting: list[tuple[float, int, _Job]] = []  # (due, seq, job): retries after backoff
+        finished: list[Exchange] = []
+        committed: queue.SimpleQueue = queue.SimpleQueue()  # (job, Result or exception)
         transport = self.transport
         workers = max(1, self.cfg.workers)
+        in_commit = 0
+
+        def settle(job: _Job, outcome: Callable[[], Result | None]) -> None:
+            """Record a job's outcome, or schedule its next hop or retry."""
+            try:
+                res = outcome()
+            except _Redirect as red:
+                job.target, job.hops = red.url, job.hops + 1
+                ready.appendleft(job)
+                return
+            except Retry as exc:
+                if job.attempts <= self.cfg.retries:
+                    delay = self.backoff(job.attempts - 1, exc.retry_after)
+                    log.debug("retry %s in %.2fs: %s", redact(job.url), delay, exc.reason)
+                    job.target, job.hops = job.url, 0
+                    heapq.heappush(waiting, (self.clock() + delay, next(self._seq), job))
+                    return
+                res = Result(job.url, "failed", exc.reason, None, None, exc.http_status)
+            except Final as exc:
+                res = Result(job.url, exc.status, exc.reason, None, None, exc.http_status)
+            if res is not None:  # None: handed to a commit thread
+                res.attempts = job.attempts
+                done(res)
+
+        def conclude(ex: Exchange) -> Result | None:
+            nonlocal in_commit
+            job, part = ex.tag, ex.sink
+            if self._conclude(job, ex):
+                in_commit += 1
+                self.committer.submit(self._commit, job, ex, part, committed)
+            return None
+
+        def collect(block: bool) -> None:
+            nonlocal in_commit
+            while in_commit:
+                try:
+                    job, out = committed.get(timeout=0.5) if block else committed.get_nowait()
+                except queue.Empty:
+                    return
+                in_commit -= 1
+                block = False
+                settle(job, lambda out=out: _unwrap(out))
+
         try:
-            while ready or waiting or transport.active:
+            while ready or waiting or transport.active or in_commit:
                 now = self.clock()
                 while waiting and waiting[0][0] <= now:
                     ready.append(heapq.heappop(waiting)[2])
-                while ready and transport.active < workers:
+                # Bodies waiting for a commit thread hold memory: bound them too.
+                while ready and transport.active < workers and in_commit < 4 * workers:
                     self._start(ready.popleft())
-                if not transport.active and not transport.failed_at_start:
-                    if waiting:
-                        self.sleep(max(0.0, waiting[0][0] - now))
-                    continue
-                timeout = 0.5 if not waiting else min(0.5, max(0.0, waiting[0][0] - now))
-                for ex in transport.poll(timeout):
-                    job = ex.tag
-                    try:
-                        res = self._conclude(job, ex)
-                    except _Redirect as red:
-                        job.target, job.hops = red.url, job.hops + 1
-                        ready.appendleft(job)
-                        continue
-                    except Retry as exc:
-                        if job.attempts <= self.cfg.retries:
-                            delay = self.backoff(job.attempts - 1, exc.retry_after)
-                            log.debug("retry %s in %.2fs: %s", redact(job.url), delay, exc.reason)
-                            job.target, job.hops = job.url, 0
-                            heapq.heappush(waiting, (self.clock() + delay, next(self._seq), job))
-                            continue
-                        res = Result(job.url, "failed", exc.reason, None, None, exc.http_status)
-                    except Permanent as exc:
-                        res = Result(job.url, exc.status, exc.reason, None, None, exc.http_status)
-                    res.attempts = job.attempts
-                    done(res)
+                if transport.active:
+                    timeout = 0.5 if not waiting else min(0.5, max(0.0, waiting[0][0] - now))
+                    finished = transport.poll(timeout)
+                elif in_commit:
+                    collect(block=True)
+                elif waiting:
+                    self.sleep(max(0.0, waiting[0][0] - now))
+                while finished:
+                    ex = finished.pop()
+                    settle(ex.tag, lambda ex=ex: conclude(ex))
+                collect(block=False)
         finally:
-            for ex in transport.abort():
+            for ex in [*finished, *transport.abort()]:
                 ex.sink.discard()
+            # Bodies already with a commit thread land quickly: keep what landed.
+            while in_commit:
+                job, out = committed.get()
+                in_commit -= 1
+                if isinstance(out, Result):
+                    out.attempts = job.attempts
+                    done(out)
 
     def _start(self, job: _Job) -> None:
         """Send the next request of a job, with the credentials of its current origin only."""
         if job.hops == 0:
             job.attempts += 1
-        part = PartFile(f"{self.tmp_str}{os.getpid()}-{next(self._seq)}.part")
-        url, headers = self.creds.apply(job.target)
+            job.started = time.monotonic()
+        part = PartFile(part_name(self.tmp_str))
+        try:
+            url, headers = self.creds.apply(job.target)
+        except ValueError:  # no origin to scope credentials by (e.g. a port out of range)
+            url, headers = "", []
         # Ask for the bytes as stored: a content coding would defeat the length and md5 checks.
         headers.append("Accept-Encoding: identity")
-        ex = Exchange(url, headers, job.max_bytes, job.deadline, part, job)
+        # The hops of one attempt share its deadline.
+        left = max(0.001, job.deadline - (time.monotonic() - job.started))
+        ex = Exchange(url, headers, job.max_bytes, left, part, job)
         self.transport.start(ex)
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -388,19 +471,13 @@ class Downloader:
 
     # ------------------------------------------------------------------ one response
 
-    def _conclude(self, job: _Job, ex: Exchange) -> Result:
-        """Turn a finished exchange into a result, or raise Retry / Permanent / _Redirect."""
+    def _conclude(self, job: _Job, ex: Exchange) -> bool:
+        """Check a finished exchange: True if its body should be committed, else raise
+        Retry / Final / _Redirect (or CredentialRejected, which stops the run)."""
         part: PartFile = ex.sink
+        committed = False
         try:
-            if ex.error is not None:
-                if ex.retryable:
-                    raise Retry(ex.error, None, ex.status or None)
-                raise Permanent("failed", ex.error, ex.status or None)
             status = ex.status
-            if status == 200:
-                return self._accept(job, ex, part)
-            if status in REDIRECT_HTTP:
-                raise _Redirect(self._next_hop(job, ex))
             labels = self.creds.scoped(job.target) if status in (401, 403) else []
             if labels:
                 scheme, host, port = origin_of(job.target)
@@ -408,44 +485,69 @@ class Downloader:
                     f"{scheme}://{host}:{port} answered http {status} to the credential from "
                     f"{', '.join(labels)}: check that secret and the origins it is scoped to"
                 )
+            if ex.error is not None:
+                if ex.retryable:
+                    raise Retry(ex.error, None, status or None)
+                raise Final("failed", ex.error, status or None)
+            if status == 200:
+                self._check_headers(ex, part)
+                committed = True
+                return True
+            if status in REDIRECT_HTTP:
+                raise _Redirect(self._next_hop(job, ex))
             if status in MISSING_HTTP:
-                raise Permanent("missing", f"http {status}", status)
+                raise Final("missing", f"http {status}", status)
             if status in TRANSIENT_HTTP or status >= 500:
                 raise Retry(f"http {status}", parse_retry_after(ex.header("Retry-After")), status)
             # 401/403 without a credential of ours, 204, 304, other 4xx: a re-run may fix it.
-            raise Permanent("failed", f"http {status}", status)
+            raise Final("failed", f"http {status}", status)
         finally:
-            part.discard()
+            if not committed:
+                part.discard()
 
     def _next_hop(self, job: _Job, ex: Exchange) -> str:
         """Check a redirect and return where it points."""
         if job.hops >= self.cfg.max_redirects:
-            raise Permanent("failed", "too many redirects", ex.status)
+            raise Final("failed", "too many redirects", ex.status)
         target = ex.redirect_url
         if not target:
-            raise Permanent("failed", f"http {ex.status} without a usable Location", ex.status)
+            raise Final("failed", f"http {ex.status} without a usable Location", ex.status)
         try:
             scheme, _, _ = origin_of(target)
         except ValueError:
             parts = urlsplit(target)
             what = parts.scheme or "relative"
             if parts.scheme in ("http", "https"):
-                raise Permanent("failed", "redirect to an invalid URL", ex.status) from None
-            raise Permanent("failed", f"redirect to a {what} URL refused", ex.status) from None
+                raise Final("failed", "redirect to an invalid URL", ex.status) from None
+            raise Final("failed", f"redirect to a {what} URL refused", ex.status) from None
         if scheme == "http" and urlsplit(job.target).scheme == "https":
-            raise Permanent("failed", "redirect from https to http refused", ex.status)
+            raise Final("failed", "redirect from https to http refused", ex.status)
         return target
 
-    def _accept(self, job: _Job, ex: Exchange, part: PartFile) -> Result:
-        """Verify a 200 body and move it into the cache under its sha256."""
+    @staticmethod
+    def _check_headers(ex: Exchange, part: PartFile) -> None:
+        """Refuse a 200 whose headers contradict its body or what was asked for."""
         encoding = (ex.header("Content-Encoding") or "identity").strip().lower()
         if encoding != "identity":
-            raise Permanent("failed", f"unrequested content-encoding {encoding[:20]!r}", 200)
-        lengths = set(ex.header_values("Content-Length"))
-        if len(lengths) > 1:
+            raise Final("failed", "unrequested content-encoding", 200)
+        if len(set(ex.header_values("Content-Length"))) > 1:
             raise Retry("conflicting Content-Length headers", None, 200)
         if ex.content_length is not None and part.size != ex.content_length:
             raise Retry("truncated body", None, 200)
+
+    def _commit(self, job: _Job, ex: Exchange, part: PartFile, out: queue.SimpleQueue) -> None:
+        """Verify a 200 body and move it into the cache (commit thread); report to `out`."""
+        try:
+            result: Result | BaseException = self._verify_and_store(job, ex, part)
+        except OSError:
+            result = Retry("cache write failed", None, 200)
+        except BaseException as exc:  # Retry / Final, or a bug: the loop re-raises it
+            result = exc
+        finally:
+            part.discard()
+        out.put((job, result))
+
+    def _verify_and_store(self, job: _Job, ex: Exchange, part: PartFile) -> Result:
         want_md5 = goog_md5(ex.header("x-goog-hash"))
         if part.fh is None:
             data = b"".join(part.chunks)
@@ -466,13 +568,21 @@ class Downloader:
         if problem:
             if ex.content_length is None:
                 raise Retry(problem, None, 200)  # a cut transfer looks like a bad source
-            raise Permanent("corrupt", problem, 200)
+            raise Final("corrupt", problem, 200)
         if data is not None:
             with open(part.path, "wb") as fh:
                 fh.write(data)
         # Atomic: nothing unverified ever lands. Plain strings: this runs per file.
         os.replace(part.path, self.object_file(sha))
+        part.path = None
         return Result(job.url, "ok", "", sha, part.size, 200)
+
+
+def _unwrap(out: Result | BaseException) -> Result:
+    """Return a commit's result, or raise what it raised."""
+    if isinstance(out, BaseException):
+        raise out
+    return out
 
 
 class _Redirect(Exception):

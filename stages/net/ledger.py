@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+BUSY_WAIT = 600.0  # seconds to wait for another run's write (queued experiments share a cache)
+
 # Statuses: ok; missing (404/410) and corrupt (bad bytes at the source) are permanent;
-# failed is transient (connection errors, 429, 5xx, auth) and is retried by the next run.
+# failed is retried by the next run (connection errors, timeouts, 429, 5xx, other refusals).
 PERMANENT = {"missing", "corrupt"}
 
 
@@ -37,8 +40,9 @@ class Ledger:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Queued experiments may share the cache: wait for each other's writes.
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=120)
+        # A short busy timeout, retried in Python (see _write), so Ctrl-C is never stuck in
+        # SQLite while another run holds the lock.
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0.5)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
@@ -67,10 +71,30 @@ class Ledger:
             (r.url, r.status, r.reason, r.sha256, r.bytes, r.http_status, r.attempts)
             for r in results
         ]
+        self._write("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?)", rows)
+
+    def forget(self, url: str) -> None:
+        """Drop a URL's record."""
+        self._write("DELETE FROM results WHERE url=?", [(url,)])
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        """Run one write transaction, waiting for other runs' locks in short steps."""
+        deadline = time.monotonic() + BUSY_WAIT
         with self.lock:
-            self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?)", rows)
-            self.db.execute("COMMIT")
+            while True:
+                try:
+                    self.db.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    continue
+                try:
+                    self.db.executemany(sql, rows)
+                    self.db.execute("COMMIT")
+                    return
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
 
     def close(self) -> None:
         """Close the database."""

@@ -10,6 +10,7 @@ caller decides where to go next, so credentials can be re-scoped per origin.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,11 +18,14 @@ import certifi
 import pycurl
 
 PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
-ERROR_BODY_MAX = 64 << 10  # bodies of non-200 answers are read only to keep the connection
+# Bodies of non-200 answers are never kept; past this size the transfer is stopped (the
+# connection is then closed rather than reused, which is fine for an error).
+ERROR_BODY_MAX = 64 << 10
 BUFFER = 256 << 10  # fewer, larger write callbacks
 
 # libcurl error code (curl.h CURLE_*; pycurl names only some) -> (stable reason, worth
-# retrying). Reasons reach manifests and metrics, so they never hold sizes, times or paths.
+# retrying). Reasons reach manifests and metrics, so they never hold anything that varies
+# between runs: no paths, addresses, timings or server-supplied text.
 CURL_REASONS: dict[int, tuple[str, bool]] = {
     1: ("unsupported protocol", False),  # CURLE_UNSUPPORTED_PROTOCOL
     3: ("malformed URL", False),  # CURLE_URL_MALFORMAT
@@ -42,27 +46,35 @@ CURL_REASONS: dict[int, tuple[str, bool]] = {
     63: ("over the size cap", False),  # CURLE_FILESIZE_EXCEEDED
     92: ("http/2 stream error", True),  # CURLE_HTTP2_STREAM
 }
+CURLE_WRITE_ERROR = 23
+CURLE_FILESIZE_EXCEEDED = 63
 
 
-def curl_reason(code: int, message: str, deadline: float) -> tuple[str, bool]:
+def curl_reason(code: int, message: str) -> tuple[str, bool]:
     """Return a stable reason for a libcurl error, and whether a retry may help."""
-    if code == pycurl.E_OPERATION_TIMEDOUT:
+    if code == 28:
         # libcurl reports connect, low-speed and whole-transfer timeouts with one code.
         if message.startswith("Operation too slow"):
             return "stalled: below the minimum transfer rate", True
         if "onnect" in message.split(" after ", 1)[0]:
             return "connect timeout", True
-        return f"attempt deadline of {deadline:g} s exceeded", True
+        return "attempt deadline exceeded", True
     if code == 1 and "HTTP" in message:
         # A broken status line: libcurl reports it as an unsupported HTTP version.
         return "malformed response", True
-    reason, retry = CURL_REASONS.get(code, (f"transfer error (curl {code})", True))
-    return reason, retry
+    return CURL_REASONS.get(code, (f"transfer error (curl {code})", True))
 
 
 def ca_bundle() -> str:
     """Return the CA bundle: $CURL_CA_BUNDLE or $SSL_CERT_FILE if set, else certifi's."""
     return os.environ.get("CURL_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or certifi.where()
+
+
+def location_text(raw: bytes | None) -> str | None:
+    """Return a Location as text: bytes that are not printable ASCII percent-encoded."""
+    if not raw:
+        return None
+    return "".join(chr(b) if 0x21 <= b < 0x7F else f"%{b:02X}" for b in raw)
 
 
 class Sink(Protocol):
@@ -75,8 +87,8 @@ class Sink(Protocol):
 class Exchange:
     """One request and, once finished, what came back."""
 
-    url: str
-    headers: list[str]
+    url: str = field(repr=False)  # may carry a query-string credential
+    headers: list[str] = field(repr=False)  # may carry a credential header
     max_bytes: int
     deadline: float
     sink: Sink | None = None
@@ -89,16 +101,12 @@ class Exchange:
     capped: bool = False
     redirect_url: str | None = None
     content_length: int | None = None
-    body: bytearray = field(default_factory=bytearray)  # small non-200 bodies
+    at_start: bool = True  # the next header line is a status line
+    raised: BaseException | None = None  # what a callback raised, handled after perform()
 
     def header(self, name: str) -> str | None:
         """Return a response header's value (several occurrences joined with ', ')."""
-        want = name.lower().encode()
-        values = []
-        for line in self.header_lines:
-            key, sep, value = line.partition(b":")
-            if sep and key.strip().lower() == want:
-                values.append(value.strip().decode("latin-1"))
+        values = self.header_values(name)
         return ", ".join(values) if values else None
 
     def header_values(self, name: str) -> list[str]:
@@ -134,12 +142,12 @@ class Transport:
         self.idle: list[pycurl.Curl] = []
         self.running: dict[pycurl.Curl, Exchange] = {}
         self.cainfo = ca_bundle()
-        self.failed_at_start: list[Exchange] = []  # URLs libcurl refused before any I/O
+        self.refused: list[Exchange] = []  # requests libcurl refused before any I/O
 
     @property
     def active(self) -> int:
-        """Return how many exchanges are in flight."""
-        return len(self.running)
+        """Return how many exchanges are in flight or waiting to be reported."""
+        return len(self.running) + len(self.refused)
 
     def _handle(self) -> pycurl.Curl:
         if self.idle:
@@ -164,12 +172,13 @@ class Transport:
         c = self._handle()
         try:
             c.setopt(pycurl.URL, ex.url)
-        except (pycurl.error, UnicodeEncodeError):
+            c.setopt(pycurl.HTTPHEADER, ex.headers)
+        except (pycurl.error, UnicodeEncodeError, ValueError, TypeError):
+            # A NUL, a non-ASCII header or a URL libcurl cannot parse: this item's failure.
             ex.error, ex.retryable = "malformed URL", False
             self.idle.append(c)
-            self.failed_at_start.append(ex)
+            self.refused.append(ex)
             return
-        c.setopt(pycurl.HTTPHEADER, ex.headers)
         c.setopt(pycurl.TIMEOUT_MS, max(1, int(ex.deadline * 1000)))
         c.setopt(pycurl.MAXFILESIZE_LARGE, int(ex.max_bytes))
         c.setopt(pycurl.HEADERFUNCTION, _header_callback(ex))
@@ -181,12 +190,18 @@ class Transport:
         """Move transfers along for up to `timeout` seconds; return the ones that finished."""
         done = self._drain()
         if not done and self.running:
-            self.multi.select(timeout)
+            if any(self.multi.fdset()):
+                self.multi.select(timeout)
+            else:
+                # Nothing to wait on yet (libcurl is between timers): sleep as it advises,
+                # rather than spinning.
+                wait = self.multi.timeout()
+                time.sleep(min(timeout, 0.1 if wait < 0 else wait / 1000))
             done = self._drain()
         return done
 
     def _drain(self) -> list[Exchange]:
-        done, self.failed_at_start = self.failed_at_start, []
+        done, self.refused = self.refused, []
         while True:
             ret, _ = self.multi.perform()
             if ret != pycurl.E_CALL_MULTI_PERFORM:
@@ -199,23 +214,42 @@ class Transport:
                 done.append(self._finish(c, code, message))
             if not queued:
                 break
+        # pycurl swallows what a callback raises: Ctrl-C in the middle of a body surfaces here.
+        for ex in [*done, *self.running.values()]:
+            if isinstance(ex.raised, KeyboardInterrupt | SystemExit):
+                self.refused = [e for e in done if e.raised is None]
+                raise ex.raised
         return done
 
     def _finish(self, c: pycurl.Curl, code: int, message: str) -> Exchange:
         ex = self.running.pop(c)
         self.multi.remove_handle(c)
-        ex.status = c.getinfo(pycurl.RESPONSE_CODE) or ex.status
-        length = c.getinfo(pycurl.CONTENT_LENGTH_DOWNLOAD_T)
-        ex.content_length = length if length >= 0 else None
-        if 300 <= ex.status < 400:
-            ex.redirect_url = c.getinfo(pycurl.REDIRECT_URL)
-        if code:
-            if ex.capped or code == pycurl.E_FILESIZE_EXCEEDED:
+        try:
+            ex.status = c.getinfo(pycurl.RESPONSE_CODE) or ex.status
+            length = c.getinfo(pycurl.CONTENT_LENGTH_DOWNLOAD_T)
+            ex.content_length = length if length >= 0 else None
+            if 300 <= ex.status < 400:
+                ex.redirect_url = location_text(c.getinfo_raw(pycurl.REDIRECT_URL))
+        except (pycurl.error, ValueError, TypeError):
+            ex.status = 0
+        if isinstance(ex.raised, OSError):
+            ex.error, ex.retryable = "local write error", True
+        elif (
+            code
+            and ex.status
+            and ex.status != 200
+            and code
+            in (
+                CURLE_WRITE_ERROR,
+                CURLE_FILESIZE_EXCEEDED,
+            )
+        ):
+            pass  # an error answer with a long body, cut short on purpose: the status says it
+        elif code:
+            if ex.capped or code == CURLE_FILESIZE_EXCEEDED:
                 ex.error, ex.retryable = f"body over the cap of {ex.max_bytes} bytes", False
-            elif code == pycurl.E_WRITE_ERROR and ex.status != 200:
-                ex.error = None  # we stopped reading a long error body on purpose
             else:
-                ex.error, ex.retryable = curl_reason(code, message, ex.deadline)
+                ex.error, ex.retryable = curl_reason(code, message)
         # Drop the callbacks (and the exchange they hold) before the handle is reused.
         c.setopt(pycurl.WRITEFUNCTION, _discard)
         c.setopt(pycurl.HEADERFUNCTION, _discard)
@@ -223,8 +257,8 @@ class Transport:
         return ex
 
     def abort(self) -> list[Exchange]:
-        """Stop every transfer in flight; return their exchanges."""
-        out = []
+        """Stop every transfer in flight; return their exchanges (and any not yet reported)."""
+        out, self.refused = self.refused, []
         for c, ex in list(self.running.items()):
             self.multi.remove_handle(c)
             self.idle.append(c)
@@ -246,18 +280,24 @@ def _discard(_data: bytes) -> None:
 
 
 def _header_callback(ex: Exchange):
-    lines = ex.header_lines
-
-    def on_header(line: bytes) -> None:
-        nonlocal lines
-        if line[:5] == b"HTTP/":
-            # A new response: 1xx interim answers come before the final one.
-            lines = ex.header_lines = []
-            parts = line.split(None, 2)
-            code = parts[1] if len(parts) > 1 else b""
-            ex.status = int(code) if len(code) == 3 and code.isdigit() else 0
-        elif line.strip():
-            lines.append(line)
+    def on_header(line: bytes) -> int | None:
+        try:
+            if ex.at_start:
+                # The first line of a response (1xx interim answers come before the final
+                # one). A header line that merely starts with "HTTP/" is just a header.
+                ex.at_start = False
+                ex.header_lines = []
+                parts = line.split(None, 2)
+                code = parts[1] if len(parts) > 1 else b""
+                ex.status = int(code) if len(code) == 3 and code.isdigit() else 0
+            elif line in (b"\r\n", b"\n"):
+                ex.at_start = True
+            else:
+                ex.header_lines.append(line)
+        except BaseException as exc:  # pycurl would print and swallow it
+            ex.raised = exc
+            return 0
+        return None
 
     return on_header
 
@@ -267,17 +307,19 @@ def _write_callback(ex: Exchange):
     cap = ex.max_bytes
 
     def on_body(data: bytes) -> int | None:
-        size = ex.size + len(data)
-        ex.size = size
-        if size > cap:
-            ex.capped = True  # libcurl checks Content-Length; this covers bodies without one
+        try:
+            size = ex.size + len(data)
+            ex.size = size
+            if ex.status != 200:
+                return 0 if size > ERROR_BODY_MAX else None  # never kept
+            if size > cap:
+                ex.capped = True  # libcurl checks Content-Length; this covers bodies without
+                return 0
+            if sink is not None:
+                sink.write(data)
+        except BaseException as exc:  # pycurl would print and swallow it
+            ex.raised = exc
             return 0
-        if ex.status == 200 and sink is not None:
-            sink.write(data)
-        elif size > ERROR_BODY_MAX:
-            return 0
-        else:
-            ex.body += data
         return None
 
     return on_body

@@ -42,6 +42,7 @@ class LilaFetch:
     est_bytes_per_image: int = MISSING
     max_index_bytes: int = MISSING
     max_metadata_bytes: int = MISSING
+    metadata_timeout: float = MISSING
     max_json_value_bytes: int = MISSING
     sas_token_env: Optional[str] = MISSING  # noqa: UP045
     sas_token_origins: list[str] = MISSING

@@ -26,18 +26,29 @@ def plan(cfg, ctx: Context) -> Plan:
         raise MetadataError(f"datasets index CSV is not UTF-8: {exc.reason}") from None
     entry = parse_index(text, f.dataset, f.cloud.value)
     log.info("%s: metadata %s", entry.name, redact(entry.metadata_url))
-    res = dl.fetch(entry.metadata_url, kind="any", max_bytes=f.max_metadata_bytes)
+    res = dl.fetch(
+        entry.metadata_url,
+        kind="any",
+        max_bytes=f.max_metadata_bytes,
+        deadline=f.metadata_timeout,
+    )
     if res.status != "ok":
         raise MetadataError(f"cannot download the metadata: {res.status} ({res.reason})")
-    opener, size = open_document(dl.object_path(res.sha256), f.max_metadata_bytes)
     selector = Selector(cfg)
-    meta, _ = read_metadata(
-        opener,
-        selector,
-        f.max_metadata_bytes,
-        max_value_bytes=f.max_json_value_bytes,
-        size=size,
-    )
+    try:
+        opener, size = open_document(dl.object_path(res.sha256), f.max_metadata_bytes)
+        meta, _ = read_metadata(
+            opener,
+            selector,
+            f.max_metadata_bytes,
+            max_value_bytes=f.max_json_value_bytes,
+            size=size,
+        )
+    except MetadataError:
+        # A body cut without a Content-Length to tell can look whole: fetch it afresh next
+        # run rather than failing on the same bytes forever.
+        dl.forget(entry.metadata_url)
+        raise
     sel = selector.result
     rows = build_rows(meta, sel, f.dataset, entry.image_base_url, ctx.source)
     stats = {

@@ -86,7 +86,7 @@ def _build_rows(meta: Metadata, sel: Selection, dataset: str, base_url: str, sou
             continue
         im = meta.images[image_id]
         if kind == "bbox_relative":
-            w, h = im.get("width"), im.get("height")
+            w, h = dimension(im, "width"), dimension(im, "height")
             if not w or not h:
                 continue  # cannot place a relative box without the image size
             box = [box[0] * w, box[1] * h, box[2] * w, box[3] * h]
