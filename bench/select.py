@@ -121,21 +121,16 @@ def run_seed(path: str) -> int:
 
 def run_ours(path: str) -> int:
     """Select with the project's streaming reader, seeded ranking and caps."""
-    import yaml
-
-    from stages.core.config import typed
     from stages.formats.coco_ct import read_metadata
-    from stages.sources.lila import LilaConf
-    from stages.sources.lila.rows import Selector, build_rows
+    from stages.pipeline.compose import source_defaults
+    from stages.sources.lila.rows import ClassSelector, build_rows
 
-    data = yaml.safe_load((ROOT / "conf" / "source" / "lila.yaml").read_text())
-    data["classes"] = SEED_CLASSES
-    data["fetch"].update(
-        dataset="bench", caps={"empty": EMPTY_CAP}, cap=None, seed=0, est_bytes_per_image=400_000
+    settings = dict(
+        dataset="bench", caps={"empty": EMPTY_CAP}, cap=None, est_bytes_per_image=400_000
     )
-    cfg = typed(LilaConf, data)
+    cfg = source_defaults("lila", classes=SEED_CLASSES, fetch=settings)
     f = cfg.fetch
-    selector = Selector(cfg)
+    selector = ClassSelector(cfg)
     meta, _ = read_metadata(
         Path(path), selector, f.max_metadata_bytes, max_value_bytes=f.max_json_value_bytes
     )

@@ -16,7 +16,7 @@ from stages.core.store import Row, Store, rebase, write_manifest
 from stages.pipeline.entry import run_main, start
 from stages.sources import Source
 
-log = logging.getLogger("stages.clean")
+log = logging.getLogger("stages.clean_annotations")
 SHARED_COUNTS = (
     "boxes_in",
     "boxes_out",
@@ -27,15 +27,15 @@ SHARED_COUNTS = (
 )
 
 
-def inspect_image(data: bytes, decode: bool) -> tuple[int, int] | str:
-    """Return (width, height) of an image, or why it is unusable."""
+def inspect_image(data: bytes, decode: bool) -> tuple[int, int] | None:
+    """Return (width, height) of an image, or None if it is unusable."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             size = im.size
             if decode:
                 im.load()
-    except Exception as exc:  # Pillow raises many types for bad data
-        return f"undecodable image: {type(exc).__name__}"
+    except Exception:  # Pillow raises many types for bad data
+        return None
     return size
 
 
@@ -78,7 +78,7 @@ def clean(
 
     kept = []
     for row, info in pmap(probe, usable):
-        if isinstance(info, str):
+        if info is None:
             dropped["corrupt_image"] += 1
             continue
         width, height = info

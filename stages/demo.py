@@ -9,17 +9,27 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
-PORT = 8765
 N_IMAGES = 120
+
+
+def standin_port() -> int:
+    """Return the port the LILA conf's index_url points at (the stand-in must listen there)."""
+    conf = yaml.safe_load((ROOT / "conf" / "source" / "lila.yaml").read_text(encoding="utf-8"))
+    url = urlsplit(conf["fetch"]["index_url"])
+    if url.hostname not in ("127.0.0.1", "localhost") or url.port is None:
+        raise SystemExit(f"make demo needs fetch.index_url on loopback, not {url.geturl()!r}")
+    return url.port
 
 
 def start_standin() -> subprocess.Popen:
     """Start the stand-in LILA server on the port conf/source/lila.yaml points at."""
+    port = standin_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -29,7 +39,7 @@ def start_standin() -> subprocess.Popen:
             "--root",
             str(DEMO / "standin"),
             "--port",
-            str(PORT),
+            str(port),
             "--generate",
             str(N_IMAGES),
         ],
@@ -40,7 +50,7 @@ def start_standin() -> subprocess.Popen:
     line = proc.stdout.readline()
     if "serving" not in line:
         proc.kill()
-        raise SystemExit(f"the stand-in server did not start (port {PORT} busy?): {line!r}")
+        raise SystemExit(f"the stand-in server did not start (port {port} busy?): {line!r}")
     print(line.strip(), flush=True)
     return proc
 

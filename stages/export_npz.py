@@ -15,7 +15,7 @@ from stages.core.store import Row, Store
 from stages.formats.npz import write_npz
 from stages.pipeline.entry import run_main, start
 
-log = logging.getLogger("stages.export")
+log = logging.getLogger("stages.export_npz")
 
 
 def fit(size: tuple[int, int], out: tuple[int, int], aspect: Aspect):
@@ -28,16 +28,19 @@ def fit(size: tuple[int, int], out: tuple[int, int], aspect: Aspect):
     return s, s, (rw, rh), ((ow - rw) // 2, (oh - rh) // 2)
 
 
-def transform(data: bytes, row: Row, cfg: ExportConf) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Decode, resize and place one image; move its boxes the same way."""
+def transform(data: bytes, row: Row, cfg: ExportConf):
+    """Decode, resize and place one image and move its boxes the same way (None: undecodable)."""
     out = (cfg.width, cfg.height)
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
-        sx, sy, rsize, (ox, oy) = fit(im.size, out, cfg.aspect)
-        im = im.resize(rsize, Image.Resampling.BILINEAR)
-        canvas = Image.new("RGB", out, (cfg.pad_value,) * 3)
-        canvas.paste(im, (ox, oy))  # negative offsets crop (aspect=crop)
-        arr = np.asarray(canvas, dtype=np.uint8)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+            sx, sy, rsize, (ox, oy) = fit(im.size, out, cfg.aspect)
+            im = im.resize(rsize, Image.Resampling.BILINEAR)
+            canvas = Image.new("RGB", out, (cfg.pad_value,) * 3)
+            canvas.paste(im, (ox, oy))  # negative offsets crop (aspect=crop)
+            arr = np.asarray(canvas, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None  # only possible with clean.decode_check off
     ow, oh = out
     boxes, labels = [], []
     for b in row.boxes:
@@ -59,12 +62,17 @@ def export(store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> di
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = np.array(names, dtype=str)
     counts = dict.fromkeys(names, 0)
-    shards, nbytes = 0, 0
+    shards, nbytes, skipped = 0, 0, 0
     for first in range(0, len(rows), per):
         chunk = rows[first : first + per]
-        results = list(pmap(lambda r: transform(store.read(r), r, cfg), chunk))
+        pairs = zip(chunk, pmap(lambda r: transform(store.read(r), r, cfg), chunk), strict=True)
+        kept = [(r, res) for r, res in pairs if res is not None]
+        skipped += len(chunk) - len(kept)
+        if not kept:
+            continue
+        chunk, results = [r for r, _ in kept], [res for _, res in kept]
         n = len(chunk)
-        X = np.stack([a for a, _, _ in results]) if results else np.zeros((0, 0, 0, 3), np.uint8)
+        X = np.stack([a for a, _, _ in results])
         y = np.array([r.label_ids[0] if r.label_ids else -1 for r in chunk], np.int64)
         multi = np.zeros((n, len(names)), np.uint8)
         for i, r in enumerate(chunk):
@@ -73,7 +81,7 @@ def export(store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> di
                 counts[lab] += 1
         offsets = np.zeros(n + 1, np.int64)
         offsets[1:] = np.cumsum([len(b) for _, b, _ in results])
-        boxes = np.concatenate([b for _, b, _ in results]) if results else np.zeros((0, 4))
+        boxes = np.concatenate([b for _, b, _ in results])
         box_labels = np.array([ids[lab] for _, _, labs in results for lab in labs], np.int64)
         path = out_dir / f"shard-{shards:05d}.npz"
         write_npz(
@@ -93,7 +101,8 @@ def export(store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> di
         nbytes += path.stat().st_size
         shards += 1
     return {
-        "items": len(rows),
+        "items": len(rows) - skipped,
+        "skipped_undecodable": skipped,
         "shards": shards,
         "bytes": nbytes,
         "image_size": [cfg.height, cfg.width],

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from stages.core.config import FetchConf, SourceConf, StoreConf
-from stages.core.errors import StageError
+from stages.core.errors import TransientFailures
 from stages.core.metrics import class_counts, status_summary
 from stages.core.store import Row, write_store
 from stages.net.credentials import Credentials
@@ -30,7 +30,7 @@ def fetch(
     creds = Credentials(source.credentials(cfg))
     dl = Downloader(fetch_cfg, cache_dir, ledger_name=f"ledger-{source.name}", credentials=creds)
     try:
-        plan = source.plan(cfg, Context(downloader=dl, source=source.name))
+        plan = source.plan(cfg, Context(downloader=dl, source_name=source.name))
         pending = [r for r in plan.rows if r.status == "pending"]
         results = dl.fetch_all([r.url for r in pending], desc=f"fetch@{source.name}")
     finally:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     transient = metrics["failed"]
     if transient and not fetch_cfg.allow_transient_failures:
-        raise StageError(
+        raise TransientFailures(
             f"{transient} item(s) failed transiently (see {args.metrics}); "
             "re-run `dvc repro` to resume: finished downloads are kept"
         )

@@ -100,6 +100,11 @@ class FaultPlan:
         return None
 
 
+def corrupted(data: bytes) -> bytes:
+    """Return the object as stored corrupt at the source: its first 60%."""
+    return data[: len(data) * 6 // 10]
+
+
 def parse_range(header: str | None, size: int):
     """Return (start, end) inclusive, "unsatisfiable", or None to serve the whole body."""
     if not header or not header.startswith("bytes=") or "," in header:
@@ -207,10 +212,11 @@ class Handler(BaseHTTPRequestHandler):
         return True
 
     def serve(self, data: bytes, ctype: str, head: bool, fault=None, extra=()) -> None:
-        """Send a body with Range support, applying body faults (truncate, stall, corrupt)."""
+        """Send a body with Range support, applying transfer faults (truncate, stall).
+
+        A "corrupt" fault is the stand-in's to apply (with `corrupted`) before computing
+        the headers that describe the body."""
         kind, arg = fault or ("ok", None)
-        if kind == "corrupt":
-            data = data[: len(data) * 6 // 10]  # corrupt at the source: HTTP-level consistent
         size = len(data)
         headers = [("Content-Type", ctype), ("Accept-Ranges", "bytes"), *extra]
         rng = parse_range(self.headers.get("Range"), size)

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from stages.core.config import typed
+from stages.pipeline.compose import source_defaults
 from stages.sources.lila import LilaConf
 from standins.lila import LilaStandin, generate_dataset
 
@@ -21,10 +20,8 @@ BIN = Path(sys.executable).parent
 
 def lila_conf(classes=("mule deer", "cougar", "wild turkey", "empty"), **fetch) -> LilaConf:
     """The project's conf/source/lila.yaml with other classes and some fetch settings."""
-    data = yaml.safe_load((ROOT / "conf" / "source" / "lila.yaml").read_text())
-    data["classes"] = list(classes)
-    data["fetch"].update({"dataset": "T", "est_bytes_per_image": 100, "caps": {}, **fetch})
-    return typed(LilaConf, data)
+    fetch = {"dataset": "T", "est_bytes_per_image": 100, "caps": {}, **fetch}
+    return source_defaults("lila", classes=list(classes), fetch=fetch)
 
 
 @pytest.fixture(scope="session")

@@ -135,13 +135,37 @@ def edit(conf: Path, rel: str, old: str, new: str) -> None:
             r"caps name classes not in `classes`: moose",
         ),
         (
+            "source/lila.yaml",
+            "  cap: null",
+            "  cap: -1",
+            r"sources.lila.fetch.cap must be >= 0, not -1",
+        ),
+        (
+            "source/lila.yaml",
+            "- https://lilawildlife.blob.core.windows.net",
+            "- http://lilawildlife.blob.core.windows.net",
+            r"sas_token_origins: a credential may go to https origins only",
+        ),
+        (
             "config.yaml",
             "  - _self_",
             "  - _self_\nextra: 1",
             r"unknown top-level key\(s\) extra",
         ),
     ],
-    ids=["typo", "type", "range", "enum", "source-typo", "missing", "stage-part", "caps", "root"],
+    ids=[
+        "typo",
+        "type",
+        "range",
+        "enum",
+        "source-typo",
+        "missing",
+        "stage-part",
+        "caps",
+        "negative-cap",
+        "http-origin",
+        "root",
+    ],
 )
 def test_bad_conf_fails_at_compose_with_the_key_path(tmp_path, rel, old, new, message):
     conf = copy_conf(tmp_path)
@@ -167,11 +191,19 @@ def test_a_conf_file_without_a_source_package_is_refused(tmp_path):
         compose(conf)
 
 
-def test_literal_secret_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    "new, message",
+    [
+        ("  sas_token: sv=2034&sig=abc123", "sources.lila.fetch.sas_token: secrets never go in"),
+        ("  sas_token_env: sv=2034&sig=abc123", "must name an environment variable"),
+    ],
+)
+def test_literal_secret_is_refused(tmp_path, new, message):
     conf = copy_conf(tmp_path)
-    edit(conf, "source/lila.yaml", "  sas_token_env: null", "  sas_token: abc123")
-    with pytest.raises(ConfigError, match="sas_token"):
+    edit(conf, "source/lila.yaml", "  sas_token_env: null", new)
+    with pytest.raises(ConfigError, match=message) as err:
         compose(conf)
+    assert "abc123" not in str(err.value)
 
 
 def test_env_interpolation_is_refused(tmp_path):

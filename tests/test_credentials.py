@@ -8,8 +8,9 @@ import ssl
 import pytest
 
 from stages.core.errors import ConfigError, StageError
+from stages.core.origins import origin_of, parse_origins
 from stages.fetch import fetch
-from stages.net.credentials import Credential, Credentials, from_env, origin_of, parse_origins
+from stages.net.credentials import Credential, Credentials, from_env
 from stages.net.download import CredentialRejected, Downloader
 from stages.pipeline.compose import group_defaults
 from stages.sources.lila import SOURCE as LILA
@@ -174,7 +175,8 @@ def test_a_403_from_an_origin_without_our_credential_is_an_items_outcome(tmp_pat
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory):
     """A throwaway CA, a server context for 127.0.0.1, and the CA file for the client."""
-    trustme = pytest.importorskip("trustme")
+    import trustme
+
     ca = trustme.CA()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(ctx)

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from stages.net.credentials import Credential, Credentials, origin_of
+from stages.core.origins import origin_of
+from stages.net.credentials import Credential, Credentials
 from stages.net.download import Downloader, parse_retry_after
 from stages.net.verify import check_structure, goog_md5
 from stages.pipeline.compose import group_defaults

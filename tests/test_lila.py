@@ -12,7 +12,7 @@ from stages.core.errors import ConfigError, MetadataError
 from stages.core.selection import match_names
 from stages.formats import coco_ct
 from stages.sources.lila.index import Entry, parse_index
-from stages.sources.lila.rows import Selector, build_rows
+from stages.sources.lila.rows import ClassSelector, build_rows
 from tests.conftest import lila_conf
 
 CATS = [
@@ -53,7 +53,7 @@ def cfg(classes=("mule deer", "cougar", "wild turkey", "empty"), **fetch):
 
 def scan(d, c=None, **kw):
     """Read and select; returns (meta, selection)."""
-    selector = Selector(c or cfg())
+    selector = ClassSelector(c or cfg())
     meta, _ = coco_ct.read_metadata(json.dumps(d, indent=1).encode(), selector, **kw)
     return meta, selector.result
 
@@ -117,7 +117,7 @@ def test_metadata_zip_checks(tmp_path):
     good = json.dumps(doc(3)).encode()
     path = write_zip(tmp_path / "ok.zip", {"m.json": good})
     opener, _ = coco_ct.open_document(path, 10**9)
-    meta, _ = coco_ct.read_metadata(opener, Selector(cfg()))
+    meta, _ = coco_ct.read_metadata(opener, ClassSelector(cfg()))
     assert meta.n_images == 3
     cases = {
         "none.zip": ({"readme.txt": b"hi"}, "exactly one .json"),
@@ -163,10 +163,11 @@ def test_bad_metadata_is_a_clear_error(mutate, match):
 
 def test_malformed_and_oversized_json():
     with pytest.raises(MetadataError):
-        coco_ct.read_metadata(b'{"images": [{"id": "a", "file_name": "x.jpg"},', Selector(cfg()))
+        cut = b'{"images": [{"id": "a", "file_name": "x.jpg"},'
+        coco_ct.read_metadata(cut, ClassSelector(cfg()))
     big = json.dumps(doc(200)).encode()
     with pytest.raises(MetadataError, match="limit"):
-        coco_ct.read_metadata(big, Selector(cfg()), max_bytes=len(big) // 2)
+        coco_ct.read_metadata(big, ClassSelector(cfg()), max_bytes=len(big) // 2)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +194,7 @@ def test_parallel_reader_reports_bad_images():
     d = doc(10)
     del d["images"][3]["id"]
     with pytest.raises(MetadataError, match="lacks an id"):
-        coco_ct.read_metadata(json.dumps(d).encode(), Selector(cfg()), parallel=True)
+        coco_ct.read_metadata(json.dumps(d).encode(), ClassSelector(cfg()), parallel=True)
 
 
 # ---------------------------------------------------------------- classes and selection

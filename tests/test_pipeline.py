@@ -89,6 +89,9 @@ def test_conf_edits_rerun_exactly_the_changed_stages(project):
     # A comment-only edit changes no setting: only compose runs.
     project.set_conf("conf/export/default.yaml", "# export-npz settings.", "# npz settings.")
     assert ran(project.dvc("repro")) == ["compose"]
+    # Neither does tuning the downloader: it cannot change what a successful fetch writes.
+    project.set_conf("conf/fetch/default.yaml", "workers: 16", "workers: 4")
+    assert ran(project.dvc("repro")) == ["compose"]
 
 
 def test_experiments_and_metrics(project):

@@ -136,3 +136,21 @@ def test_a_shard_that_fails_mid_write_never_gets_its_final_name(tmp_path):
     with tarfile.open(shards / "shard-00000.tar") as tar:
         assert len(tar.getmembers()) == 2
     assert not (tmp_path / "out" / "manifest.parquet").exists()
+
+
+def test_rebase_keeps_workspace_paths_when_shards_are_symlinks(tmp_path):
+    # DVC's `cache.type symlink` turns every shard into a link into the cache: the clean
+    # manifest must still name ../fetch/shards/..., the same on every machine.
+    rows, paths = make_rows(tmp_path, n=3)
+    write_store(tmp_path / "fetch", rows, lambda r: paths.get(r.item_id), 1 << 20)
+    shard = tmp_path / "fetch" / "shards" / "shard-00000.tar"
+    cache = tmp_path / "dvc-cache" / "ab" / "cdef"
+    cache.parent.mkdir(parents=True)
+    os.replace(shard, cache)
+    shard.symlink_to(cache)
+    (tmp_path / "clean").mkdir()
+    moved = rebase(Store(tmp_path / "fetch").rows(), tmp_path / "fetch", tmp_path / "clean")
+    assert {r.shard for r in moved} == {"../fetch/shards/shard-00000.tar", None}
+    write_manifest(tmp_path / "clean", moved)
+    first = next(r for r in moved if r.shard)
+    assert Store(tmp_path / "clean").read(first.item_id) == Store(tmp_path / "fetch").read(first)

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from stages.net.credentials import Credential, Credentials, origin_of
+from stages.core.origins import origin_of
+from stages.net.credentials import Credential, Credentials
 from stages.net.download import CredentialRejected, Downloader, PartFile
 from stages.pipeline.compose import group_defaults
 from tests.hostile import GOOD, JPEG, HostileServer

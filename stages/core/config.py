@@ -21,17 +21,17 @@ from stages.core.errors import ConfigError
 T = TypeVar("T")
 
 
-def _positive(where: str, **values: float) -> None:
+def positive(where: str, **values: float) -> None:
     """Raise unless every value is > 0."""
     for key, value in values.items():
         if value is None or value <= 0:
             raise ConfigError(f"{where}.{key} must be > 0, not {value!r}")
 
 
-def _non_negative(where: str, **values: float) -> None:
-    """Raise unless every value is >= 0."""
+def non_negative(where: str, **values: float | None) -> None:
+    """Raise unless every value is >= 0 (None, meaning "no limit", passes)."""
     for key, value in values.items():
-        if value is None or value < 0:
+        if value is not None and value < 0:
             raise ConfigError(f"{where}.{key} must be >= 0, not {value!r}")
 
 
@@ -56,7 +56,7 @@ class FetchConf:
     keep_cache: bool = MISSING
 
     def __post_init__(self) -> None:
-        _positive(
+        positive(
             "fetch",
             workers=self.workers,
             connect_timeout=self.connect_timeout,
@@ -64,7 +64,7 @@ class FetchConf:
             attempt_timeout=self.attempt_timeout,
             max_item_bytes=self.max_item_bytes,
         )
-        _non_negative(
+        non_negative(
             "fetch",
             low_speed_limit=self.low_speed_limit,
             max_redirects=self.max_redirects,
@@ -82,7 +82,7 @@ class StoreConf:
     shard_bytes: int = MISSING
 
     def __post_init__(self) -> None:
-        _positive("store", shard_bytes=self.shard_bytes)
+        positive("store", shard_bytes=self.shard_bytes)
 
 
 @dataclass
@@ -94,7 +94,7 @@ class CleanConf:
     drop_unlabeled: bool = MISSING
 
     def __post_init__(self) -> None:
-        _non_negative("clean", min_box_size=self.min_box_size)
+        non_negative("clean", min_box_size=self.min_box_size)
 
 
 class Aspect(Enum):
@@ -117,7 +117,7 @@ class ExportConf:
     compress: bool = MISSING
 
     def __post_init__(self) -> None:
-        _positive(
+        positive(
             "export", height=self.height, width=self.width, items_per_shard=self.items_per_shard
         )
         if not 0 <= self.pad_value <= 255:
@@ -168,6 +168,12 @@ def _explain(exc: OmegaConfBaseException, where: str, prefix: str) -> str:
         kind = getattr(exc, "object_type", None)
         names = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else []
         leaf = key.rsplit(".", 1)[-1]
+        if kind is NoSettings:
+            stage = key.rsplit(".", 2)[-2] if key.count(".") >= 1 else "?"
+            return (
+                f"{where}: unknown key {key!r}; this source has no {stage} settings of its "
+                f"own (the shared ones are in conf/{stage}/)"
+            )
         close = difflib.get_close_matches(leaf, names, n=3, cutoff=0.6)
         hint = (
             f"; did you mean {' or '.join(close)}?"
@@ -203,10 +209,3 @@ def plain(obj: Any) -> Any:
 def validate(schema: type, data: Any, where: str = "config", prefix: str = "") -> dict:
     """Validate data against a schema; return it as plain data with only the schema's keys."""
     return plain(typed(schema, data, where, prefix))
-
-
-def with_overrides(obj: T, **changes: Any) -> T:
-    """Return a copy of a schema dataclass with some fields changed, re-validated."""
-    data = plain(obj)
-    data.update(changes)
-    return typed(type(obj), data, type(obj).__name__)

@@ -79,7 +79,7 @@ def pick(
     rank = ranker(seed)
     caps = check_caps(caps, names)
     ranked: dict[str, list[str] | set[str]] = {}
-    stats = {"available": {}, "capped": {}, "budget_dropped": 0}
+    stats = {"available": {}, "capped": {}}
     for name in names:
         limit = caps.get(name.lower(), cap)
         pool = per_class[name]
@@ -92,6 +92,7 @@ def pick(
         stats["capped"][name] = len(pool) - len(ids)
         ranked[name] = ids
     chosen: set[str] = set()
+    dropped: set[str] = set()  # an id in two classes is dropped once, not twice
     total, stopped = 0, False
     if byte_budget is None:
         for ids in ranked.values():
@@ -109,10 +110,11 @@ def pick(
                     continue
                 if stopped or total + est_bytes > int(byte_budget):
                     stopped = True
-                    stats["budget_dropped"] += 1
+                    dropped.add(item)
                     continue
                 chosen.add(item)
                 total += est_bytes
+    stats["budget_dropped"] = len(dropped)
     stats["estimated_bytes"] = total
     stats["budget_exhausted"] = stopped
     return Picked(chosen, stats)

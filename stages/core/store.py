@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stages.core.errors import StoreError
 from stages.core.files import atomic_path, part_path
 
 MANIFEST = "manifest.parquet"
@@ -201,10 +202,10 @@ def write_store(
             with open(src, "rb") as fh:
                 row.shard, row.offset = writer.add(member_name(row.item_id, ext(row)), fh, size)
             row.bytes = size
+        writer.close()
     except BaseException:
         writer.abort()
         raise
-    writer.close()
     write_manifest(out_dir, rows)
     return rows
 
@@ -216,7 +217,7 @@ class Store:
         self.root = Path(root)
         path = self.root / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found")
+            raise StoreError(f"{path} not found: run the stage that writes {self.root} first")
         self.table = pq.read_table(path)
         self._rows: list[Row] | None = None
         self._by_id: dict[str, Row] | None = None
@@ -234,19 +235,22 @@ class Store:
         return self._by_id[item_id]
 
     def shard_path(self, row: Row) -> Path:
-        """Resolve a row's shard, which may live in an upstream store."""
-        return (self.root / row.shard).resolve()
+        """Return a row's shard path, which may lie in an upstream store."""
+        return Path(os.path.abspath(self.root / row.shard))
 
     def read(self, item_id_or_row: str | Row) -> bytes:
         """Return one item's payload bytes without unpacking its shard."""
         row = item_id_or_row if isinstance(item_id_or_row, Row) else self.row(item_id_or_row)
         if row.shard is None:
             raise KeyError(f"{row.item_id} has no payload (status {row.status})")
-        with open(self.shard_path(row), "rb") as fh:
-            fh.seek(row.offset)
-            data = fh.read(row.bytes)
+        try:
+            with open(self.shard_path(row), "rb") as fh:
+                fh.seek(row.offset)
+                data = fh.read(row.bytes)
+        except OSError as exc:
+            raise StoreError(f"cannot read {row.shard}: {exc.strerror}") from None
         if len(data) != row.bytes:
-            raise OSError(f"{row.shard} is truncated at item {row.item_id}")
+            raise StoreError(f"{row.shard} is truncated at item {row.item_id}")
         return data
 
     def iter_payloads(self, rows: Iterable[Row] | None = None) -> Iterator[tuple[Row, bytes]]:
@@ -269,10 +273,13 @@ class Store:
 
 def rebase(rows: Iterable[Row], from_root: Path, to_root: Path) -> list[Row]:
     """Point rows' shard paths, relative to from_root, at the same files relative to to_root."""
+    # Lexical paths, never resolve(): with DVC's symlink cache a shard file links into the
+    # cache, and the manifest must name the workspace path on every machine.
     out = []
+    to_root = os.path.abspath(to_root)
     for row in rows:
         if row.shard is not None:
-            target = (Path(from_root) / row.shard).resolve()
-            row.shard = os.path.relpath(target, Path(to_root).resolve())
+            target = os.path.abspath(Path(from_root) / row.shard)
+            row.shard = Path(os.path.relpath(target, to_root)).as_posix()
         out.append(row)
     return out

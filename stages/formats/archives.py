@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from stages.core.errors import MetadataError
+from stages.core.errors import CorruptMetadata, MetadataError
 
 # What reading a damaged zip member raises: bad CRC, bad deflate data, a cut stream.
 ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError)
@@ -40,7 +41,7 @@ def single_member(path: Path, suffix: str, max_bytes: int) -> tuple[str | None, 
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError) as exc:
-        raise MetadataError(f"{path.name}: malformed zip: {exc}") from None
+        raise CorruptMetadata(f"{path.name}: malformed zip: {exc}") from None
     for info in infos:
         if unsafe_member(info.filename):
             raise MetadataError(f"{path.name}: unsafe member name {info.filename!r} in zip")
@@ -58,11 +59,25 @@ def single_member(path: Path, suffix: str, max_bytes: int) -> tuple[str | None, 
     return members[0].filename, members[0].file_size
 
 
+@dataclass(frozen=True)
+class MemberOpener:
+    """Open a checked member (or bare file) afresh on each call; picklable for helpers."""
+
+    path: Path
+    member: str | None
+
+    def __call__(self) -> BinaryIO:
+        return open_member(self.path, self.member)
+
+
 def open_member(path: Path, member: str | None) -> BinaryIO:
     """Open a checked zip member (or the file itself, for None) as a binary stream."""
     if member is None:
         return open(path, "rb")
     try:
-        return zipfile.ZipFile(path).open(member)
+        # Closing the archive now is safe: the member stream keeps the file open until it
+        # is closed itself, and then nothing is left open.
+        with zipfile.ZipFile(path) as zf:
+            return zf.open(member)
     except ZIP_READ_ERRORS as exc:
-        raise MetadataError(f"{Path(path).name}: corrupt zip: {exc}") from None
+        raise CorruptMetadata(f"{Path(path).name}: corrupt zip: {exc}") from None

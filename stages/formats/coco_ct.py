@@ -15,15 +15,14 @@ import os
 import posixpath
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import orjson
 
-from stages.core.errors import MetadataError
-from stages.formats.archives import open_member, single_member
+from stages.core.errors import CorruptMetadata, MetadataError
+from stages.formats.archives import MemberOpener, single_member
 from stages.formats.jsonstream import iter_document
 
 PARALLEL_MIN_BYTES = 64 << 20
@@ -68,14 +67,14 @@ def category_index(categories: list[dict]) -> dict[str, set]:
     return index
 
 
-def open_document(path: Path, max_bytes: int) -> tuple[Callable[[], io.BufferedIOBase], int]:
+def open_document(path: Path, max_bytes: int) -> tuple[MemberOpener, int]:
     """Check a metadata zip (or bare JSON); return an opener for its JSON and the JSON's size."""
     member, size = single_member(path, ".json", max_bytes)
     if member is None:
         with open(path, "rb") as fh:
             if not fh.read(64).lstrip().startswith(b"{"):
-                raise MetadataError(f"{Path(path).name}: neither a zip nor a JSON object")
-    return (lambda: open_member(path, member)), size
+                raise CorruptMetadata(f"{Path(path).name}: neither a zip nor a JSON object")
+    return MemberOpener(Path(path), member), size
 
 
 def safe_relpath(name) -> str:
@@ -193,13 +192,14 @@ def paused_gc():
 def _document(source, max_bytes: int | None, max_value_bytes: int | None):
     """Stream a metadata document, decoding images and annotations in batches."""
     # exact_integers off: ids and sizes are type-checked where they are used.
-    return iter_document(
-        _stream(source),
-        {"images", "annotations"},
-        max_bytes=max_bytes,
-        max_value_bytes=max_value_bytes,
-        exact_integers=False,
-    )
+    with _stream(source) as fp:
+        yield from iter_document(
+            fp,
+            {"images", "annotations"},
+            max_bytes=max_bytes,
+            max_value_bytes=max_value_bytes,
+            exact_integers=False,
+        )
 
 
 def _image_batches(source, max_bytes: int | None, max_value_bytes: int | None):
@@ -233,6 +233,8 @@ def _spool_child(conn, source, limits: tuple, ids_path: str, recs_path: str) -> 
     """Run the spool in the helper process; send back ("ok", n) or ("error", message)."""
     try:
         conn.send(("ok", _spool_images(source, limits, ids_path, recs_path)))
+    except CorruptMetadata as exc:
+        conn.send(("corrupt", str(exc)))
     except MetadataError as exc:
         conn.send(("error", str(exc)))
     except Exception as exc:  # any other failure still reaches the parent as a clear error
@@ -252,7 +254,10 @@ class ImageSpool:
     def __init__(self, source, limits: tuple):
         self.dir = tempfile.mkdtemp(prefix="coco-ct-spool-")
         self.ids, self.recs = f"{self.dir}/ids.jsonl", f"{self.dir}/images.jsonl"
-        ctx = multiprocessing.get_context("fork")  # the source may be a closure
+        # spawn, not fork: the caller may have threads (the downloader's) whose locks a
+        # forked child would inherit held. The source must be picklable (a path, bytes or
+        # a MemberOpener).
+        ctx = multiprocessing.get_context("spawn")
         self.conn, child_end = ctx.Pipe(duplex=False)
         self.proc = ctx.Process(
             target=_spool_child,
@@ -269,6 +274,8 @@ class ImageSpool:
             status, value = self.conn.recv()
         except EOFError:
             raise MetadataError("the metadata reader process died") from None
+        if status == "corrupt":
+            raise CorruptMetadata(value)
         if status != "ok":
             raise MetadataError(value)
         keys = {orjson.dumps(i) + b"\n" for i in wanted}

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, Literal, NoReturn
 
 import orjson
 
-from stages.core.errors import MetadataError
+from stages.core.errors import CorruptMetadata, MetadataError
 from stages.formats.archives import ZIP_READ_ERRORS
 
 __all__ = ["iter_document"]
@@ -85,8 +85,8 @@ def iter_document(
     c = reader.peek()
     if c != "{":
         if not c:
-            raise MetadataError("metadata JSON is empty")
-        raise MetadataError(
+            raise CorruptMetadata("metadata JSON is empty")
+        raise CorruptMetadata(
             f"metadata JSON must be an object at the top level, found {c!r} "
             f"at character {reader.offset}"
         )
@@ -271,11 +271,11 @@ class _Reader:
         """Raise MetadataError for malformed or truncated JSON at `pos` (default: current)."""
         pos = self.pos if pos is None else pos
         if pos >= len(self.buf) and self.eof:
-            raise MetadataError(
+            raise CorruptMetadata(
                 f"metadata JSON is truncated: input ends inside the document "
                 f"at character {self.base + pos}"
             )
-        raise MetadataError(f"malformed metadata JSON at character {self.base + pos}: {message}")
+        raise CorruptMetadata(f"malformed metadata JSON at character {self.base + pos}: {message}")
 
     def fill(self, min_chars: int) -> bool:
         """Append at least `min_chars` characters unless the input ends; return whether any."""
@@ -292,7 +292,7 @@ class _Reader:
                 data = self._fp.read(size)
             except ZIP_READ_ERRORS as exc:
                 # A damaged archive member: bad CRC, bad deflate data, a cut stream.
-                raise MetadataError(f"metadata archive is corrupt: {exc}") from None
+                raise CorruptMetadata(f"metadata archive is corrupt: {exc}") from None
             try:
                 if data:
                     self._bytes_read += len(data)
@@ -306,7 +306,7 @@ class _Reader:
                     text = self._decoder.decode(b"", final=True)
             except UnicodeDecodeError as exc:
                 near = self._bytes_read - len(data) + max(exc.start, 0)
-                raise MetadataError(
+                raise CorruptMetadata(
                     f"metadata JSON is not valid UTF-8 near byte {near}: {exc.reason}"
                 ) from None
             parts.append(text)
@@ -371,6 +371,6 @@ class _Reader:
         """Refuse one value larger than the configured limit instead of buffering it."""
         if self._max_value is not None and size > self._max_value:
             raise MetadataError(
-                f"a single JSON value at character {self.offset} is larger than the "
-                f"configured limit of {self._max_value} bytes"
+                f"a single JSON value at character {self.offset} is longer than the "
+                f"configured limit of {self._max_value} (counted in characters)"
             )

@@ -2,45 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from stages.core.errors import ConfigError
-
-Origin = tuple[str, str, int]  # scheme, lower-case host, port
-DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def origin_of(url: str) -> Origin:
-    """Return a URL's (scheme, host, port); raise ValueError if it has none."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS or not parts.hostname:
-        raise ValueError(f"not an http(s) URL with a host: {redact(url)!r}")
-    port = parts.port  # raises ValueError for a port out of range
-    return scheme, parts.hostname.lower(), DEFAULT_PORTS[scheme] if port is None else port
-
-
-def is_loopback(host: str) -> bool:
-    """Tell whether a host name is loopback (localhost or 127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def redact(url: str) -> str:
-    """Return a URL without user info, query and fragment (they may hold a secret), for logs."""
-    base = url.split("?", 1)[0].split("#", 1)[0]
-    scheme, sep, rest = base.partition("://")
-    if sep:
-        netloc, slash, path = rest.partition("/")
-        base = f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
-    return base
+from stages.core.origins import Origin, check_secret_origin, origin_of, parse_origins
 
 
 def check_header_value(name: str, value: str) -> None:
@@ -68,30 +35,12 @@ class Credential:
             check_header_value(self.header, self.value)
         elif any(c in self.value for c in "\r\n\0# "):
             raise ValueError("a query-string credential holds a space, '#' or a line break")
-        for scheme, host, _ in self.origins:
-            if scheme != "https" and not is_loopback(host):
-                raise ValueError(
-                    f"a credential may go to https origins only (plain http to loopback for "
-                    f"local stand-ins), not {scheme}://{host}"
-                )
+        for origin in self.origins:
+            check_secret_origin(origin)
 
     def applies_to(self, origin: Origin) -> bool:
         """Tell whether this credential belongs to an origin."""
         return origin in self.origins
-
-
-def parse_origins(values: list[str], where: str) -> frozenset[Origin]:
-    """Parse configured origins like `https://host[:port]`; refuse paths, queries and http."""
-    out = set()
-    for value in values:
-        parts = urlsplit(value)
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-            raise ConfigError(f"{where}: an origin is scheme://host[:port] only, not {value!r}")
-        try:
-            out.add(origin_of(value))
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    return frozenset(out)
 
 
 def from_env(
@@ -101,7 +50,7 @@ def from_env(
     secret = os.environ.get(env)
     if not secret:
         raise ConfigError(f"{where} names the environment variable {env}, which is not set")
-    scoped = parse_origins(origins, where)
+    scoped = parse_origins(origins, where, secret=True)
     if not scoped:
         raise ConfigError(f"{where}: a secret needs the origins it belongs to; none configured")
     try:

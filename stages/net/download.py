@@ -24,12 +24,13 @@ from tqdm import tqdm
 
 from stages.core.config import FetchConf
 from stages.core.errors import StageError
-from stages.net.credentials import Credentials, origin_of, redact
+from stages.core.origins import origin_of, redact
+from stages.net.credentials import Credentials
 from stages.net.ledger import PERMANENT, Ledger, Result
 from stages.net.transport import Exchange, Options, Transport
 from stages.net.verify import check_structure, decode_check, goog_md5, kind_of
 
-log = logging.getLogger("stages.download")
+log = logging.getLogger("stages.net.download")
 
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 MISSING_HTTP = {404, 410}

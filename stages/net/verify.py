@@ -6,7 +6,7 @@ import base64
 import binascii
 import io
 
-from stages.net.credentials import redact
+from stages.core.origins import redact
 
 
 def goog_md5(header: str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from stages.pipeline.params import conf_digest, hand_edited, render
 
 # Keys whose value would be a secret: conf must name an env var instead (`<key>_env`).
 SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|access_key|private_key)$", re.I)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def source_files(conf_dir: Path) -> list[Path]:
@@ -36,7 +38,8 @@ def check_conf_text(conf_dir: Path) -> None:
 
 
 def check_secrets(node, where: str = "") -> None:
-    """Refuse literal secrets anywhere in the composed config."""
+    """Refuse literal secrets anywhere in the composed config, and `_env` values that are
+    not environment variable names (a pasted token would otherwise land in params.yaml)."""
     if isinstance(node, dict):
         for key, value in node.items():
             path = f"{where}.{key}" if where else str(key)
@@ -44,6 +47,15 @@ def check_secrets(node, where: str = "") -> None:
                 raise ConfigError(
                     f"{path}: secrets never go in conf/ or params.yaml; "
                     f"set `{key}_env: VAR_NAME` and export VAR_NAME instead"
+                )
+            if (
+                str(key).endswith("_env")
+                and value is not None
+                and not ENV_NAME.fullmatch(str(value))
+            ):
+                raise ConfigError(
+                    f"{path} must name an environment variable (like MY_TOKEN), not hold a "
+                    "value: secrets never go in conf/ or params.yaml"
                 )
             check_secrets(value, path)
     elif isinstance(node, list):
@@ -65,11 +77,14 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
         data = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # Hydra raises many types; the user needs the message only.
         raise ConfigError(f"cannot compose {conf_dir}: {exc}") from exc
-    unknown = set(data) - set(GROUPS) - {"sources"}
+    # Secrets first: a literal token must be refused as such, never reported as a typo (the
+    # schemas below would call it an unknown key and suggest the `_env` key next to it).
+    check_secrets(data)
+    unknown = sorted(set(data) - set(GROUPS) - {"sources"})
     if unknown:
-        raise ConfigError(
-            f"conf/config.yaml: unknown top-level key(s) {', '.join(sorted(unknown))}"
-        )
+        close = difflib.get_close_matches(unknown[0], [*GROUPS, "sources"], n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"conf/config.yaml: unknown top-level key(s) {', '.join(unknown)}{hint}")
     out: dict = {}
     for group, schema in GROUPS.items():
         out[group] = validate(schema, data.get(group), f"conf/{group}", group)
@@ -81,7 +96,6 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
         if checked["enabled"]:  # disabled sources are validated too, so typos show early
             out["sources"][name] = checked
             video[name] = source.video
-    check_secrets(out)
     # extract-frames runs only for sources with video; dvc.yaml iterates over these maps.
     out["video_sources"] = {k: {} for k, v in video.items() if v}
     out["pipeline"] = {k: {"clean_input": "frames" if v else "fetch"} for k, v in video.items()}
@@ -128,3 +142,16 @@ def group_defaults(group: str, conf_dir: Path = CONF_DIR, **changes):
     data = compose(conf_dir)[group]
     data.update(changes)
     return typed(GROUPS[group], data, f"conf/{group}", group)
+
+
+def source_defaults(name: str, conf_dir: Path = CONF_DIR, **changes):
+    """Return a source's settings from conf/source/<name>.yaml, sections updated by `changes`
+    (e.g. `fetch={"seed": 1}`), validated by its schema (for tests, benches, tools)."""
+    path = Path(conf_dir) / "source" / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return typed(sources.load(name).schema, data, str(path), f"sources.{name}")

@@ -31,7 +31,7 @@ class Context:
     """What a source may use while planning."""
 
     downloader: Downloader
-    source: str
+    source_name: str  # what rows record as their source
 
 
 @dataclass

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Optional
 
 from omegaconf import MISSING
 
-from stages.core.config import NoSettings, SourceConf
+from stages.core.config import NoSettings, SourceConf, non_negative, positive
+from stages.core.origins import parse_origins
 from stages.core.selection import check_caps
 from stages.sources import Context, Plan, Source
 
@@ -46,6 +47,21 @@ class LilaFetch:
     max_json_value_bytes: int = MISSING
     sas_token_env: Optional[str] = MISSING  # noqa: UP045
     sas_token_origins: list[str] = MISSING
+
+    def __post_init__(self) -> None:
+        where = "sources.lila.fetch"
+        non_negative(where, cap=self.cap, byte_budget=self.byte_budget)
+        non_negative(f"{where}.caps", **self.caps)
+        positive(
+            where,
+            est_bytes_per_image=self.est_bytes_per_image,
+            max_index_bytes=self.max_index_bytes,
+            max_metadata_bytes=self.max_metadata_bytes,
+            max_json_value_bytes=self.max_json_value_bytes,
+            metadata_timeout=self.metadata_timeout,
+        )
+        # Checked at compose, before any secret is read: where the token may ever go.
+        parse_origins(self.sas_token_origins, f"{where}.sas_token_origins", secret=True)
 
 
 @dataclass

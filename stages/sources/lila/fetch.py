@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from stages.core.errors import MetadataError
+from stages.core.errors import CorruptMetadata, MetadataError
+from stages.core.origins import redact
 from stages.formats.coco_ct import open_document, read_metadata
-from stages.net.credentials import redact
 from stages.sources import Context, Plan
 from stages.sources.lila.index import parse_index
-from stages.sources.lila.rows import Selector, build_rows
+from stages.sources.lila.rows import ClassSelector, build_rows
 
 log = logging.getLogger("stages.sources.lila")
 
@@ -34,7 +34,7 @@ def plan(cfg, ctx: Context) -> Plan:
     )
     if res.status != "ok":
         raise MetadataError(f"cannot download the metadata: {res.status} ({res.reason})")
-    selector = Selector(cfg)
+    selector = ClassSelector(cfg)
     try:
         opener, size = open_document(dl.object_path(res.sha256), f.max_metadata_bytes)
         meta, _ = read_metadata(
@@ -44,15 +44,19 @@ def plan(cfg, ctx: Context) -> Plan:
             max_value_bytes=f.max_json_value_bytes,
             size=size,
         )
-    except MetadataError:
+    except CorruptMetadata:
         # A body cut without a Content-Length to tell can look whole: fetch it afresh next
-        # run rather than failing on the same bytes forever.
+        # run rather than failing on the same bytes forever. (A limit or structure problem
+        # keeps the download: re-fetching gigabytes would not change it.)
         dl.forget(entry.metadata_url)
         raise
     sel = selector.result
-    rows = build_rows(meta, sel, f.dataset, entry.image_base_url, ctx.source)
+    rows = build_rows(meta, sel, f.dataset, entry.image_base_url, ctx.source_name)
     stats = {
         "dataset": entry.name,
+        # Which metadata this selection came from: upstream may publish a new version.
+        "metadata_sha256": res.sha256,
+        "metadata_version": str(meta.info.get("version", "")),
         "metadata_images": meta.n_images,
         "metadata_annotations": meta.n_annotations,
         **sel.stats,

@@ -21,7 +21,7 @@ class Selection:
     class_of: dict = field(default_factory=dict)  # category id -> class names (config order)
 
 
-class Selector:
+class ClassSelector:
     """Choose images from COCO Camera Traps metadata as it streams by (see coco_ct.Selector)."""
 
     def __init__(self, cfg):
