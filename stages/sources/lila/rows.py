@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -64,9 +65,15 @@ class ClassSelector:
         return set(labels)
 
 
+# What quote(rel, safe="/") leaves as it is: most file names need no encoding at all.
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")
+
+
 def image_url(base_url: str, rel: str) -> str:
     """Return an image's URL: the base plus the percent-encoded relative path."""
     # File names may hold spaces, '#', '%', '?' or non-ASCII characters.
+    if _URL_SAFE.fullmatch(rel):
+        return f"{base_url}/{rel}"
     return f"{base_url}/{quote(rel, safe='/')}"
 
 
