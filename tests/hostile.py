@@ -47,6 +47,11 @@ def raw(data: bytes, keep: bool = False) -> Script:
     return script
 
 
+def chunked(body: bytes) -> bytes:
+    """Return a body in one chunk plus the last-chunk line (trailers may follow)."""
+    return f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n"
+
+
 def drip(body: bytes, every: float, step: int = 1) -> Script:
     """Send a Content-Length body `step` bytes at a time, every `every` seconds."""
 
@@ -114,6 +119,14 @@ def scripts(base: str) -> dict[str, Script]:
         "/no-content": raw(head("204 No Content"), True),
         "/not-modified": raw(head("304 Not Modified", 'ETag: "x"'), True),
         "/gzip": fixed(gzip.compress(GOOD, mtime=0), "200 OK", "Content-Encoding: gzip"),
+        # The same, chunked and with a trailer after the body: trailers must not wipe the
+        # headers the checks read.
+        "/gzip-trailer": raw(
+            head("200 OK", "Content-Encoding: gzip", "Transfer-Encoding: chunked", "Trailer: X-T")
+            + chunked(gzip.compress(GOOD, mtime=0))
+            + b"X-T: 1\r\n\r\n",
+            True,
+        ),
         "/retry-nonascii": fixed(b"busy", "503 Busy", "Retry-After: \u0663\u0660"),
         "/retry-huge": fixed(b"busy", "503 Busy", "Retry-After: 99999999999999999999999"),
         "/loop": fixed(b"", "302 Found", "Location: /loop"),

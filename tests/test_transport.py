@@ -45,6 +45,7 @@ EXPECTED = {
     "/no-content": ("failed", "http 204"),
     "/not-modified": ("failed", "http 304"),
     "/gzip": ("failed", "unrequested content-encoding"),
+    "/gzip-trailer": ("failed", "unrequested content-encoding"),
     "/retry-nonascii": ("failed", "http 503"),
     "/retry-huge": ("failed", "http 503"),
     "/loop": ("failed", "too many redirects"),

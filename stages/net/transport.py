@@ -101,7 +101,7 @@ class Exchange:
     capped: bool = False
     redirect_url: str | None = None
     content_length: int | None = None
-    at_start: bool = True  # the next header line is a status line
+    at_start: bool = True  # at the start of a header block: a status line may come next
     raised: BaseException | None = None  # what a callback raised, handled after perform()
 
     def header(self, name: str) -> str | None:
@@ -282,17 +282,20 @@ def _discard(_data: bytes) -> None:
 def _header_callback(ex: Exchange):
     def on_header(line: bytes) -> int | None:
         try:
-            if ex.at_start:
-                # The first line of a response (1xx interim answers come before the final
-                # one). A header line that merely starts with "HTTP/" is just a header.
-                ex.at_start = False
+            if line in (b"\r\n", b"\n"):
+                ex.at_start = True  # end of a header block: a new response may follow
+            elif ex.at_start and line[:5] == b"HTTP/":
+                # The status line of a response (1xx interim answers come before the final
+                # one). Mid-block, a line that merely starts with "HTTP/" is just a header.
                 ex.header_lines = []
                 parts = line.split(None, 2)
                 code = parts[1] if len(parts) > 1 else b""
                 ex.status = int(code) if len(code) == 3 and code.isdigit() else 0
-            elif line in (b"\r\n", b"\n"):
-                ex.at_start = True
+                ex.at_start = False
             else:
+                # A header, or a trailer after a chunked body: it adds to the headers the
+                # checks read, it never replaces them.
+                ex.at_start = False
                 ex.header_lines.append(line)
         except BaseException as exc:  # pycurl would print and swallow it
             ex.raised = exc
