@@ -82,10 +82,14 @@ class Credentials:
         return [c.label or "a credential" for c in self.creds if c.applies_to(origin)]
 
     def apply(self, url: str) -> tuple[str, list[str]]:
-        """Return the URL to request and the extra header lines for it."""
+        """Return the URL to request and the extra header lines for it (none for a URL
+        without an origin: no credential belongs to it, and the transport refuses it)."""
         if not self.creds:
             return url, []
-        origin = origin_of(url)
+        try:
+            origin = origin_of(url)
+        except ValueError:
+            return url, []
         headers = []
         for cred in self.creds:
             if not cred.applies_to(origin):

@@ -397,13 +397,11 @@ class Downloader:
                 res.attempts = job.attempts
                 done(res)
 
-        def conclude(ex: Exchange) -> Result | None:
+        def conclude(ex: Exchange) -> None:
             nonlocal in_commit
-            job, part = ex.tag, ex.sink
-            if self._conclude(job, ex):
-                in_commit += 1
-                self.committer.submit(self._commit, job, ex, part, committed)
-            return None
+            self._check(ex.tag, ex)  # raises for every outcome but a body to commit
+            in_commit += 1
+            self.committer.submit(self._commit, ex.tag, ex, ex.sink, committed)
 
         def collect(block: bool) -> None:
             nonlocal in_commit
@@ -452,10 +450,7 @@ class Downloader:
             job.attempts += 1
             job.started = time.monotonic()
         part = PartFile(part_name(self.tmp_str))
-        try:
-            url, headers = self.creds.apply(job.target)
-        except ValueError:  # no origin to scope credentials by (e.g. a port out of range)
-            url, headers = "", []
+        url, headers = self.creds.apply(job.target)
         # Ask for the bytes as stored: a content coding would defeat the length and md5 checks.
         headers.append("Accept-Encoding: identity")
         # The hops of one attempt share its deadline.
@@ -472,9 +467,9 @@ class Downloader:
 
     # ------------------------------------------------------------------ one response
 
-    def _conclude(self, job: _Job, ex: Exchange) -> bool:
-        """Check a finished exchange: True if its body should be committed, else raise
-        Retry / Final / _Redirect (or CredentialRejected, which stops the run)."""
+    def _check(self, job: _Job, ex: Exchange) -> None:
+        """Return if a finished exchange's body should be committed, else raise Retry /
+        Final / _Redirect (or CredentialRejected, which stops the run)."""
         part: PartFile = ex.sink
         committed = False
         try:
@@ -493,7 +488,7 @@ class Downloader:
             if status == 200:
                 self._check_headers(ex, part)
                 committed = True
-                return True
+                return
             if status in REDIRECT_HTTP:
                 raise _Redirect(self._next_hop(job, ex))
             if status in MISSING_HTTP:
