@@ -22,7 +22,7 @@ from typing import Protocol
 import orjson
 
 from stages.core.errors import CorruptMetadata, MetadataError
-from stages.formats.archives import MemberOpener, single_member
+from stages.formats.archives import MemberOpener, single_member, unsafe_member
 from stages.formats.jsonstream import iter_document
 
 PARALLEL_MIN_BYTES = 64 << 20
@@ -85,14 +85,8 @@ def safe_relpath(name) -> str:
     if ".." not in rel and ":" not in rel and "\x00" not in rel and "//" not in rel:
         if rel and rel[0] != "/" and rel[-1] != "/":
             return rel  # the common case, without splitting
-    parts = rel.split("/")
-    if (
-        not rel
-        or rel.startswith("/")
-        or (len(rel) > 1 and rel[1] == ":")
-        or "\x00" in rel
-        or any(p in ("..", "") for p in parts)
-    ):
+    # The archive-member rule, and no empty segments either ("a//b", "a/").
+    if unsafe_member(rel) or "" in rel.split("/"):
         raise MetadataError(f"unsafe file_name in metadata: {name!r}")
     return posixpath.normpath(rel)
 
