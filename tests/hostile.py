@@ -27,14 +27,14 @@ def head(status: str, *headers: str) -> bytes:
     return ("\r\n".join([f"HTTP/1.1 {status}", *headers]) + "\r\n\r\n").encode("utf-8")
 
 
+def response(body: bytes, status: str = "200 OK", *headers: str) -> bytes:
+    """Return a complete response framed by Content-Length."""
+    return head(status, f"Content-Length: {len(body)}", *headers) + body
+
+
 def fixed(body: bytes, status: str = "200 OK", *headers: str) -> Script:
-    """Answer with a body framed by Content-Length."""
-
-    def script(conn, server):
-        conn.sendall(head(status, f"Content-Length: {len(body)}", *headers) + body)
-        return True
-
-    return script
+    """Answer with a body framed by Content-Length, keeping the connection."""
+    return raw(response(body, status, *headers), True)
 
 
 def raw(data: bytes, keep: bool = False) -> Script:
@@ -94,9 +94,7 @@ def scripts(base: str) -> dict[str, Script]:
         "/good.jpg": fixed(JPEG),
         # A correct 10-byte body, then a whole second response on the same keep-alive
         # connection: if the client read it as the next answer, /good would get "EVIL!".
-        "/excess": raw(
-            head("200 OK", "Content-Length: 10") + GOOD[:10] + fixed_bytes(b"EVIL!"), True
-        ),
+        "/excess": raw(head("200 OK", "Content-Length: 10") + GOOD[:10] + response(b"EVIL!"), True),
         "/chunk-negative": raw(
             head("200 OK", "Transfer-Encoding: chunked") + b"-5\r\nabcde\r\n0\r\n\r\n"
         ),
@@ -113,7 +111,7 @@ def scripts(base: str) -> dict[str, Script]:
         "/early-hints": raw(
             head("100 Continue")
             + head("103 Early Hints", "Link: </style.css>; rel=preload")
-            + fixed_bytes(GOOD),
+            + response(GOOD),
             True,
         ),
         "/no-content": raw(head("204 No Content"), True),
@@ -151,11 +149,6 @@ def scripts(base: str) -> dict[str, Script]:
         ),
         "/big-chunked": endless_chunks("/big-chunked", 256 << 20),
     }
-
-
-def fixed_bytes(body: bytes) -> bytes:
-    """Return a complete 200 response with this body."""
-    return head("200 OK", f"Content-Length: {len(body)}") + body
 
 
 class _Handler(socketserver.BaseRequestHandler):
