@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from pathlib import Path
 
@@ -137,10 +138,15 @@ def write_params(conf_dir: Path, params_path: Path, *, force: bool = False) -> b
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
+@functools.lru_cache(maxsize=8)
+def _composed(conf_dir: Path, digest: str) -> dict:
+    """Compose conf/ once per content (the digest keys the cache, so it is never stale)."""
+    return compose(conf_dir)
+
+
 def group_defaults(group: str, conf_dir: Path = CONF_DIR, **changes):
     """Return a shared group's settings as conf/ composes them (for tests, benches, tools)."""
-    data = compose(conf_dir)[group]
-    data.update(changes)
+    data = {**_composed(Path(conf_dir), conf_digest(conf_dir))[group], **changes}
     return typed(GROUPS[group], data, f"conf/{group}", group)
 
 
