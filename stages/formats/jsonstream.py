@@ -67,9 +67,8 @@ def iter_document(
     one array element too large for a batch), which would otherwise be buffered whole. With
     `exact_integers` false, integers beyond 64 bits may decode as floats (orjson's behaviour);
     skipping the check that routes them to json is ~2x faster for callers that validate their
-    integer fields anyway. Input problems raise MetadataError as
-    they are reached, so the document is only fully validated (including trailing data) once
-    the iterator is exhausted.
+    integer fields anyway. Input problems raise MetadataError as they are reached, so the
+    document is only fully validated (including trailing data) once the iterator is exhausted.
     """
     if isinstance(stream_keys, str):
         raise TypeError("stream_keys must be a collection of keys, not a single string")
