@@ -58,6 +58,22 @@ def clean_boxes(row: Row, width: int, height: int, min_size: float, counts: Coun
     return out
 
 
+def keep_whole_clips(rows: list[Row], min_frames: int, dropped: Counter):
+    """Drop the frames of clips left with fewer than min_frames; return (frames, one per clip)."""
+    by_clip: dict[str, list[Row]] = {}
+    for row in rows:
+        by_clip.setdefault(row.meta["clip"], []).append(row)
+    kept, firsts = [], []
+    for frames in by_clip.values():
+        if len(frames) < min_frames:
+            dropped["clip_too_short"] += 1
+            dropped["frames_of_short_clips"] += len(frames)
+            continue
+        kept.extend(frames)
+        firsts.append(frames[0])
+    return kept, firsts
+
+
 def clean(
     store: Store, source: Source, src_cfg: SourceConf, cfg: CleanConf
 ) -> tuple[list[Row], dict]:
@@ -71,7 +87,8 @@ def clean(
     usable = [r for r in rows if r.status == "ok"]
     for r in rows:
         if r.status != "ok":
-            dropped[f"{r.status}_at_fetch"] += 1
+            # For video sources a failed row is a whole clip (fetch or decoding failed).
+            dropped[f"clip_{r.status}" if source.video else f"{r.status}_at_fetch"] += 1
 
     def probe(row: Row):
         return row, inspect_image(store.read(row), decode)
@@ -103,6 +120,9 @@ def clean(
             dropped["by_source"] += 1
             continue
         kept.append(row)
+    clips = None
+    if source.video:
+        kept, clips = keep_whole_clips(kept, cfg.min_frames, dropped)
     metrics = {
         "items_in": len(rows),
         "items_out": len(kept),
@@ -111,7 +131,9 @@ def clean(
         **{k: counts.get(k, 0) for k in SHARED_COUNTS},
         # What a source's clean_row hook counted, under its own names.
         "source": {k: v for k, v in sorted(counts.items()) if k not in SHARED_COUNTS},
-        "classes": class_counts(kept, names),
+        # Video: classes count clips (each clip's first frame stands for it), not frames.
+        "classes": class_counts(kept if clips is None else clips, names),
+        **({} if clips is None else {"clips_out": len(clips), "frames_out": len(kept)}),
         "class_ids": ids,
         "bytes": sum(r.bytes or 0 for r in kept),
     }

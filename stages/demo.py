@@ -18,30 +18,39 @@ DEMO = ROOT / ".demo"
 N_IMAGES = 120
 
 
-def standin_port() -> int:
-    """Return the port the LILA conf's index_url points at (the stand-in must listen there)."""
-    conf = yaml.safe_load((ROOT / "conf" / "source" / "lila.yaml").read_text(encoding="utf-8"))
-    url = urlsplit(conf["fetch"]["index_url"])
+# Stand-ins the demo starts: module, the conf file and key whose URL names its port, and
+# the serve arguments after --root/--port.
+STANDINS = (
+    ("standins.lila", "lila", ("fetch", "index_url"), ["--generate", str(N_IMAGES)]),
+    ("standins.kinetics", "kinetics", ("fetch", "annotations"), ["--generate"]),
+)
+
+
+def standin_port(source: str, key: tuple[str, ...]) -> int:
+    """Return the loopback port a source's conf points at (its stand-in must listen there)."""
+    conf = yaml.safe_load((ROOT / "conf" / "source" / f"{source}.yaml").read_text("utf-8"))
+    for part in key:
+        conf = conf[part]
+    url = urlsplit(conf)
     if url.hostname not in ("127.0.0.1", "localhost") or url.port is None:
-        raise SystemExit(f"make demo needs fetch.index_url on loopback, not {url.geturl()!r}")
+        raise SystemExit(f"make demo needs {source}'s {'.'.join(key)} on loopback, not {conf!r}")
     return url.port
 
 
-def start_standin() -> subprocess.Popen:
-    """Start the stand-in LILA server on the port conf/source/lila.yaml points at."""
-    port = standin_port()
+def start_standin(module: str, source: str, key: tuple[str, ...], extra: list[str]):
+    """Start one stand-in server on the port its source's conf points at."""
+    port = standin_port(source, key)
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "standins.lila",
+            module,
             "serve",
             "--root",
-            str(DEMO / "standin"),
+            str(DEMO / "standin" / source),
             "--port",
             str(port),
-            "--generate",
-            str(N_IMAGES),
+            *extra,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -50,7 +59,7 @@ def start_standin() -> subprocess.Popen:
     line = proc.stdout.readline()
     if "serving" not in line:
         proc.kill()
-        raise SystemExit(f"the stand-in server did not start (port {port} busy?): {line!r}")
+        raise SystemExit(f"the {source} stand-in did not start (port {port} busy?): {line!r}")
     print(line.strip(), flush=True)
     return proc
 
@@ -74,19 +83,21 @@ def summary_table() -> str:
         head = f"{'class':<24}{'available':>10}{'selected':>10}{'fetched':>10}{'clean':>8}"
         head += f"{'exported':>10}"
         lines += [f"source {source}: {sel.get('dataset', '')}", head, "-" * len(head)]
-        for name in params["sources"][source].get("classes") or m["fetch"].get("classes", {}):
-            lines.append(
-                f"{name:<24}{sel.get('available', {}).get(name, 0):>10}"
-                f"{sel.get('selected', {}).get(name, 0):>10}"
+        fetched = m["fetch"].get("classes", {})
+        for name in params["sources"][source].get("classes") or fetched:
+            lines.append(  # sources without a selection step select what they fetch
+                f"{name:<24}{sel.get('available', fetched).get(name, 0):>10}"
+                f"{sel.get('selected', fetched).get(name, 0):>10}"
                 f"{m['fetch']['classes'].get(name, 0):>10}"
                 f"{m['clean'].get('classes', {}).get(name, 0):>8}"
                 f"{m['export'].get('classes', {}).get(name, 0):>10}"
             )
         lines.append(
             f"items: fetched {m['fetch'].get('ok', 0)} ok / {m['fetch'].get('items', 0)}, "
-            f"clean {m['clean'].get('items_out', 0)}, exported {m['export'].get('items', 0)} "
+            f"clean {m['clean'].get('clips_out', m['clean'].get('items_out', 0))}, "
+            f"exported {m['export'].get('items', 0)} "
             f"in {m['export'].get('shards', 0)} npz shard(s), "
-            f"{m['fetch'].get('bytes', 0) / 1e6:.1f} MB of images"
+            f"{m['fetch'].get('bytes', 0) / 1e6:.1f} MB fetched"
         )
     return "\n".join(lines)
 
@@ -95,13 +106,23 @@ def main() -> int:
     """Build the demo dataset end to end and push it."""
     DEMO.mkdir(exist_ok=True)
     os.environ.setdefault("DSREPO_CACHE_DIR", str(DEMO / "cache"))
-    server = start_standin()
+    # The video-folder source reads data/videodir/input: a generated camera folder here.
+    subprocess.run(
+        [sys.executable, "-m", "standins.video", "folder", "--root", "data/videodir/input"],
+        cwd=ROOT,
+        check=True,
+    )
+    servers = []
     try:
+        for spec in STANDINS:
+            servers.append(start_standin(*spec))
         dvc("repro")
         dvc("push")
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=10)
+        for server in servers:
+            server.send_signal(signal.SIGTERM)
+        for server in servers:
+            server.wait(timeout=10)
     print()
     print(summary_table())
     return 0

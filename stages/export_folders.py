@@ -1,10 +1,11 @@
-"""Export a store to plain folders: per-class image folders or Pascal VOC."""
+"""Export a store to plain folders: per-class image folders, Pascal VOC, or frame folders."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from stages.core.errors import StoreError
 from stages.core.files import atomic_write
 from stages.core.store import SAFE, Store, member_name, payload_ext
 from stages.formats.voc import voc_xml
@@ -16,12 +17,29 @@ def safe_dir(name: str) -> str:
     return SAFE.sub("_", name).strip("._") or "unnamed"
 
 
+# Frame-folder layouts: <label>/<clip>/<prefix><n:05d>.jpg, numbered from 1.
+FRAME_LAYOUTS = {"frames": "image_", "mmaction": "img_"}
+
+
 def export_folders(store: Store, dest: Path, layout: str) -> int:
     """Write every ok item under dest in the chosen layout; return the number of items."""
     n = 0
-    for row, data in store.iter_payloads([r for r in store.rows() if r.status == "ok"]):
+    rows = [r for r in store.rows() if r.status == "ok"]
+    numbers: dict[str, int] = {}
+    if layout in FRAME_LAYOUTS:
+        if any("clip" not in r.meta for r in rows):
+            raise StoreError(f"--layout {layout} needs a frames store (extract-frames output)")
+        # A clip's frames in order, numbered from 1 (clean may have dropped some).
+        for row in sorted(rows, key=lambda r: (r.meta["clip"], r.meta["frame"])):
+            numbers[row.item_id] = numbers.get(row.meta["clip"], 0) + 1
+            numbers[row.meta["clip"]] = numbers[row.item_id]
+    for row, data in store.iter_payloads(rows):
         name = member_name(row.item_id, payload_ext(row) or ".jpg")
-        if layout == "classes":
+        if layout in FRAME_LAYOUTS:
+            frame = f"{FRAME_LAYOUTS[layout]}{numbers[row.item_id]:05d}.jpg"
+            for lab in row.labels or ["unlabeled"]:
+                atomic_write(dest / safe_dir(lab) / safe_dir(row.meta["clip"]) / frame, data)
+        elif layout == "classes":
             for lab in row.labels or ["unlabeled"]:
                 atomic_write(dest / safe_dir(lab) / name, data)
         elif layout == "voc":
@@ -38,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.export_folders", description=__doc__)
     ap.add_argument("store", type=Path)
     ap.add_argument("dest", type=Path)
-    ap.add_argument("--layout", choices=["classes", "voc"], default="classes")
+    ap.add_argument("--layout", choices=["classes", "voc", *FRAME_LAYOUTS], default="classes")
     args = ap.parse_args(argv)
     n = export_folders(Store(args.store), args.dest, args.layout)
     print(f"exported {n} items to {args.dest} ({args.layout})")

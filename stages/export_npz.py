@@ -11,6 +11,7 @@ from PIL import Image
 
 from stages.core.config import Aspect, ExportConf
 from stages.core.parallel import pmap
+from stages.core.selection import even_indices
 from stages.core.store import Row, Store
 from stages.formats.npz import write_npz
 from stages.pipeline.entry import run_main, start
@@ -110,10 +111,66 @@ def export(store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> di
     }
 
 
+def export_clips(store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> dict:
+    """Write npz shards of clips: X (N,T,H,W,3) of T evenly spaced frames, y, classes, ids."""
+    by_clip: dict[str, list[Row]] = {}
+    for row in store.rows():  # sorted by item id: a clip's frames in order
+        if row.status == "ok" and row.shard is not None:
+            by_clip.setdefault(row.meta["clip"], []).append(row)
+    clips = sorted(by_clip)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = dict.fromkeys(names, 0)
+    shards, nbytes, skipped, written = 0, 0, 0, 0
+    T = cfg.frames
+    for first in range(0, len(clips), cfg.items_per_shard):
+        chunk = clips[first : first + cfg.items_per_shard]
+        arrays, kept = [], []
+        for clip in chunk:
+            frames = sorted(by_clip[clip], key=lambda r: r.meta["frame"])
+            if len(frames) < T:
+                skipped += 1  # only with clean.min_frames below export.frames
+                continue
+            picked = [frames[i] for i in even_indices(len(frames), T)]
+            results = list(pmap(lambda r: transform(store.read(r), r, cfg), picked))
+            if any(res is None for res in results):
+                skipped += 1
+                continue
+            arrays.append(np.stack([a for a, _, _ in results]))
+            kept.append(frames[0])
+        if not kept:
+            continue
+        for r in kept:
+            for lab in r.labels:
+                counts[lab] += 1
+        path = out_dir / f"shard-{shards:05d}.npz"
+        write_npz(
+            path,
+            {
+                "X": np.stack(arrays),
+                "y": np.array([r.label_ids[0] if r.label_ids else -1 for r in kept], np.int64),
+                "classes": np.array(names, dtype=str),
+                "ids": np.array([r.meta["clip"] for r in kept], dtype=str),
+            },
+            cfg.compress,
+        )
+        nbytes += path.stat().st_size
+        shards += 1
+        written += len(kept)
+    return {
+        "items": written,
+        "skipped_short_or_undecodable": skipped,
+        "shards": shards,
+        "bytes": nbytes,
+        "clip_shape": [T, cfg.height, cfg.width, 3],
+        "classes": counts,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run export-npz for one source."""
     run = start(argv, "stages.export_npz", __doc__)
-    metrics = export(Store(run.args.inp), run.classes, run.section("export"), run.args.out)
+    run_export = export_clips if run.source.video else export
+    metrics = run_export(Store(run.args.inp), run.classes, run.section("export"), run.args.out)
     run.finish(metrics)
     log.info(
         "export@%s: %d items in %d shards", run.args.source, metrics["items"], metrics["shards"]

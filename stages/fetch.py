@@ -30,9 +30,10 @@ def fetch(
     creds = Credentials(source.credentials(cfg))
     dl = Downloader(fetch_cfg, cache_dir, ledger_name=f"ledger-{source.name}", credentials=creds)
     try:
-        plan = source.plan(cfg, Context(downloader=dl, source_name=source.name))
+        ctx = Context(downloader=dl, source_name=source.name)
+        plan = source.plan(cfg, ctx)
         pending = [r for r in plan.rows if r.status == "pending"]
-        results = dl.fetch_all([r.url for r in pending], desc=f"fetch@{source.name}")
+        results = source.download(cfg, pending, ctx)
     finally:
         dl.close()
     for row in pending:
@@ -52,9 +53,15 @@ def fetch(
         for row in rows:
             if row.status == "ok":
                 dl.object_path(row.sha256).unlink(missing_ok=True)
+    names = source.classes(cfg)
     metrics = {
         **status_summary(rows),
-        "classes": class_counts(rows, source.classes(cfg)),
+        "classes": class_counts(rows, names),
+        # ok / permanently gone (missing, corrupt) / transient-failed, per class.
+        "availability": {
+            status: class_counts(rows, names, status)
+            for status in ("ok", "missing", "corrupt", "failed")
+        },
         "selection": plan.stats,
     }
     return rows, metrics

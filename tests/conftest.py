@@ -126,8 +126,22 @@ class Project:
         self.run(sys.executable, "-m", "stages.compose", "params.yaml", "--force")
 
 
-def make_project(dest: Path, cache: Path, index_url: str, remote: Path | None = None) -> Project:
-    """Copy the project to dest, point its LILA config at index_url, commit it."""
+VIDEO_SOURCES = ("kinetics", "videodir")
+
+
+def make_project(
+    dest: Path,
+    cache: Path,
+    index_url: str,
+    remote: Path | None = None,
+    *,
+    kinetics_url: str | None = None,
+    disable: tuple[str, ...] = (),
+) -> Project:
+    """Copy the project to dest, point its LILA config at index_url, commit it.
+
+    The video sources stay enabled only with `kinetics_url` (a Kinetics stand-in), which also
+    writes the demo's video folder into data/videodir/input."""
     for rel in tracked_files():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +152,21 @@ def make_project(dest: Path, cache: Path, index_url: str, remote: Path | None = 
         "index_url: http://127.0.0.1:8765/lila_camera_trap_datasets.csv",
         f"index_url: {index_url}",
     )
+    if kinetics_url is None:
+        for name in VIDEO_SOURCES:
+            proj.set_conf(f"conf/source/{name}.yaml", "enabled: true", "enabled: false")
+    else:
+        text = (dest / "conf/source/kinetics.yaml").read_text()
+        (dest / "conf/source/kinetics.yaml").write_text(
+            text.replace("http://127.0.0.1:8766", kinetics_url)
+        )
+        from standins.video import make_folder
+
+        make_folder(dest / "data" / "videodir" / "input")
+    for name in disable:
+        proj.set_conf(f"conf/source/{name}.yaml", "enabled: true", "enabled: false")
+    # A changed set of sources makes compose ask for a second run (DVC re-expands stages).
+    proj.run(sys.executable, "-m", "stages.compose", "params.yaml", "--force", check=False)
     proj.compose()
     git(dest, "init", "-q", "-b", "main")
     if remote is not None:

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
@@ -92,9 +92,11 @@ class CleanConf:
     decode_check: bool = MISSING
     min_box_size: float = MISSING
     drop_unlabeled: bool = MISSING
+    min_frames: int = MISSING  # video: clips with fewer clean frames are dropped
 
     def __post_init__(self) -> None:
         non_negative("clean", min_box_size=self.min_box_size)
+        positive("clean", min_frames=self.min_frames)
 
 
 class Aspect(Enum):
@@ -115,13 +117,45 @@ class ExportConf:
     pad_value: int = MISSING
     items_per_shard: int = MISSING
     compress: bool = MISSING
+    frames: int = MISSING  # video: T evenly spaced frames per clip
 
     def __post_init__(self) -> None:
         positive(
-            "export", height=self.height, width=self.width, items_per_shard=self.items_per_shard
+            "export",
+            height=self.height,
+            width=self.width,
+            items_per_shard=self.items_per_shard,
+            frames=self.frames,
         )
         if not 0 <= self.pad_value <= 255:
             raise ConfigError(f"export.pad_value must be 0..255, not {self.pad_value}")
+
+
+class Interpolation(Enum):
+    """The scaler's filter when extract-frames resizes (swscale's names)."""
+
+    bilinear = "BILINEAR"
+    bicubic = "BICUBIC"
+    area = "AREA"
+    fast_bilinear = "FAST_BILINEAR"
+
+
+@dataclass
+class FramesConf:
+    """extract-frames, in a video source's `frames:` section."""
+
+    short_side: Optional[int] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
+    fps: Optional[float] = MISSING  # noqa: UP045
+    num_frames: Optional[int] = MISSING  # noqa: UP045
+    quality: int = MISSING
+    interpolation: Interpolation = MISSING
+
+    def __post_init__(self) -> None:
+        for key in ("short_side", "fps", "num_frames"):  # None: native size, rate, all frames
+            if getattr(self, key) is not None:
+                positive("frames", **{key: getattr(self, key)})
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"frames.quality must be 1..100, not {self.quality}")
 
 
 GROUPS: dict[str, type] = {
@@ -158,6 +192,13 @@ class SourceConf:
         if len({n.lower() for n in names}) != len(names):
             raise ConfigError(f"classes has duplicates: {names}")
         self.classes = names
+
+
+@dataclass
+class VideoSourceConf(SourceConf):
+    """A source whose items are videos: it adds the `frames:` section extract-frames reads."""
+
+    frames: FramesConf = MISSING
 
 
 def _explain(exc: OmegaConfBaseException, where: str, prefix: str) -> str:

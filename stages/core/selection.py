@@ -133,3 +133,12 @@ def labels_of(
             labels.setdefault(item, []).append(name)
         counts[name] = len(hits)
     return labels, counts
+
+
+def even_indices(total: int, n: int) -> list[int]:
+    """Return n evenly spaced positions in range(total) (centres of n equal segments)."""
+    if total <= 0:
+        return []
+    if n >= total:
+        return list(range(total))
+    return [int((2 * k + 1) * total / (2 * n)) for k in range(n)]

@@ -91,8 +91,10 @@ class Row:
 
 
 def payload_ext(row: Row) -> str:
-    """Return the file extension of a row's payload, from its URL (without the query)."""
-    return Path(row.url.split("?")[0]).suffix.lower()
+    """Return the file extension of a row's payload: as recorded, or from its URL's path."""
+    if row.meta.get("ext"):
+        return row.meta["ext"]
+    return Path(row.url.split("?")[0].split("#")[0]).suffix.lower()
 
 
 def member_name(item_id: str, ext: str) -> str:

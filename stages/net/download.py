@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import random
+import shutil
 import socket
 import sys
 import time
@@ -118,7 +119,10 @@ def remove_orphan_parts(tmp: Path) -> None:
         if not pid.isdigit() or host != HOST:
             continue  # another machine (or container) sharing the cache: not ours to judge
         if not process_alive(int(pid)):
-            part.unlink(missing_ok=True)
+            if part.is_dir():  # a work directory (yt-dlp sections)
+                shutil.rmtree(part, ignore_errors=True)
+            else:
+                part.unlink(missing_ok=True)
 
 
 class PartFile:

@@ -89,17 +89,29 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
     out: dict = {}
     for group, schema in GROUPS.items():
         out[group] = validate(schema, data.get(group), f"conf/{group}", group)
+    if out["clean"]["min_frames"] < out["export"]["frames"]:
+        raise ConfigError(
+            f"clean.min_frames ({out['clean']['min_frames']}) is below export.frames "
+            f"({out['export']['frames']}): clips kept by clean would be too short to export"
+        )
     out["sources"] = {}
-    video = {}
+    video, inputs = {}, {}
     for name, raw in (data.get("sources") or {}).items():
         source = sources.load(name)
         checked = validate(source.schema, raw, f"conf/source/{name}.yaml", f"sources.{name}")
         if checked["enabled"]:  # disabled sources are validated too, so typos show early
             out["sources"][name] = checked
             video[name] = source.video
+            # What fetch reads from the workspace: data/<name>/input for sources of local
+            # files, else the source's own package (a path that always exists).
+            inputs[name] = (
+                f"data/{name}/input" if source.local_input else f"stages/sources/{name}/__init__.py"
+            )
     # extract-frames runs only for sources with video; dvc.yaml iterates over these maps.
     out["video_sources"] = {k: {} for k, v in video.items() if v}
-    out["pipeline"] = {k: {"clean_input": "frames" if v else "fetch"} for k, v in video.items()}
+    out["pipeline"] = {
+        k: {"clean_input": "frames" if v else "fetch", "input": inputs[k]} for k, v in video.items()
+    }
     return out
 
 

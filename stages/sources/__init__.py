@@ -14,16 +14,16 @@ import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from stages.core.config import SourceConf
+from stages.core.config import FramesConf, SourceConf
 from stages.core.errors import ConfigError
 from stages.core.store import Row
 
 if TYPE_CHECKING:  # only fetch imports the network code: other stages do not depend on it
     from stages.net.credentials import Credential
     from stages.net.download import Downloader
+    from stages.net.ledger import Result
 
 
 @dataclass
@@ -50,6 +50,8 @@ class Source(ABC):
     # Whether items are videos that the extract-frames stage turns into frames. Said here
     # only: compose derives the stage lists of dvc.yaml from it.
     video: ClassVar[bool] = False
+    # Whether fetch reads local files, from data/<name>/input/ (which DVC tracks as its input).
+    local_input: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, cfg: SourceConf, ctx: Context) -> Plan:
@@ -59,9 +61,17 @@ class Source(ABC):
         """Return the secrets this source needs, each scoped to its origins (hook)."""
         return []
 
-    def extract_frames(self, cfg: SourceConf, fetched: Path, out: Path) -> dict:
-        """Turn fetched videos into frames under out; return metrics (hook, video sources)."""
-        raise NotImplementedError(f"source {self.name!r} has no extract-frames step")
+    def download(self, cfg: SourceConf, rows: list[Row], ctx: Context) -> dict[str, Result]:
+        """Download the pending rows; return results by URL (hook: default, the downloader).
+
+        A source whose items do not come over plain HTTP (yt-dlp sections) records them in
+        the same ledger and object cache, so resuming and failure classes work the same.
+        """
+        return ctx.downloader.fetch_all([r.url for r in rows], desc=f"fetch@{self.name}")
+
+    def frames(self, cfg: SourceConf, row: Row) -> FramesConf:
+        """Return the extract-frames settings for one clip (hook: per-camera overrides)."""
+        return cfg.frames
 
     def clean_row(self, cfg: SourceConf, row: Row, counts: Counter) -> Row | None:
         """Apply source-specific cleaning to a row that passed the shared checks (hook).

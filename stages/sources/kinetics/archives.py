@@ -1,0 +1,152 @@
+"""Pre-trimmed clips from the mirror's tar.gz archives: fetch, keep only the selected members.
+
+An archive is downloaded through the shared downloader (size cap, retries, ledger), read as
+a stream, and only members named like a selected clip (`<id>_<start:06d>_<end:06d>.mp4`) are
+hashed into the object cache. Its member list is recorded, so a later run skips an archive
+whose selected members are all in the cache. The archive itself is dropped once read.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import tarfile
+import zlib
+from pathlib import Path
+
+from stages.core.errors import MetadataError
+from stages.net.download import part_name
+from stages.net.ledger import Result
+from stages.sources import Context
+from stages.sources.kinetics.clips import Clip
+from stages.sources.kinetics.fetch import clip_row, read_text
+
+log = logging.getLogger("stages.sources.kinetics")
+MEMBER = re.compile(r"(?:.*/)?([A-Za-z0-9_-]{1,64}_\d{6}_\d{6})\.mp4")
+READ_ERRORS = (tarfile.TarError, zlib.error, EOFError, OSError)
+
+
+def archive_urls(text: str) -> list[str]:
+    """Return the archive URLs of a `k400_<split>_path.txt`-style list."""
+    urls = [line.strip() for line in text.splitlines()]
+    urls = [u for u in urls if u and not u.startswith("#")]
+    bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+    if bad:
+        raise MetadataError(f"archive list holds a non-http(s) line: {bad[0][:80]!r}")
+    return urls
+
+
+def _listing_key(url: str) -> str:
+    return f"{url}#members"
+
+
+def _known_members(dl, url: str) -> list[str] | None:
+    """Return an archive's member names recorded by an earlier run, if any."""
+    res = dl.ledger.get(_listing_key(url))
+    if res is None or res.status != "ok":
+        return None
+    path = dl.object_path(res.sha256)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _store_listing(dl, url: str, names: list[str]) -> None:
+    data = json.dumps(sorted(names)).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    tmp = Path(part_name(f"{dl.tmp}/"))
+    tmp.write_bytes(data)
+    os.replace(tmp, dl.object_path(digest))
+    dl.ledger.put(Result(_listing_key(url), "ok", "", digest, len(data)))
+
+
+def _extract(dl, url: str, path: Path, wanted: set[str], max_bytes: int) -> dict[str, Result]:
+    """Stream an archive; store the wanted members; return results by clip id."""
+    found: dict[str, Result] = {}
+    names = []
+    with tarfile.open(path, mode="r|gz") as tar:
+        for member in tar:
+            match = MEMBER.fullmatch(member.name)
+            if not match:
+                continue
+            clip_id = match.group(1)
+            names.append(clip_id)
+            if clip_id not in wanted or not member.isfile() or clip_id in found:
+                continue
+            key = f"{url}#{clip_id}.mp4"
+            if member.size > max_bytes:
+                found[clip_id] = Result(key, "corrupt", f"member larger than {max_bytes} bytes")
+                continue
+            src = tar.extractfile(member)
+            tmp = Path(part_name(f"{dl.tmp}/"))
+            sha = hashlib.sha256()
+            try:
+                with open(tmp, "wb") as out:
+                    for block in iter(functools.partial(src.read, 1 << 20), b""):
+                        sha.update(block)
+                        out.write(block)
+                os.replace(tmp, dl.object_path(sha.hexdigest()))
+            finally:
+                tmp.unlink(missing_ok=True)
+            found[clip_id] = Result(key, "ok", "", sha.hexdigest(), member.size)
+    _store_listing(dl, url, names)
+    return found
+
+
+def archive_rows(cfg, chosen: list[Clip], labels: dict[str, list[str]], ctx: Context):
+    """Return rows for the chosen clips, taken from the archives, and per-archive statistics."""
+    f, dl = cfg.fetch, ctx.downloader
+    text, _ = read_text(f.archive_list, ctx, f.max_csv_bytes, "archive list")
+    wanted = {c.clip_id for c in chosen}
+    results: dict[str, Result] = {}
+    stats = {"archives": 0, "fetched": 0, "skipped_complete": 0, "failed": 0, "reasons": {}}
+    failed_any = False
+    for url in archive_urls(text):
+        stats["archives"] += 1
+        known = _known_members(dl, url)
+        if known is not None:
+            mine = wanted.intersection(known)
+            prior = {c: dl.ledger.get(f"{url}#{c}.mp4") for c in mine}
+            if all(dl.reusable(r) is not None and r.status == "ok" for r in prior.values()):
+                results.update(prior)
+                stats["skipped_complete"] += 1
+                continue
+        res = dl.fetch(url, kind="any", refresh=True, max_bytes=f.max_archive_bytes)
+        if res.status != "ok":
+            failed_any = True
+            stats["failed"] += 1
+            reason = f"{res.status}: {res.reason}"
+            stats["reasons"][reason] = stats["reasons"].get(reason, 0) + 1
+            continue
+        stats["fetched"] += 1
+        try:
+            found = _extract(dl, url, dl.object_path(res.sha256), wanted, f.max_clip_bytes)
+        except READ_ERRORS as exc:
+            failed_any = True
+            stats["failed"] += 1
+            reason = f"unreadable archive: {type(exc).__name__}"
+            stats["reasons"][reason] = stats["reasons"].get(reason, 0) + 1
+            dl.forget(url)
+            continue
+        finally:
+            dl.object_path(res.sha256).unlink(missing_ok=True)  # only its members are kept
+        dl.ledger.put(*found.values())
+        results.update(found)
+    rows = []
+    for clip in chosen:
+        res = results.get(clip.clip_id)
+        row = clip_row(clip, labels.get(clip.clip_id, []), "", ctx.source_name, None)
+        if res is None:
+            # Absent everywhere is permanent; with an archive unread it may yet turn up.
+            row.status = "failed" if failed_any else "missing"
+            row.reason = "an archive could not be read" if failed_any else "in no archive"
+        else:
+            row.url, row.status, row.reason = res.url, res.status, res.reason
+            row.sha256, row.bytes = res.sha256, res.bytes
+        rows.append(row)
+    return rows, stats

@@ -1,0 +1,232 @@
+"""Video folders (Camio-style batch import): metadata from file names, per-camera settings.
+
+Every video under `fetch.root` whose path (relative to the root, `/`-separated) matches
+`fetch.regex` with `re.fullmatch` becomes an item: the regex's named groups give its camera,
+its timestamp and any other metadata (e.g. a label folder). Items are identified by content,
+`sha256-<hex of the file's SHA-256>`, so a renamed or moved file stays the same item and
+files with equal bytes are one item listing all their paths. Per-camera settings override
+the global ones: `fetch.cameras` (which cameras to import) and `frames.cameras` (how
+extract-frames decodes that camera's clips), the way Camio's hook data does.
+
+This module is what every stage imports (settings schema, hooks); the directory scan lives
+in `scan.py`, imported when fetch runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import TYPE_CHECKING, Optional
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from omegaconf import MISSING
+
+from stages.core.config import FramesConf, NoSettings, VideoSourceConf, positive
+from stages.core.errors import ConfigError
+from stages.sources import Context, Plan, Source
+
+if TYPE_CHECKING:
+    from stages.core.store import Row
+
+REQUIRED_GROUPS = ("camera", "timestamp")
+# Item meta keys the source or extract-frames set: a regex group of that name would clash.
+RESERVED_GROUPS = frozenset({"paths", "files", "ext", "path", "window", "clip"})
+EPOCH = "epoch"  # fetch.timestamp_format for Unix seconds
+
+
+class OnUnmatched(Enum):
+    """What fetch does with a video whose path does not match the regex (or its timestamp)."""
+
+    skip = "skip"  # count and list it in the fetch metrics
+    fail = "fail"  # stop with an error naming the files
+
+
+@dataclass
+class CameraFetch:
+    """Per-camera fetch settings (`fetch.cameras.<camera>`)."""
+
+    include: bool = MISSING
+
+
+@dataclass
+class VideodirFetch:
+    """What fetch@videodir reads: where the videos are and how their names are read."""
+
+    root: str = MISSING
+    extensions: list[str] = MISSING
+    regex: str = MISSING
+    timestamp_format: str = MISSING
+    timezone: str = MISSING
+    on_unmatched: OnUnmatched = MISSING
+    label_group: Optional[str] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
+    default_label: Optional[str] = MISSING  # noqa: UP045
+    include_cameras_by_default: bool = MISSING
+    cameras: dict[str, CameraFetch] = MISSING
+
+    def __post_init__(self) -> None:
+        where = "sources.videodir.fetch"
+        if not self.root.strip():
+            raise ConfigError(f"{where}.root is empty: name the folder of videos")
+        exts = [e.strip().lower() for e in self.extensions]
+        bad = [e for e in exts if len(e) < 2 or not e.startswith(".") or "/" in e]
+        if not exts or bad:
+            raise ConfigError(
+                f"{where}.extensions must list file extensions like .mp4, not {self.extensions}"
+            )
+        self.extensions = sorted(set(exts))
+        compile_regex(self.regex, self.label_group, where)
+        check_timestamp_format(self.timestamp_format, where)
+        zone(self.timezone, where)
+
+
+@dataclass
+class CameraFrames:
+    """Per-camera extract-frames settings: null keeps the global value."""
+
+    short_side: Optional[int] = MISSING  # noqa: UP045
+    fps: Optional[float] = MISSING  # noqa: UP045
+    num_frames: Optional[int] = MISSING  # noqa: UP045
+    quality: Optional[int] = MISSING  # noqa: UP045
+
+
+@dataclass
+class VideodirFrames(FramesConf):
+    """extract-frames settings: the global ones plus per-camera overrides (`cameras`)."""
+
+    cameras: dict[str, CameraFrames] = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, cam in self.cameras.items():
+            where = f"sources.videodir.frames.cameras.{name}"
+            for key in ("short_side", "fps", "num_frames"):
+                if getattr(cam, key) is not None:
+                    positive(where, **{key: getattr(cam, key)})
+            if cam.quality is not None and not 1 <= cam.quality <= 100:
+                raise ConfigError(f"{where}.quality must be 1..100, not {cam.quality}")
+
+    def for_camera(self, camera: str | None) -> FramesConf:
+        """Return the settings for one camera's clips: its overrides over the global values."""
+        over = self.cameras.get(camera) if camera is not None else None
+
+        def pick(key: str):
+            value = getattr(over, key) if over is not None else None
+            return getattr(self, key) if value is None else value
+
+        return FramesConf(
+            short_side=pick("short_side"),
+            fps=pick("fps"),
+            num_frames=pick("num_frames"),
+            quality=pick("quality"),
+            interpolation=self.interpolation,
+        )
+
+
+@dataclass
+class VideodirConf(VideoSourceConf):
+    """conf/source/videodir.yaml."""
+
+    fetch: VideodirFetch = MISSING
+    frames: VideodirFrames = MISSING
+    clean: NoSettings = MISSING
+    export: NoSettings = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = "sources.videodir.fetch"
+        f = self.fetch
+        if f.default_label is None:
+            if f.label_group is None:
+                raise ConfigError(
+                    f"{where}: set label_group (a regex group holding the label) or "
+                    "default_label (the label of every item)"
+                )
+            return
+        canonical = class_index(self.classes).get(f.default_label.strip().lower())
+        if canonical is None:
+            raise ConfigError(
+                f"{where}.default_label {f.default_label!r} is not one of classes {self.classes}"
+            )
+        f.default_label = canonical
+
+
+def class_index(classes: list[str]) -> dict[str, str]:
+    """Map lower-case class names to the names used in `classes`."""
+    return {c.lower(): c for c in classes}
+
+
+def compile_regex(regex: str, label_group: str | None, where: str) -> re.Pattern:
+    """Compile fetch.regex; raise one ConfigError unless it has the groups fetch needs."""
+    try:
+        pattern = re.compile(regex)
+    except re.error as exc:
+        raise ConfigError(f"{where}.regex does not compile: {exc}: {regex!r}") from None
+    missing = [g for g in REQUIRED_GROUPS if g not in pattern.groupindex]
+    if missing:
+        raise ConfigError(
+            f"{where}.regex lacks the named group(s) {', '.join(missing)}: it needs "
+            f"(?P<camera>...) and (?P<timestamp>...), e.g. "
+            rf"(?P<camera>[^/]+)/(?P<timestamp>\d{{8}}_\d{{6}})\.mp4; got {regex!r}"
+        )
+    clash = sorted(RESERVED_GROUPS & set(pattern.groupindex))
+    if clash:
+        raise ConfigError(
+            f"{where}.regex: group name(s) {', '.join(clash)} are reserved for item metadata; "
+            "rename them"
+        )
+    if label_group in REQUIRED_GROUPS:
+        raise ConfigError(f"{where}.label_group must name a group other than camera and timestamp")
+    if label_group is not None and label_group not in pattern.groupindex:
+        raise ConfigError(
+            f"{where}.label_group {label_group!r} is not a named group of regex "
+            f"(groups: {', '.join(pattern.groupindex)})"
+        )
+    return pattern
+
+
+def check_timestamp_format(fmt: str, where: str) -> None:
+    """Refuse a strptime format that cannot read back what it writes (a typo, like %s)."""
+    if fmt == EPOCH:
+        return
+    sample = datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC)
+    try:
+        datetime.strptime(sample.strftime(fmt), fmt)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where}.timestamp_format {fmt!r} is not a usable strptime format ({exc}); "
+            f"use e.g. %Y%m%d_%H%M%S, or {EPOCH} for Unix seconds"
+        ) from None
+
+
+def zone(name: str, where: str = "sources.videodir.fetch") -> ZoneInfo:
+    """Return the IANA time zone of naive timestamps; raise ConfigError for unknown names."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(
+            f"{where}.timezone {name!r} is not an IANA time zone name (like UTC or Europe/Berlin)"
+        ) from None
+
+
+class Videodir(Source):
+    """A folder tree of videos; camera, time and labels read from each file's path."""
+
+    name = "videodir"
+    schema = VideodirConf
+    video = True
+    local_input = True  # data/videodir/input, tracked by DVC as fetch@videodir's input
+
+    def plan(self, cfg: VideodirConf, ctx: Context) -> Plan:
+        """Scan the folder, hash every matching video into the object cache, return ok rows."""
+        from stages.sources.videodir.scan import plan
+
+        return plan(cfg, ctx)
+
+    def frames(self, cfg: VideodirConf, row: Row) -> FramesConf:
+        """Return the extract-frames settings for a clip: its camera's overrides applied."""
+        return cfg.frames.for_camera(row.meta.get("camera"))
+
+
+SOURCE = Videodir()

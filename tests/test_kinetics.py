@@ -1,0 +1,290 @@
+"""Kinetics clip lists end to end: the real yt-dlp and PyAV against the local stand-in."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import simplejpeg
+
+from stages.core.errors import ConfigError, CorruptMetadata
+from stages.core.store import Row, Store, write_store
+from stages.extract_frames import extract_frames
+from stages.fetch import fetch
+from stages.pipeline.compose import group_defaults, source_defaults
+from stages.sources import load
+from stages.sources.kinetics.clips import parse_clips
+from stages.sources.kinetics.fetch import select
+from standins.kinetics import KineticsStandin, generate
+from standins.video import make_clip, read_index
+
+SOURCE = load("kinetics")
+
+
+@pytest.fixture(scope="module")
+def kroot(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("kinetics-standin")
+    generate(root)
+    return root
+
+
+@pytest.fixture
+def kserver(kroot):
+    with KineticsStandin(root=kroot).start() as server:
+        yield server
+
+
+def kconf(server, **fetch_changes):
+    """Return kinetics settings pointing at a stand-in."""
+    f = {
+        "annotations": f"{server.url}/kinetics/val.csv",
+        "url_template": f"{server.url}/youtube/{{id}}.mp4",
+        "archive_list": f"{server.url}/kinetics/k400_val_path.txt",
+        **fetch_changes,
+    }
+    return source_defaults("kinetics", fetch=f, frames={"short_side": 64})
+
+
+def run_fetch(cfg, out: Path, cache: Path):
+    fetch_cfg = group_defaults("fetch", retries=2, backoff=0.01, backoff_max=0.05)
+    return fetch(SOURCE, cfg, fetch_cfg, group_defaults("store"), out, cache)
+
+
+def manifest(root: Path) -> dict:
+    return json.loads((root / "_kinetics.json").read_text())
+
+
+def frame_indices(store: Store) -> dict[str, list[int]]:
+    """Return, per clip, the source frame index each extracted frame shows."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for row in store.rows():
+        if row.status == "ok":
+            idx = read_index(simplejpeg.decode_jpeg(store.read(row)))
+            out.setdefault(row.meta["clip"], []).append((row.meta["frame"], idx))
+    return {k: [i for _, i in sorted(v)] for k, v in out.items()}
+
+
+def test_youtube_sections_give_exactly_the_window(kserver, kroot, tmp_path):
+    rows, metrics = run_fetch(kconf(kserver), tmp_path / "fetch", tmp_path / "cache")
+    assert metrics["ok"] == 8 and metrics["missing"] == 1
+    assert metrics["reasons"] == {"missing: unavailable: HTTP 404": 1}
+    assert metrics["availability"]["missing"]["arm wrestling"] == 1
+    frows, fm = extract_frames(
+        Store(tmp_path / "fetch"), SOURCE, kconf(kserver), tmp_path / "frames", 1 << 20, workers=2
+    )
+    assert fm["clips_ok"] == 8 and fm["clips_failed"] == 0
+    fps = manifest(kroot)["args"]["fps"]
+    got = frame_indices(Store(tmp_path / "frames"))
+    for row in rows:
+        if row.status != "ok":
+            continue
+        start, end = row.meta["time_start"], row.meta["time_end"]
+        # Copy-mode cuts start at the keyframe before time_start (the windows are mid-GOP):
+        # the recorded window keeps exactly the frames of [start, end).
+        first = round(start * fps)
+        assert got[row.item_id] == list(range(first, first + round((end - start) * fps)))
+
+
+def test_failures_are_classified_and_retried(kserver, tmp_path):
+    cfg = kconf(kserver)
+    ids = sorted(i for i, v in manifest(kserver.root)["videos"].items() if v["has_video"])
+    kserver.faults.add(f"youtube/{ids[0]}.mp4", [500])  # a server error, then success
+    kserver.faults.set_default(f"youtube/{ids[1]}.mp4", 503)  # never recovers
+    rows, metrics = run_fetch(cfg, tmp_path / "fetch", tmp_path / "cache")
+    by_id = {r.source_id: r for r in rows}
+    assert by_id[ids[0]].status == "ok"
+    assert by_id[ids[1]].status == "failed" and by_id[ids[1]].reason == "HTTP 503"
+    assert metrics["availability"]["failed"][by_id[ids[1]].labels[0]] == 1
+    # The next run fetches only what is missing: the 404 is permanent, the 503 is retried.
+    kserver.faults.clear()
+    before = dict(kserver.requests)
+    rows, metrics = run_fetch(cfg, tmp_path / "fetch2", tmp_path / "cache")
+    assert metrics["ok"] == 8 and metrics["failed"] == 0
+    fetched = {p for p, n in kserver.requests.items() if n > before.get(p, 0)}
+    assert fetched == {f"/youtube/{ids[1]}.mp4", "/kinetics/val.csv"}
+
+
+def test_only_the_section_is_transferred(tmp_path):
+    root = tmp_path / "root"
+    video = make_clip(
+        root / "youtube" / "BigVideo_01.mp4",
+        seconds=90,
+        fps=10,
+        width=320,
+        height=240,
+        gop=25,
+        noise=255,
+        crf=12,
+        preset="ultrafast",
+    )
+    csv = root / "kinetics" / "val.csv"
+    csv.parent.mkdir(parents=True)
+    csv.write_text("label,youtube_id,time_start,time_end,split\nx,BigVideo_01,61,63,val\n")
+    with KineticsStandin(root=root).start() as server:
+        cfg = kconf(server)
+        cfg.classes = ["x"]
+        rows, metrics = run_fetch(cfg, tmp_path / "fetch", tmp_path / "cache")
+        assert metrics["ok"] == 1
+        sent = server.bytes_sent["/youtube/BigVideo_01.mp4"]
+    size = video.stat().st_size
+    assert rows[0].bytes < size / 20
+    # What the server wrote includes what loopback socket buffers took in before the client
+    # hung up (a few MB per connection); the rest of the video never left the server.
+    assert sent < size / 3, (sent, size)
+
+
+CSV = (
+    "label,youtube_id,time_start,time_end,split,is_cc\n"
+    '"playing cards, poker",abcdefghijk,10,20,val,1\n'
+    "arm wrestling,ABCDEFGHIJK,0,10,val,0\n"
+    "arm wrestling,ABCDEFGHIJ_,5,15,train,0\n"
+)
+
+
+def test_csv_columns_by_name_quoted_labels_and_test_split():
+    clips, labelled, dups = parse_clips(CSV)
+    assert labelled and dups == 0
+    assert clips[0].label == "playing cards, poker" and clips[0].is_cc == "1"
+    assert clips[0].clip_id == "abcdefghijk_000010_000020"
+    cfg = source_defaults("kinetics", classes=["Playing Cards, Poker", "arm wrestling"])
+    chosen, labels, stats = select(cfg, clips, labelled)
+    assert [c.clip_id for c in chosen] == ["ABCDEFGHIJK_000000_000010", "abcdefghijk_000010_000020"]
+    assert labels["abcdefghijk_000010_000020"] == ["Playing Cards, Poker"]
+    # A test-split list has no label column: one unlabelled pool, the cap still applies.
+    test_csv = "youtube_id,time_start,time_end,split\nabcdefghijk,1,3,test\nABCDEFGHIJK,2,4,test\n"
+    clips, labelled, _ = parse_clips(test_csv)
+    assert not labelled
+    cfg = source_defaults("kinetics", fetch={"split": "test", "cap": 1})
+    chosen, labels, stats = select(cfg, clips, labelled)
+    assert len(chosen) == 1 and labels == {}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("label,youtube_id,time_start\nx,abc,1\n", "lacks column"),
+        ("label,youtube_id,time_start,time_end\nx,a b,1,2\n", "bad youtube_id"),
+        ("label,youtube_id,time_start,time_end\nx,abc,5,2\n", "time_end <= time_start"),
+        ("label,youtube_id,time_start,time_end\nx,abc,1,2,9\n", "more fields"),
+        ("label,youtube_id,time_start,time_end\nx,abc,one,2\n", "not a number"),
+    ],
+)
+def test_malformed_csv_is_one_clear_error(text, message):
+    with pytest.raises(CorruptMetadata, match=message):
+        parse_clips(text)
+
+
+def test_unknown_class_names_fail_with_close_matches():
+    clips, labelled, _ = parse_clips(CSV)
+    cfg = source_defaults("kinetics", classes=["arm wresling"])
+    with pytest.raises(ConfigError, match="arm wrestling"):
+        select(cfg, clips, labelled)
+
+
+def test_archives_keep_only_selected_members_and_are_not_refetched(kserver, kroot, tmp_path):
+    cfg = kconf(kserver, mode="archives", caps={"arm wrestling": 2})
+    rows, metrics = run_fetch(cfg, tmp_path / "fetch", tmp_path / "cache")
+    ok = sorted(r.item_id for r in rows if r.status == "ok")
+    assert metrics["selection"]["archives"]["fetched"] == 2
+    # Every selected clip with a video is in some archive; unselected members are not kept.
+    members = set()
+    for tgz in sorted((kroot / "kinetics" / "val").glob("*.tar.gz")):
+        with tarfile.open(tgz) as tar:
+            members |= {Path(n).stem for n in tar.getnames()}
+    assert set(ok) < members
+    store = Store(tmp_path / "fetch")
+    assert {r.item_id for r in store.rows() if r.shard} == set(ok)
+    extract_frames(store, SOURCE, cfg, tmp_path / "frames", 1 << 20, workers=1)
+    fps = manifest(kroot)["args"]["fps"]
+    for clip, idx in frame_indices(Store(tmp_path / "frames")).items():
+        start = int(clip.split("_")[-2])
+        assert idx[0] == start * fps and idx == list(range(idx[0], idx[0] + len(idx)))
+    # A re-run finds every selected member in the cache: no archive is downloaded again.
+    before = {p: n for p, n in kserver.requests.items() if p.endswith(".tar.gz")}
+    rows2, metrics2 = run_fetch(cfg, tmp_path / "fetch2", tmp_path / "cache")
+    after = {p: n for p, n in kserver.requests.items() if p.endswith(".tar.gz")}
+    assert after == before and metrics2["selection"]["archives"]["skipped_complete"] == 2
+    assert sorted(r.item_id for r in rows2 if r.status == "ok") == ok
+
+
+def test_bad_videos_fail_alone(tmp_path):
+    good = make_clip(tmp_path / "good.mp4", seconds=1, fps=10, width=64, height=48)
+    data = good.read_bytes()
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.mp4").write_bytes(b"\x00" * 4096)
+    rows = [
+        Row(item_id=n, source="kinetics", source_id=n, url=f"file:{n}.mp4", labels=["x"])
+        for n in ("empty", "garbage", "good", "truncated")
+    ]
+    write_store(tmp_path / "in", rows, lambda r: tmp_path / f"{r.item_id}.mp4", 1 << 20)
+    cfg = source_defaults("kinetics", classes=["x"])
+    out, m = extract_frames(Store(tmp_path / "in"), SOURCE, cfg, tmp_path / "out", 1 << 20, 2)
+    by_id = {r.item_id: r for r in out if r.status != "ok"}
+    assert set(by_id) == {"empty", "garbage", "truncated"}
+    assert by_id["empty"].reason == "empty video (0 bytes)"
+    assert all(r.reason for r in by_id.values())
+    assert m["clips_ok"] == 1 and m["frames"] == 10
+    frames = [r for r in out if r.status == "ok"]
+    assert (frames[0].width, frames[0].height) == (342, 256)
+    img = simplejpeg.decode_jpeg(Store(tmp_path / "out").read(frames[3]))
+    assert img.shape == (256, 342, 3) and read_index(img) == 3
+    assert np.asarray(img).dtype == np.uint8
+
+
+def test_clean_export_and_frame_folders(kserver, tmp_path):
+    from stages.clean_annotations import clean
+    from stages.core.store import rebase, write_manifest
+    from stages.export_folders import export_folders
+    from stages.export_npz import export_clips
+
+    cfg = kconf(kserver, caps={"arm wrestling": 2, "bungee jumping": 1, "playing cards, poker": 1})
+    run_fetch(cfg, tmp_path / "fetch", tmp_path / "cache")
+    extract_frames(Store(tmp_path / "fetch"), SOURCE, cfg, tmp_path / "frames", 1 << 20, 2)
+    # 20-frame clips: a clean threshold above that drops every clip, one below keeps them.
+    strict = group_defaults("clean", min_frames=21)
+    kept, m = clean(Store(tmp_path / "frames"), SOURCE, cfg, strict)
+    assert kept == [] and m["dropped"]["clip_too_short"] == 3
+    kept, m = clean(Store(tmp_path / "frames"), SOURCE, cfg, group_defaults("clean"))
+    assert m["clips_out"] == 3 and m["dropped"] == {"clip_missing": 1}
+    (tmp_path / "clean").mkdir()
+    write_manifest(tmp_path / "clean", rebase(kept, tmp_path / "frames", tmp_path / "clean"))
+    exp = group_defaults("export", height=32, width=48, frames=4, items_per_shard=2)
+    em = export_clips(Store(tmp_path / "clean"), cfg.classes, exp, tmp_path / "npz")
+    assert em["items"] == 3 and em["shards"] == 2
+    with np.load(tmp_path / "npz" / "shard-00000.npz", allow_pickle=False) as z:
+        assert z["X"].shape == (2, 4, 32, 48, 3) and z["X"].dtype == np.uint8
+        assert list(z["classes"]) == cfg.classes and len(z["ids"]) == len(z["y"]) == 2
+    n = export_folders(Store(tmp_path / "clean"), tmp_path / "mm", "mmaction")
+    assert n == 60
+    clip_dirs = sorted(p for p in (tmp_path / "mm").glob("*/*") if p.is_dir())
+    assert len(clip_dirs) == 3
+    names = sorted(p.name for p in clip_dirs[0].iterdir())
+    assert names[0] == "img_00001.jpg" and names[-1] == "img_00020.jpg"
+    export_folders(Store(tmp_path / "clean"), tmp_path / "seed", "frames")
+    assert (tmp_path / "seed" / "arm_wrestling").is_dir()
+    assert sorted((tmp_path / "seed").glob("*/*/image_00001.jpg"))
+
+
+def test_truncated_and_stalled_transfers_are_transient(kserver, tmp_path):
+    # One clip of a class without missing videos.
+    cfg = kconf(kserver, caps={"arm wrestling": 0, "bungee jumping": 1, "playing cards, poker": 0})
+    clips, labelled, _ = parse_clips((kserver.root / "kinetics" / "val.csv").read_text())
+    (target,) = select(cfg, clips, labelled)[0]
+    assert manifest(kserver.root)["videos"][target.youtube_id]["has_video"]
+    path = f"youtube/{target.youtube_id}.mp4"
+    # Every request for the video is cut short, then every one stalls: never a usable clip.
+    kserver.faults.set_default(path, "truncate")
+    fetch_cfg = group_defaults("fetch", retries=1, backoff=0.01, attempt_timeout=3.0)
+    rows, m = fetch(SOURCE, cfg, fetch_cfg, group_defaults("store"), tmp_path / "a", tmp_path / "c")
+    assert m["failed"] == 1 and m["ok"] == 0, m["reasons"]
+    kserver.faults.set_default(path, "stall:60")
+    rows, m = fetch(SOURCE, cfg, fetch_cfg, group_defaults("store"), tmp_path / "b", tmp_path / "c")
+    assert m["reasons"] == {"failed: attempt deadline exceeded": 1}
+    assert not list((tmp_path / "c" / "tmp").iterdir())  # no work directory left behind
+    kserver.faults.clear()
+    rows, m = fetch(SOURCE, cfg, fetch_cfg, group_defaults("store"), tmp_path / "d", tmp_path / "c")
+    assert m["ok"] == 1
