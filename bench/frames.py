@@ -222,10 +222,15 @@ def main() -> None:
             for label in labels:
                 out = tmp / f"out-{rnd}-{label.replace(' ', '-')}"
                 settle()
+                num = None if label == "ours all" else 16
                 c0, b0 = cpu_seconds(), busy_seconds()
                 if label.startswith("ours"):
-                    num = None if label == "ours all" else 16
                     s, m = run_ours(inp, out, num, shard_bytes)
+                else:
+                    s, counts = run_ffmpeg(ffmpeg, clips, out if label == "seed ffmpeg" else None)
+                used = cpu_seconds() - c0  # the checks below are not counted
+                other = max(0.0, busy_seconds() - b0 - used)
+                if label.startswith("ours"):
                     want = args.clips * (num or per_clip)
                     if m["frames"] != want or m["clips_failed"]:
                         raise AssertionError(f"{label}: {m['frames']} frames, want {want}: {m}")
@@ -236,18 +241,13 @@ def main() -> None:
                     dims[label] = (rows[0].width, rows[0].height)
                     kb_frame[label] = m["bytes"] / m["frames"] / 1e3
                 elif label == "seed ffmpeg":
-                    s, counts = run_ffmpeg(ffmpeg, clips, out)
                     files = tree_files(out)
                     if len(files) != total or set(counts) != {per_clip}:
                         raise AssertionError(f"seed: {len(files)} files, want {total}")
                     dims[label] = jpeg_size(next(iter(files.values())))
                     kb_frame[label] = tree_bytes(out) / total / 1e3
-                else:
-                    s, counts = run_ffmpeg(ffmpeg, clips, None)
-                    if set(counts) != {per_clip}:
-                        raise AssertionError(f"decode only: frame counts {sorted(set(counts))}")
-                used = cpu_seconds() - c0
-                other = max(0.0, busy_seconds() - b0 - used)
+                elif set(counts) != {per_clip}:
+                    raise AssertionError(f"decode only: frame counts {sorted(set(counts))}")
                 written = tree_bytes(out) if out.exists() else 0
                 secs[label].append(s)
                 cpu[label].append(used)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+import signal
 import socket
 import struct
 import sys
@@ -325,3 +326,15 @@ class Standin:
     def _track(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:
             (self._conns.add if add else self._conns.discard)(conn)
+
+
+def serve_until_signalled(standin: Standin, banner: str) -> None:
+    """Serve until SIGTERM or SIGINT, printing `banner` (with "serving") once ready."""
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    with standin:
+        print(banner, flush=True)
+        # Event.wait with a timeout so signal handlers run promptly on the main thread.
+        while not done.wait(0.5):
+            pass

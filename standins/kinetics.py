@@ -19,7 +19,6 @@ import io
 import json
 import re
 import shutil
-import signal
 import sys
 import tarfile
 import threading
@@ -29,7 +28,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from standins.http import Handler, Standin, corrupted
+from standins.http import Handler, Standin, corrupted, serve_until_signalled
 from standins.video import frame_image
 
 MANIFEST_NAME = "_kinetics.json"
@@ -491,14 +490,8 @@ def main(argv=None) -> int:
         generate(args.root, **gen)
     elif not (args.root / MANIFEST_NAME).is_file():
         generate(args.root, **gen)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    with KineticsStandin(args.root, host=args.host, port=args.port) as server:
-        print(f"serving {server.url}", flush=True)
-        # Event.wait with a timeout so signal handlers run promptly on the main thread.
-        while not done.wait(0.5):
-            pass
+    server = KineticsStandin(args.root, host=args.host, port=args.port)
+    serve_until_signalled(server, f"Kinetics stand-in serving {server.url}")
     return 0
 
 

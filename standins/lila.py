@@ -15,9 +15,7 @@ import hashlib
 import io
 import json
 import shutil
-import signal
 import sys
-import threading
 import zipfile
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,7 +24,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 from PIL import Image
 
-from standins.http import Handler, Standin, corrupted
+from standins.http import Handler, Standin, corrupted, serve_until_signalled
 
 INDEX_NAME = "lila_camera_trap_datasets.csv"
 REGISTRY_NAME = "_datasets.json"
@@ -526,14 +524,8 @@ def main(argv=None) -> int:
         gen = {"n_images": args.generate, "seed": args.seed}
         if not is_generated(args.root, **gen):
             generate_dataset(args.root, **gen)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    with LilaStandin(args.root, host=args.host, port=args.port, token=args.token) as server:
-        print(f"LILA stand-in serving {server.index_url}", flush=True)
-        # Event.wait with a timeout so signal handlers run promptly on the main thread.
-        while not done.wait(0.5):
-            pass
+    server = LilaStandin(args.root, host=args.host, port=args.port, token=args.token)
+    serve_until_signalled(server, f"LILA stand-in serving {server.index_url}")
     return 0
 
 

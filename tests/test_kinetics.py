@@ -288,3 +288,26 @@ def test_truncated_and_stalled_transfers_are_transient(kserver, tmp_path):
     kserver.faults.clear()
     rows, m = fetch(SOURCE, cfg, fetch_cfg, group_defaults("store"), tmp_path / "d", tmp_path / "c")
     assert m["ok"] == 1
+
+
+@pytest.mark.parametrize(
+    "fps, num_frames, window, expected",
+    [
+        (None, None, None, list(range(20))),
+        (5.0, None, None, list(range(0, 20, 2))),  # every other frame of a 10 fps clip
+        (None, 4, None, [2, 7, 12, 17]),  # centres of 4 equal segments
+        (None, None, (0.5, 1.2), list(range(5, 12))),
+        (5.0, 2, (0.5, 1.5), [7, 11]),  # 5, 7, 9, 11, 13 resampled; 2 of those 5
+    ],
+)
+def test_rate_sampling_and_window_pick_the_right_source_frames(
+    tmp_path, fps, num_frames, window, expected
+):
+    from stages.formats.video import FrameSpec, extract
+
+    clip = make_clip(tmp_path / "c.mp4", seconds=2, fps=10, width=96, height=64, gop=7)
+    res = extract(str(clip), FrameSpec(short_side=None, fps=fps, num_frames=num_frames), window)
+    got = [read_index(simplejpeg.decode_jpeg(j)) for j in res.jpegs]
+    assert got == expected
+    assert (res.width, res.height) == (96, 64)
+    assert res.times == sorted(res.times) and res.times[0] >= 0

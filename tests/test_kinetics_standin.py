@@ -193,7 +193,7 @@ def test_cli_serve(tmp_path):
     ) as proc:
         try:
             line = proc.stdout.readline()
-            assert line.startswith("serving http://127.0.0.1:")
+            assert line.startswith("Kinetics stand-in serving http://127.0.0.1:")
             url = line.split()[-1]
             assert is_generated(tmp_path, seed=3)
             status, _, body = get(f"{url}/kinetics/k400_val_path.txt")
