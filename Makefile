@@ -25,6 +25,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/fetch.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/select.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/dvc_transfer.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/frames.py
 
 clean-demo:
 	rm -rf .demo

@@ -57,22 +57,50 @@ def task_for(store: Store, row: Row, cfg: FramesConf, threads: str) -> Task:
     )
 
 
+class Segment(io.RawIOBase):
+    """A read-only, seekable view of one payload inside a shard file."""
+
+    def __init__(self, fh, offset: int, size: int):
+        self.fh, self.start, self.size, self.pos = fh, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = min(max(base + pos, 0), self.size)
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self.size - self.pos)
+        if n <= 0:
+            return 0
+        self.fh.seek(self.start + self.pos)
+        got = self.fh.readinto(memoryview(buf)[:n])
+        self.pos += got
+        return got
+
+
 def run_task(task: Task):
     """Decode one clip in a worker process; return its Frames or the failure reason."""
     from stages.formats.video import FrameSpec, VideoError, extract
 
-    with open(task.shard, "rb") as fh:
-        fh.seek(task.offset)
-        data = fh.read(task.size)
-    if len(data) != task.size:
-        return "payload truncated in the store"
-    if not data:
+    if not task.size:
         return "empty video (0 bytes)"
     spec = FrameSpec(task.short_side, task.fps, task.num_frames, task.quality, task.interpolation)
-    try:
-        frames = extract(io.BytesIO(data), spec, task.window, task.threads)
-    except VideoError as exc:
-        return str(exc)
+    with open(task.shard, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size < task.offset + task.size:
+            return "payload truncated in the store"
+        try:  # read in place: a long video is never loaded into memory whole
+            frames = extract(Segment(fh, task.offset, task.size), spec, task.window, task.threads)
+        except VideoError as exc:
+            return str(exc)
     if not frames.jpegs:
         return "no frames decoded in the clip's window"
     return frames

@@ -157,11 +157,10 @@ class ShardWriter:
         """Append one payload; return (shard path relative to the store, data offset)."""
         if self.tar is None or (self.size and self.size + size + 512 > self.limit):
             self._open()
-        info = _tarinfo(name, size)
-        header_at = self.fh.tell()
-        self.tar.addfile(info, fileobj)
-        offset = header_at + len(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
+        self.tar.addfile(_tarinfo(name, size), fileobj)
         self.size = self.fh.tell()
+        # The data ends the member, padded to whole 512-byte blocks (the header is not rebuilt).
+        offset = self.size - -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
         return f"{SHARD_DIR}/{self.path.name}", offset
 
     def close(self) -> None:

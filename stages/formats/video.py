@@ -14,6 +14,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import simplejpeg
+from av.video.reformatter import VideoReformatter
 
 from stages.core.selection import even_indices
 
@@ -114,10 +115,10 @@ def _window_frames(source, window: tuple[float, float] | None, fps: float | None
         container.close()
 
 
-def _encode(frame, size: tuple[int, int], spec: FrameSpec) -> bytes:
+def _encode(scaler, frame, size: tuple[int, int], spec: FrameSpec) -> bytes:
     """Scale a frame into full-range YUV 4:2:0 and encode the planes as JPEG."""
-    out = frame.reformat(
-        width=size[0], height=size[1], format="yuvj420p", interpolation=spec.interpolation
+    out = scaler.reformat(
+        frame, width=size[0], height=size[1], format="yuvj420p", interpolation=spec.interpolation
     )
     planes = []
     for plane in out.planes:
@@ -136,6 +137,8 @@ def extract(
     """
     res = Frames()
     size = None
+    # One scaler per clip: frame.reformat() would build a new swscale context every frame.
+    scaler = VideoReformatter()
 
     def encode(rel: float, pos: int, frame) -> None:
         nonlocal size
@@ -143,7 +146,7 @@ def extract(
             res.source_size = (frame.width, frame.height)
             size = out_size(frame.width, frame.height, spec.short_side)
             res.width, res.height = size
-        res.jpegs.append(_encode(frame, size, spec))
+        res.jpegs.append(_encode(scaler, frame, size, spec))
         res.indices.append(pos)
         res.times.append(round(rel, 6))
 
