@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
 
 from stages.core.config import FramesConf, SourceConf
 from stages.core.metrics import class_counts
@@ -127,7 +130,15 @@ def extract_frames(
     n_frames, n_bytes, seconds = 0, 0, 0.0
     try:
         results = pmap(run_task, tasks, kind="process", workers=workers, window=2 * workers)
-        for clip, res in zip(ok, results, strict=True):
+        bar = tqdm(
+            results,
+            total=len(tasks),
+            desc=f"frames@{source.name}",
+            unit="clip",
+            disable=not sys.stderr.isatty(),
+            dynamic_ncols=True,
+        )
+        for clip, res in zip(ok, bar, strict=True):
             if isinstance(res, str):
                 reasons[res] += 1
                 rows.append(_failed(clip, res))

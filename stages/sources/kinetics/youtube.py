@@ -173,6 +173,8 @@ def attempt(row: Row, cfg, ctx: Context) -> Result:
                 return Result(row.url, "failed", "attempt deadline exceeded")
             status, reason, http = classify(str(exc))
             return Result(row.url, status, reason, http_status=http)
+        except Exception as exc:  # anything else yt-dlp raises on a hostile reply: this clip's
+            return Result(row.url, "failed", f"yt-dlp error: {type(exc).__name__}")
         finally:
             watchdog.cancel()
         if expired.is_set():
