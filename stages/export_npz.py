@@ -122,21 +122,25 @@ def export_clips(store: Store, names: list[str], cfg: ExportConf, out_dir: Path)
     counts = dict.fromkeys(names, 0)
     shards, nbytes, skipped, written = 0, 0, 0, 0
     T = cfg.frames
-    for first in range(0, len(clips), cfg.items_per_shard):
-        chunk = clips[first : first + cfg.items_per_shard]
-        arrays, kept = [], []
+    for first in range(0, len(clips), cfg.clips_per_shard):
+        chunk = clips[first : first + cfg.clips_per_shard]
+        picked: list[tuple[Row, list[Row]]] = []
         for clip in chunk:
             frames = sorted(by_clip[clip], key=lambda r: r.meta["frame"])
             if len(frames) < T:
                 skipped += 1  # only with clean.min_frames below export.frames
                 continue
-            picked = [frames[i] for i in even_indices(len(frames), T)]
-            results = list(pmap(lambda r: transform(store.read(r), r, cfg), picked))
+            picked.append((frames[0], [frames[i] for i in even_indices(len(frames), T)]))
+        flat = [r for _, frames in picked for r in frames]
+        done = list(pmap(lambda r: transform(store.read(r), r, cfg), flat))
+        arrays, kept = [], []
+        for n, (first_frame, _) in enumerate(picked):
+            results = done[n * T : (n + 1) * T]
             if any(res is None for res in results):
                 skipped += 1
                 continue
             arrays.append(np.stack([a for a, _, _ in results]))
-            kept.append(frames[0])
+            kept.append(first_frame)
         if not kept:
             continue
         for r in kept:

@@ -10,14 +10,19 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from stages.core.config import FramesConf, SourceConf
+from stages.core.errors import StoreError
 from stages.core.metrics import class_counts
 from stages.core.parallel import default_workers, pmap
 from stages.core.store import Row, ShardWriter, Store, member_name, write_manifest
@@ -25,6 +30,8 @@ from stages.pipeline.entry import run_main, start
 from stages.sources import Source
 
 log = logging.getLogger("stages.extract_frames")
+SPOOL = ".spool"
+HOLD_BYTES = 1 << 30  # decoded frames N-of-M sampling may hold, shared by the workers
 
 
 @dataclass(frozen=True)
@@ -41,9 +48,11 @@ class Task:
     interpolation: str
     window: tuple[float, float] | None
     threads: str
+    spool: str  # where the worker writes the clip's JPEGs, one after another
+    hold_bytes: int
 
 
-def task_for(store: Store, row: Row, cfg: FramesConf, threads: str) -> Task:
+def task_for(store: Store, row: Row, cfg: FramesConf, threads: str, spool: Path, hold: int):
     """Return the decoding task for one fetched clip."""
     window = row.meta.get("window")
     return Task(
@@ -57,6 +66,8 @@ def task_for(store: Store, row: Row, cfg: FramesConf, threads: str) -> Task:
         interpolation=cfg.interpolation.value,
         window=(float(window[0]), float(window[1])) if window else None,
         threads=threads,
+        spool=str(spool),
+        hold_bytes=hold,
     )
 
 
@@ -91,7 +102,8 @@ class Segment(io.RawIOBase):
 
 
 def run_task(task: Task):
-    """Decode one clip in a worker process; return its Frames or the failure reason."""
+    """Decode one clip in a worker process; return its Frames (JPEGs in the spool file) or
+    the reason it failed. Any error is the clip's: the stage goes on with the others."""
     from stages.formats.video import FrameSpec, VideoError, extract
 
     if not task.size:
@@ -99,14 +111,48 @@ def run_task(task: Task):
     spec = FrameSpec(task.short_side, task.fps, task.num_frames, task.quality, task.interpolation)
     with open(task.shard, "rb") as fh:
         if os.fstat(fh.fileno()).st_size < task.offset + task.size:
-            return "payload truncated in the store"
-        try:  # read in place: a long video is never loaded into memory whole
-            frames = extract(Segment(fh, task.offset, task.size), spec, task.window, task.threads)
+            raise StoreError(f"{task.shard} is truncated: run the fetch stage again")
+        try:  # read in place and spool the JPEGs: a long video never sits in memory
+            with open(task.spool, "wb") as out:
+                frames = extract(
+                    Segment(fh, task.offset, task.size),
+                    spec,
+                    task.window,
+                    task.threads,
+                    sink=out.write,
+                    hold_bytes=task.hold_bytes,
+                )
         except VideoError as exc:
             return str(exc)
-    if not frames.jpegs:
+        except (MemoryError, OSError):
+            raise  # the machine's trouble, not the clip's
+        except Exception as exc:  # PyAV, swscale, the encoder: many types for hostile input
+            return f"undecodable video: {type(exc).__name__}"
+    if not frames.indices:
         return "no frames decoded in the clip's window"
     return frames
+
+
+def run_isolated(task: Task):
+    """Run one task in a process of its own, so a crash (a segfault in a codec) is its own."""
+    with ProcessPoolExecutor(1) as ex:
+        try:
+            return ex.submit(run_task, task).result()
+        except BrokenProcessPool:
+            return "decoder process died"
+
+
+def results_of(tasks: list[Task], workers: int) -> Iterator:
+    """Yield each task's result in order; after a worker crash, run the rest one by one."""
+    done = 0
+    try:
+        for res in pmap(run_task, tasks, kind="process", workers=workers, window=2 * workers):
+            done += 1
+            yield res
+    except BrokenProcessPool:
+        log.warning("a decoder process died: decoding the remaining clips one per process")
+        for task in tasks[done:]:
+            yield run_isolated(task)
 
 
 def extract_frames(
@@ -122,14 +168,20 @@ def extract_frames(
     threads = "NONE" if workers > 1 else "AUTO"
     clips = store.rows()
     ok = [r for r in clips if r.status == "ok" and r.shard is not None]
-    tasks = [task_for(store, r, source.frames(cfg, r), threads) for r in ok]
     out_dir.mkdir(parents=True, exist_ok=True)
+    spool = out_dir / SPOOL  # inside the output: a killed run's leftovers go with it
+    spool.mkdir(exist_ok=True)
+    hold = HOLD_BYTES // workers  # N-of-M sampling's decoded frames, per worker
+    tasks = [
+        task_for(store, r, source.frames(cfg, r), threads, spool / f"{i:08d}.jpgs", hold)
+        for i, r in enumerate(ok)
+    ]
     writer = ShardWriter(out_dir, shard_bytes)
     rows: list[Row] = [r for r in clips if r.status != "ok"]  # fetch failures pass through
     reasons: Counter = Counter()
-    n_frames, n_bytes, seconds = 0, 0, 0.0
+    n_frames, n_bytes = 0, 0
     try:
-        results = pmap(run_task, tasks, kind="process", workers=workers, window=2 * workers)
+        results = results_of(tasks, workers)
         bar = tqdm(
             results,
             total=len(tasks),
@@ -138,46 +190,48 @@ def extract_frames(
             disable=not sys.stderr.isatty(),
             dynamic_ncols=True,
         )
-        for clip, res in zip(ok, bar, strict=True):
+        for clip, task, res in zip(ok, tasks, bar, strict=True):
             if isinstance(res, str):
                 reasons[res] += 1
                 rows.append(_failed(clip, res))
+                Path(task.spool).unlink(missing_ok=True)
                 continue
-            for pos, rel, jpeg in zip(res.indices, res.times, res.jpegs, strict=True):
-                item_id = f"{clip.item_id}/{pos:06d}"
-                shard, offset = writer.add(
-                    member_name(item_id, ".jpg"), io.BytesIO(jpeg), len(jpeg)
-                )
-                rows.append(
-                    Row(
-                        item_id=item_id,
-                        source=clip.source,
-                        source_id=clip.source_id,
-                        url=clip.url,
-                        sha256=None,
-                        bytes=len(jpeg),
-                        width=res.width,
-                        height=res.height,
-                        labels=list(clip.labels),
-                        status="ok",
-                        shard=shard,
-                        offset=offset,
-                        meta={
-                            "clip": clip.item_id,
-                            "frame": pos,
-                            "t": rel,
-                            "clip_frames": res.decoded,
-                            "ext": ".jpg",
-                        },
+            with open(task.spool, "rb") as jpegs:
+                for pos, rel, size in zip(res.indices, res.times, res.sizes, strict=True):
+                    item_id = f"{clip.item_id}/{pos:06d}"
+                    shard, offset = writer.add(member_name(item_id, ".jpg"), jpegs, size)
+                    rows.append(
+                        Row(
+                            item_id=item_id,
+                            source=clip.source,
+                            source_id=clip.source_id,
+                            url=clip.url,
+                            sha256=None,
+                            bytes=size,
+                            width=res.width,
+                            height=res.height,
+                            labels=list(clip.labels),
+                            status="ok",
+                            shard=shard,
+                            offset=offset,
+                            meta={
+                                "clip": clip.item_id,
+                                "frame": pos,
+                                "t": rel,
+                                "clip_frames": res.decoded,
+                                "ext": ".jpg",
+                            },
+                        )
                     )
-                )
-                n_bytes += len(jpeg)
-            n_frames += len(res.jpegs)
-            seconds += res.times[-1] if res.times else 0.0
+                    n_bytes += size
+            Path(task.spool).unlink()
+            n_frames += len(res.indices)
         writer.close()
     except BaseException:
         writer.abort()
         raise
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
     write_manifest(out_dir, rows)
     frames = [r for r in rows if r.status == "ok"]
     clips_ok = {r.meta["clip"]: r for r in frames}

@@ -152,6 +152,30 @@ def edit(conf: Path, rel: str, old: str, new: str) -> None:
             "  - _self_\nextra: 1",
             r"unknown top-level key\(s\) extra",
         ),
+        (
+            "source/kinetics.yaml",
+            "  num_frames: null ",
+            "  num_frames: 8 ",
+            r"frames.num_frames \(8\) is below clean.min_frames \(16\)",
+        ),
+        (
+            "export/default.yaml",
+            "frames: 16 ",
+            "frames: 32 ",
+            r"clean.min_frames \(16\) is below export.frames \(32\)",
+        ),
+        (
+            "source/videodir.yaml",
+            "root: data/videodir/input",
+            "root: /srv/videos",
+            r"fetch.root must be data/videodir/input",
+        ),
+        (
+            "source/kinetics.yaml",
+            "  interpolation: bilinear",
+            "  interpolation: lanczos",
+            r"sources.kinetics.frames.interpolation",
+        ),
     ],
     ids=[
         "typo",
@@ -165,6 +189,10 @@ def edit(conf: Path, rel: str, old: str, new: str) -> None:
         "negative-cap",
         "http-origin",
         "root",
+        "num-frames",
+        "export-frames",
+        "input-root",
+        "interpolation",
     ],
 )
 def test_bad_conf_fails_at_compose_with_the_key_path(tmp_path, rel, old, new, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -252,7 +253,7 @@ def test_clean_export_and_frame_folders(kserver, tmp_path):
     assert m["clips_out"] == 3 and m["dropped"] == {"clip_missing": 1}
     (tmp_path / "clean").mkdir()
     write_manifest(tmp_path / "clean", rebase(kept, tmp_path / "frames", tmp_path / "clean"))
-    exp = group_defaults("export", height=32, width=48, frames=4, items_per_shard=2)
+    exp = group_defaults("export", height=32, width=48, frames=4, clips_per_shard=2)
     em = export_clips(Store(tmp_path / "clean"), cfg.classes, exp, tmp_path / "npz")
     assert em["items"] == 3 and em["shards"] == 2
     with np.load(tmp_path / "npz" / "shard-00000.npz", allow_pickle=False) as z:
@@ -311,3 +312,33 @@ def test_rate_sampling_and_window_pick_the_right_source_frames(
     assert got == expected
     assert (res.width, res.height) == (96, 64)
     assert res.times == sorted(res.times) and res.times[0] >= 0
+
+
+def test_a_gzip_bomb_is_one_archive_failure(kserver, tmp_path):
+    from standins.http import Handler, Standin
+
+    info = tarfile.TarInfo("zeros.bin")
+    info.size = 64 << 20  # 64 MiB of zeros: about 64 KiB gzipped
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    bomb = buf.getvalue()
+
+    class BombHandler(Handler):
+        def route(self, path, query, head):
+            self.serve(bomb, "application/gzip", head)
+
+    class Bombs(Standin):
+        handler = BombHandler
+
+    listing = tmp_path / "paths.txt"
+    with Bombs() as bombs:
+        listing.write_text(f"{bombs.url}/bomb.tar.gz\n" + kserver.path_list("val"))
+        cfg = kconf(kserver, mode="archives", archive_list=str(listing))
+        rows, m = run_fetch(cfg, tmp_path / "fetch", tmp_path / "cache")
+    arch = m["selection"]["archives"]
+    assert arch["failed"] == 1 and arch["fetched"] == 3  # downloaded, then refused
+    (reason,) = arch["reasons"]
+    assert reason.startswith("unreadable archive: unpacks to more than")
+    # The clips the other archives hold are kept; one that may be in the bomb is retried later.
+    assert m["ok"] == 8 and m["failed"] == 1

@@ -10,13 +10,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from stages.core.errors import ConfigError, MetadataError, StageError
+from stages.core.errors import ConfigError, MetadataError
 from stages.core.store import Row, Store
 from stages.extract_frames import extract_frames
 from stages.fetch import fetch
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.sources.videodir import SOURCE
-from stages.sources.videodir.scan import copy_verified, parse_timestamp
+from stages.sources.videodir.scan import import_file, parse_timestamp
 from standins.video import make_clip
 
 REGEX = r"(?P<camera>[^/]+)/(?:(?P<label>[^/]+)/)?(?P<timestamp>\d{8}_\d{6})\.\w+"
@@ -156,14 +156,24 @@ def test_a_renamed_file_is_the_same_item(tmp_path, tree):
     assert metrics["ok"] == len(after)
 
 
-def test_a_copy_into_the_cache_is_checked_against_the_planned_hash(tmp_path):
-    # Used when the cache is on another file system than the videos (no hard link).
-    src = tmp_path / "a.mp4"
-    src.write_bytes(b"video bytes" * 100_000)
-    copy_verified(str(src), tmp_path / "copy", sha(src.read_bytes()))
-    assert (tmp_path / "copy").read_bytes() == src.read_bytes()
-    with pytest.raises(StageError, match="changed while being imported"):
-        copy_verified(str(src), tmp_path / "copy2", sha(b"what it was when planned"))
+def test_the_bytes_hashed_are_the_bytes_kept(tmp_path):
+    from stages.net.download import Downloader
+
+    dl = Downloader(group_defaults("fetch"), tmp_path / "cache")
+    try:
+        src = tmp_path / "a.mp4"
+        src.write_bytes(b"first" * 100_000)
+        first, size = import_file(dl, str(src))
+        assert first == sha(src.read_bytes()) and size == 500_000
+        # The input is replaced by another file: a new item; the cached one keeps its bytes.
+        (tmp_path / "b.mp4").write_bytes(b"second" * 100_000)
+        (tmp_path / "b.mp4").replace(src)
+        second, _ = import_file(dl, str(src))
+        assert second == sha(src.read_bytes()) != first
+        assert sha(dl.object_path(first).read_bytes()) == first
+        assert not list((tmp_path / "cache" / "tmp").iterdir())
+    finally:
+        dl.close()
 
 
 def test_the_root_is_relative_to_the_working_directory(tmp_path, tree, monkeypatch):

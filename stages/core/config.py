@@ -118,6 +118,7 @@ class ExportConf:
     items_per_shard: int = MISSING
     compress: bool = MISSING
     frames: int = MISSING  # video: T evenly spaced frames per clip
+    clips_per_shard: int = MISSING  # video: a clip is T images, so shards count fewer
 
     def __post_init__(self) -> None:
         positive(
@@ -126,6 +127,7 @@ class ExportConf:
             width=self.width,
             items_per_shard=self.items_per_shard,
             frames=self.frames,
+            clips_per_shard=self.clips_per_shard,
         )
         if not 0 <= self.pad_value <= 255:
             raise ConfigError(f"export.pad_value must be 0..255, not {self.pad_value}")

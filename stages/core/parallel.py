@@ -34,10 +34,16 @@ def pmap(
     kind: str = "thread",
     workers: int | None = None,
     window: int = 256,
+    on_abort: Callable[[], None] | None = None,
 ) -> Iterator[R]:
-    """Yield fn(item) in input order, keeping at most `window` items in flight."""
+    """Yield fn(item) in input order, keeping at most `window` items in flight.
+
+    `on_abort` runs when the map ends early (an error, Ctrl-C, the consumer stopping), before
+    waiting for the running calls: it can tell them to give up.
+    """
     items = iter(items)
-    with make_executor(kind, workers) as ex:
+    ex = make_executor(kind, workers)
+    try:
         pending = [ex.submit(fn, it) for it in islice(items, window)]
         while pending:
             done = pending.pop(0)
@@ -45,6 +51,13 @@ def pmap(
             if nxt is not _END:
                 pending.append(ex.submit(fn, nxt))
             yield done.result()
+    except BaseException:
+        if on_abort is not None:
+            on_abort()
+        raise
+    finally:
+        # On an error or Ctrl-C, queued work is dropped; only what already runs is awaited.
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 _END = object()

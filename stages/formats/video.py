@@ -8,13 +8,14 @@ scaler resizes straight into full-range YUV 4:2:0 (no RGB round trip) and libjpe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
 import numpy as np
 import simplejpeg
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
 
 from stages.core.selection import even_indices
 
@@ -41,13 +42,13 @@ class FrameSpec:
 class Frames:
     """The frames extracted from one clip."""
 
-    jpegs: list[bytes] = field(default_factory=list)
+    jpegs: list[bytes] = field(default_factory=list)  # empty when a sink took them
+    sizes: list[int] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)  # positions among the window's frames
     times: list[float] = field(default_factory=list)  # seconds from the window's start
     width: int = 0
     height: int = 0
     decoded: int = 0  # frames in the window, counted by decoding
-    source_size: tuple[int, int] = (0, 0)
 
 
 def out_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -96,7 +97,9 @@ def _window_frames(source, window: tuple[float, float] | None, fps: float | None
         last_t = None
         for frame in container.decode(stream):
             t = frame.time
-            if t is None:  # no timestamps: count frames at the nominal rate
+            if t is None or (last_t is not None and t <= last_t):
+                # No timestamp, or a reset (camera files have them): keep the timeline going
+                # at the nominal rate rather than ending the clip or skipping what follows.
                 t = 0.0 if last_t is None else last_t + 2 * half
             last_t = t
             if t < start - half:
@@ -117,8 +120,11 @@ def _window_frames(source, window: tuple[float, float] | None, fps: float | None
 
 def _encode(scaler, frame, size: tuple[int, int], spec: FrameSpec) -> bytes:
     """Scale a frame into full-range YUV 4:2:0 and encode the planes as JPEG."""
+    # BITEXACT + ACCURATE_RND: swscale's SIMD paths round differently per CPU otherwise, and
+    # the same clip must give the same bytes on any machine.
+    flags = Interpolation[spec.interpolation] | Interpolation.BITEXACT | Interpolation.ACCURATE_RND
     out = scaler.reformat(
-        frame, width=size[0], height=size[1], format="yuvj420p", interpolation=spec.interpolation
+        frame, width=size[0], height=size[1], format="yuvj420p", interpolation=flags
     )
     planes = []
     for plane in out.planes:
@@ -128,12 +134,20 @@ def _encode(scaler, frame, size: tuple[int, int], spec: FrameSpec) -> bytes:
 
 
 def extract(
-    source, spec: FrameSpec, window: tuple[float, float] | None = None, threads: str = "AUTO"
+    source,
+    spec: FrameSpec,
+    window: tuple[float, float] | None = None,
+    threads: str = "AUTO",
+    sink: Callable[[bytes], None] | None = None,
+    hold_bytes: int = HOLD_BYTES,
 ) -> Frames:
     """Decode a clip (a path or a binary file object) once; return its window's frames as JPEGs.
 
     `threads` is the decoder's thread type: AUTO for one clip at a time, NONE when clips run
-    in parallel processes (one per core) so decoders do not fight over cores.
+    in parallel processes (one per core) so decoders do not fight over cores. With `sink`,
+    each JPEG goes to it as soon as it is made (a long video never sits in memory) and
+    `Frames.sizes` lists their sizes instead of `jpegs`. N-of-M sampling holds up to
+    `hold_bytes` of decoded frames, and decodes twice past that.
     """
     res = Frames()
     size = None
@@ -143,22 +157,26 @@ def extract(
     def encode(rel: float, pos: int, frame) -> None:
         nonlocal size
         if size is None:
-            res.source_size = (frame.width, frame.height)
             size = out_size(frame.width, frame.height, spec.short_side)
             res.width, res.height = size
-        res.jpegs.append(_encode(scaler, frame, size, spec))
+        jpeg = _encode(scaler, frame, size, spec)
+        if sink is None:
+            res.jpegs.append(jpeg)
+        else:
+            sink(jpeg)
+        res.sizes.append(len(jpeg))
         res.indices.append(pos)
         res.times.append(round(rel, 6))
 
     if not spec.num_frames:
         for pos, (rel, frame) in enumerate(_window_frames(source, window, spec.fps, threads)):
             encode(rel, pos, frame)
-        res.decoded = len(res.jpegs)
+        res.decoded = len(res.indices)
         return res
     held, held_bytes, two_pass = [], 0, False
     for rel, frame in _window_frames(source, window, spec.fps, threads):
         held_bytes += frame.width * frame.height * 3 // 2
-        if held_bytes > HOLD_BYTES:
+        if held_bytes > hold_bytes:
             two_pass, held = True, []
             break
         held.append((rel, frame))

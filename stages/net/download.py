@@ -240,6 +240,27 @@ class Downloader:
         """Return where content with this hash lives in the cache."""
         return Path(self.object_file(sha256))
 
+    def work_path(self) -> Path:
+        """Return a fresh scratch path in the cache's tmp dir (removed if its run is killed)."""
+        return Path(part_name(self.tmp_str))
+
+    def adopt(self, path: Path, sha256: str | None = None) -> tuple[str, int]:
+        """Move a finished local file into the object cache; return (sha256, size).
+
+        For items that arrive by other means than this downloader (yt-dlp sections, archive
+        members, local files): the file is hashed unless its hash is given, then renamed
+        into place atomically, so an object's name always matches its bytes.
+        """
+        size = os.path.getsize(path)
+        if sha256 is None:
+            sha = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    sha.update(block)
+            sha256 = sha.hexdigest()
+        os.replace(path, self.object_file(sha256))
+        return sha256, size
+
     def reusable(self, res: Result | None) -> Result | None:
         """Return a recorded result if it stands (object present, or a permanent failure)."""
         if res is None:

@@ -64,6 +64,19 @@ def check_secrets(node, where: str = "") -> None:
             check_secrets(value, f"{where}[{i}]")
 
 
+def check_frame_counts(name: str, frames: dict, min_frames: int) -> None:
+    """Refuse a frame sampling that leaves every clip shorter than clean.min_frames."""
+    settings = {"frames.num_frames": frames.get("num_frames")}
+    for camera, override in (frames.get("cameras") or {}).items():
+        settings[f"frames.cameras.{camera}.num_frames"] = (override or {}).get("num_frames")
+    for key, value in settings.items():
+        if value is not None and value < min_frames:
+            raise ConfigError(
+                f"conf/source/{name}.yaml: {key} ({value}) is below clean.min_frames "
+                f"({min_frames}): clean would drop every clip as too short"
+            )
+
+
 def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Return the composed, validated, resolved config as plain data."""
     conf_dir = Path(conf_dir).resolve()
@@ -102,11 +115,19 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
         if checked["enabled"]:  # disabled sources are validated too, so typos show early
             out["sources"][name] = checked
             video[name] = source.video
+            if source.video:
+                check_frame_counts(name, checked["frames"], out["clean"]["min_frames"])
             # What fetch reads from the workspace: data/<name>/input for sources of local
             # files, else the source's own package (a path that always exists).
-            inputs[name] = (
-                f"data/{name}/input" if source.local_input else f"stages/sources/{name}/__init__.py"
-            )
+            inputs[name] = f"stages/sources/{name}/__init__.py"
+            if source.local_input:
+                inputs[name] = f"data/{name}/input"
+                if checked["fetch"].get("root") != inputs[name]:
+                    raise ConfigError(
+                        f"conf/source/{name}.yaml: fetch.root must be {inputs[name]}, the folder "
+                        "DVC tracks as this source's input (move or link the files there, or "
+                        f"`dvc import` them to it), not {checked['fetch'].get('root')!r}"
+                    )
     # extract-frames runs only for sources with video; dvc.yaml iterates over these maps.
     out["video_sources"] = {k: {} for k, v in video.items() if v}
     out["pipeline"] = {

@@ -9,17 +9,17 @@ whose selected members are all in the cache. The archive itself is dropped once 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
+import io
 import json
 import logging
-import os
 import re
 import tarfile
 import zlib
 from pathlib import Path
 
 from stages.core.errors import MetadataError
-from stages.net.download import part_name
 from stages.net.ledger import Result
 from stages.sources import Context
 from stages.sources.kinetics.clips import Clip
@@ -27,7 +27,33 @@ from stages.sources.kinetics.fetch import clip_row, read_text
 
 log = logging.getLogger("stages.sources.kinetics")
 MEMBER = re.compile(r"(?:.*/)?([A-Za-z0-9_-]{1,64}_\d{6}_\d{6})\.mp4")
-READ_ERRORS = (tarfile.TarError, zlib.error, EOFError, OSError)
+# An archive of mp4s barely compresses: more than this many times its size unpacked is a bomb.
+INFLATE_LIMIT = 4
+MAX_MEMBERS = 1_000_000
+
+
+class ArchiveError(Exception):
+    """An archive that cannot be read as it should (its message is the stable reason)."""
+
+
+READ_ERRORS = (tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile, ArchiveError)
+
+
+class Capped(io.RawIOBase):
+    """Read a stream, failing once more than `limit` bytes came out of it."""
+
+    def __init__(self, raw, limit: int):
+        self.raw, self.limit, self.count = raw, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = self.raw.readinto(buf)
+        self.count += n
+        if self.count > self.limit:
+            raise ArchiveError(f"unpacks to more than {self.limit} bytes")
+        return n
 
 
 def archive_urls(text: str) -> list[str]:
@@ -57,43 +83,47 @@ def _known_members(dl, url: str) -> list[str] | None:
 
 
 def _store_listing(dl, url: str, names: list[str]) -> None:
-    data = json.dumps(sorted(names)).encode()
-    digest = hashlib.sha256(data).hexdigest()
-    tmp = Path(part_name(f"{dl.tmp}/"))
-    tmp.write_bytes(data)
-    os.replace(tmp, dl.object_path(digest))
-    dl.ledger.put(Result(_listing_key(url), "ok", "", digest, len(data)))
+    tmp = dl.work_path()
+    tmp.write_bytes(json.dumps(sorted(names)).encode())
+    digest, size = dl.adopt(tmp)
+    dl.ledger.put(Result(_listing_key(url), "ok", "", digest, size))
 
 
 def _extract(dl, url: str, path: Path, wanted: set[str], max_bytes: int) -> dict[str, Result]:
     """Stream an archive; store the wanted members; return results by clip id."""
     found: dict[str, Result] = {}
     names = []
-    with tarfile.open(path, mode="r|gz") as tar:
+    limit = INFLATE_LIMIT * path.stat().st_size
+    with gzip.open(path, "rb") as gz, tarfile.open(fileobj=Capped(gz, limit), mode="r|") as tar:
         for member in tar:
             match = MEMBER.fullmatch(member.name)
             if not match:
                 continue
             clip_id = match.group(1)
             names.append(clip_id)
-            if clip_id not in wanted or not member.isfile() or clip_id in found:
+            if len(names) > MAX_MEMBERS:
+                raise ArchiveError(f"more than {MAX_MEMBERS} clip members")
+            if clip_id not in wanted or clip_id in found:
                 continue
             key = f"{url}#{clip_id}.mp4"
+            if not member.isfile():
+                found[clip_id] = Result(key, "corrupt", "archive member is not a regular file")
+                continue
             if member.size > max_bytes:
                 found[clip_id] = Result(key, "corrupt", f"member larger than {max_bytes} bytes")
                 continue
             src = tar.extractfile(member)
-            tmp = Path(part_name(f"{dl.tmp}/"))
+            tmp = dl.work_path()
             sha = hashlib.sha256()
             try:
                 with open(tmp, "wb") as out:
                     for block in iter(functools.partial(src.read, 1 << 20), b""):
                         sha.update(block)
                         out.write(block)
-                os.replace(tmp, dl.object_path(sha.hexdigest()))
+                digest, size = dl.adopt(tmp, sha.hexdigest())
             finally:
                 tmp.unlink(missing_ok=True)
-            found[clip_id] = Result(key, "ok", "", sha.hexdigest(), member.size)
+            found[clip_id] = Result(key, "ok", "", digest, size)
     _store_listing(dl, url, names)
     return found
 
@@ -112,7 +142,8 @@ def archive_rows(cfg, chosen: list[Clip], labels: dict[str, list[str]], ctx: Con
         if known is not None:
             mine = wanted.intersection(known)
             prior = {c: dl.ledger.get(f"{url}#{c}.mp4") for c in mine}
-            if all(dl.reusable(r) is not None and r.status == "ok" for r in prior.values()):
+            # Kept members, and permanent failures (too large, not a file), both stand.
+            if all(dl.reusable(r) is not None for r in prior.values()):
                 results.update(prior)
                 stats["skipped_complete"] += 1
                 continue
@@ -129,7 +160,8 @@ def archive_rows(cfg, chosen: list[Clip], labels: dict[str, list[str]], ctx: Con
         except READ_ERRORS as exc:
             failed_any = True
             stats["failed"] += 1
-            reason = f"unreadable archive: {type(exc).__name__}"
+            detail = str(exc) if isinstance(exc, ArchiveError) else type(exc).__name__
+            reason = f"unreadable archive: {detail}"
             stats["reasons"][reason] = stats["reasons"].get(reason, 0) + 1
             dl.forget(url)
             continue

@@ -3,13 +3,18 @@
 yt-dlp cuts a section by running `ffmpeg -ss S -t D -i <media URL> -c copy`, which reads only
 the byte ranges it needs; it finds ffmpeg on PATH only (its `ffmpeg_location` option does not
 reach section downloads), so the executable imageio-ffmpeg ships is linked into a directory
-put first on this process's PATH.
+put first on PATH.
+
+Each attempt runs in a child process that leads its own process group (yt-dlp, its ffmpeg,
+the check of the result): the attempt's deadline kills the whole group, whatever phase it is
+in, and a crash in a codec is that clip's failure, never the stage's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -17,13 +22,13 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from stages.core.parallel import pmap
 from stages.core.store import Row
-from stages.net.download import part_name
 from stages.net.ledger import Result
 from stages.sources import Context
 
@@ -33,13 +38,19 @@ log = logging.getLogger("stages.sources.kinetics")
 PERMANENT = re.compile(
     r"HTTP Error (404|410)|Video unavailable|[Pp]rivate video|video is private|removed by|"
     r"does not exist|[Ss]ign in to confirm your age|account .* terminated|copyright|"
-    r"not available in your country|This video has been removed|Unsupported URL",
+    r"not available in your country|This video has been removed|Unsupported URL|"
+    r"Requested format is not available|members-only|Join this channel",
 )
 HTTP_STATUS = re.compile(r"HTTP Error (\d{3})")
+# Reasons that mean the bytes the source sends are unusable: after every retry, permanent.
+BAD_CLIP = ("no output file", "no video stream", "no video packets", "unreadable clip")
+POLL = 0.5  # seconds between checks for Ctrl-C while an attempt runs
+
+_stop = threading.Event()  # set when the stage is interrupted: running attempts are killed
 
 
-def ffmpeg_on_path(cache_root: Path) -> None:
-    """Put imageio-ffmpeg's executable first on PATH as `ffmpeg` (yt-dlp looks it up there)."""
+def ffmpeg_dir(cache_root: Path) -> Path:
+    """Return a directory holding `ffmpeg`: imageio-ffmpeg's executable, linked."""
     import imageio_ffmpeg
 
     exe = imageio_ffmpeg.get_ffmpeg_exe()
@@ -51,9 +62,7 @@ def ffmpeg_on_path(cache_root: Path) -> None:
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(exe)
         os.replace(tmp, link)
-    path = os.environ.get("PATH", "")
-    if not path.startswith(f"{bindir}{os.pathsep}"):
-        os.environ["PATH"] = f"{bindir}{os.pathsep}{path}"
+    return bindir
 
 
 class _Log:
@@ -76,9 +85,9 @@ def classify(message: str) -> tuple[str, str, int | None]:
     text = re.sub(r"\x1b\[[0-9;]*m", "", message).replace("ERROR: ", "")
     status = HTTP_STATUS.search(text)
     code = int(status.group(1)) if status else None
-    if PERMANENT.search(text):
-        reason = f"HTTP {code}" if code else PERMANENT.search(text).group(0)
-        return "missing", f"unavailable: {reason}", code
+    gone = PERMANENT.search(text)
+    if gone:
+        return "missing", f"unavailable: {f'HTTP {code}' if code else gone.group(0)}", code
     if code:
         return "failed", f"HTTP {code}", code
     if "timed out" in text.lower():
@@ -93,124 +102,185 @@ def check_clip(path: Path) -> str | None:
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.video:
                 return "no video stream"
             for packet in container.demux(container.streams.video[0]):
                 if packet.size:
                     return None
-    except (av.FFmpegError, OSError) as exc:
+    except Exception as exc:  # PyAV raises many types for hostile files
         return f"unreadable clip: {type(exc).__name__}"
     return "no video packets"
 
 
-def kill_section_readers(work: Path) -> int:
-    """SIGKILL this process's children working in `work` (the ffmpeg reading a section)."""
-    me, mark, n = os.getpid(), str(work).encode(), 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_bytes().rsplit(b")", 1)[1].split()[1])
-            if ppid != me or mark not in (stat.parent / "cmdline").read_bytes():
-                continue
-            os.kill(int(stat.parent.name), signal.SIGKILL)
-            n += 1
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-    return n
+@dataclass(frozen=True)
+class Job:
+    """One attempt's inputs (picklable: it crosses into the child process)."""
+
+    url: str
+    start: float
+    end: float
+    work: str
+    bindir: str
+    format: str
+    socket_timeout: float
+    max_bytes: int
 
 
-def attempt(row: Row, cfg, ctx: Context) -> Result:
-    """Download one clip section once; return the outcome (never raises for the clip)."""
+@dataclass(frozen=True)
+class Outcome:
+    """What the child reports: a status and reason, and the clip's file when ok."""
+
+    status: str
+    reason: str = ""
+    http_status: int | None = None
+    path: str | None = None
+    sha256: str | None = None
+
+
+def run_attempt(job: Job) -> Outcome:
+    """Download, check and hash one section (runs in the attempt's child process)."""
     from yt_dlp import YoutubeDL
     from yt_dlp.utils import DownloadError, download_range_func
 
-    f, dl = cfg.fetch, ctx.downloader
-    meta = row.meta
-    url = row.url.split("#", 1)[0]
-    work = Path(part_name(f"{dl.tmp}/"))
-    work.mkdir()
+    os.environ["PATH"] = f"{job.bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    work = Path(job.work)
     logger = _Log()
-    timeout_us = str(int(f.socket_timeout * 1e6))
     opts = {
         "outtmpl": {"default": str(work / "clip.%(ext)s")},
-        "format": f.format,
-        "download_ranges": download_range_func(None, [(meta["time_start"], meta["time_end"])]),
+        "format": job.format,
+        "download_ranges": download_range_func(None, [(job.start, job.end)]),
         "logger": logger,
         "quiet": True,
         "no_warnings": True,
         "noprogress": True,
         "noplaylist": True,
         "cachedir": False,
-        "socket_timeout": f.socket_timeout,
+        "socket_timeout": job.socket_timeout,
         "retries": 0,  # attempts, backoff and the ledger are ours
         "fragment_retries": 0,
         "extractor_retries": 0,
-        "max_filesize": f.max_clip_bytes,
-        # ffmpeg reads the section: a stalled server fails the read, a huge one hits -fs.
+        "max_filesize": job.max_bytes,
+        # ffmpeg reads the section: a silent server fails the read, a huge section hits -fs.
         "external_downloader_args": {
-            "ffmpeg_i": ["-rw_timeout", timeout_us],
-            "ffmpeg_o": ["-fs", str(f.max_clip_bytes)],
+            "ffmpeg_i": ["-rw_timeout", str(int(job.socket_timeout * 1e6))],
+            "ffmpeg_o": ["-fs", str(job.max_bytes)],
         },
         "color": {"stderr": "no_color", "stdout": "no_color"},
     }
-    # The attempt's deadline: socket_timeout bounds silence, this bounds a trickle. yt-dlp
-    # gives no handle on the ffmpeg it runs, so the watchdog finds it by its output path.
-    expired = threading.Event()
-
-    def expire() -> None:
-        expired.set()
-        kill_section_readers(work)
-
-    watchdog = threading.Timer(dl.cfg.attempt_timeout, expire)
-    watchdog.daemon = True
-    watchdog.start()
     try:
-        try:
-            with YoutubeDL(opts) as ydl:
-                code = ydl.download([url])
-        except DownloadError as exc:
-            if expired.is_set():
+        with YoutubeDL(opts) as ydl:
+            code = ydl.download([job.url])
+    except DownloadError as exc:
+        return Outcome(*classify(str(exc)))
+    if code:
+        return Outcome(*classify(" ".join(logger.errors)))
+    outs = sorted(p for p in work.iterdir() if p.is_file() and p.name.startswith("clip."))
+    outs = [p for p in outs if not p.name.endswith((".part", ".ytdl"))]
+    if not outs:
+        return Outcome("failed", "no output file")
+    out = outs[0]
+    if out.stat().st_size > job.max_bytes:
+        return Outcome("corrupt", f"clip larger than {job.max_bytes} bytes")
+    why = check_clip(out)
+    if why:
+        return Outcome("failed", why)
+    sha = hashlib.sha256()
+    with open(out, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return Outcome("ok", path=str(out), sha256=sha.hexdigest())
+
+
+def _child(job: Job, conn) -> None:
+    """Lead a new process group (so the deadline kills ffmpeg too) and run one attempt."""
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when an attempt ends
+    try:
+        outcome = run_attempt(job)
+    except BaseException as exc:  # anything yt-dlp raises on a hostile reply: this clip's
+        outcome = Outcome("failed", f"yt-dlp error: {type(exc).__name__}")
+    conn.send(outcome)
+    conn.close()
+
+
+_context = None
+
+
+def mp_context():
+    """Return the forkserver context, yt-dlp preloaded (a fork of a threaded parent is unsafe)."""
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(["yt_dlp", "av", "stages.sources.kinetics.youtube"])
+    return _context
+
+
+def _kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()  # not yet its own group leader
+    proc.join(10)
+
+
+def attempt(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
+    """Run one attempt in a child process under the attempt deadline; return the outcome."""
+    f, dl = cfg.fetch, ctx.downloader
+    work = dl.work_path()
+    work.mkdir()
+    job = Job(
+        url=row.url.split("#", 1)[0],
+        start=row.meta["time_start"],
+        end=row.meta["time_end"],
+        work=str(work),
+        bindir=str(bindir),
+        format=f.format,
+        socket_timeout=f.socket_timeout,
+        max_bytes=f.max_clip_bytes,
+    )
+    mp = mp_context()
+    recv, send = mp.Pipe(duplex=False)
+    proc = mp.Process(target=_child, args=(job, send), daemon=True)
+    try:
+        proc.start()
+        send.close()
+        deadline = time.monotonic() + dl.cfg.attempt_timeout
+        outcome = None
+        while outcome is None:
+            if _stop.is_set():
+                return Result(row.url, "failed", "interrupted")
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return Result(row.url, "failed", "attempt deadline exceeded")
-            status, reason, http = classify(str(exc))
-            return Result(row.url, status, reason, http_status=http)
-        except Exception as exc:  # anything else yt-dlp raises on a hostile reply: this clip's
-            return Result(row.url, "failed", f"yt-dlp error: {type(exc).__name__}")
-        finally:
-            watchdog.cancel()
-        if expired.is_set():
-            return Result(row.url, "failed", "attempt deadline exceeded")
-        if code:
-            status, reason, http = classify(" ".join(logger.errors))
-            return Result(row.url, status, reason, http_status=http)
-        outs = sorted(p for p in work.iterdir() if p.is_file() and not p.name.endswith(".part"))
-        if not outs:
-            return Result(row.url, "failed", "no output file")
-        out = outs[0]
-        size = out.stat().st_size
-        if size > f.max_clip_bytes:
-            return Result(row.url, "corrupt", f"clip larger than {f.max_clip_bytes} bytes")
-        why = check_clip(out)
-        if why:
-            return Result(row.url, "failed", why)
-        sha = hashlib.sha256()
-        with open(out, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                sha.update(block)
-        digest = sha.hexdigest()
-        os.replace(out, dl.object_path(digest))
-        return Result(row.url, "ok", "", digest, size)
+            if recv.poll(min(POLL, left)):
+                try:
+                    outcome = recv.recv()
+                except EOFError:  # the child died without a word (a crash in a codec)
+                    return Result(row.url, "failed", "downloader process died")
+        if outcome.status != "ok":
+            return Result(row.url, outcome.status, outcome.reason, http_status=outcome.http_status)
+        sha, size = dl.adopt(Path(outcome.path), outcome.sha256)
+        return Result(row.url, "ok", "", sha, size)
     finally:
+        if proc.is_alive():
+            _kill_group(proc)
+        recv.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def fetch_clip(row: Row, cfg, ctx: Context) -> Result:
+def fetch_clip(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
     """Download one clip with bounded retries and backoff on transient failures."""
     dl = ctx.downloader
     tries = dl.cfg.retries + 1
     for n in range(tries):
-        res = attempt(row, cfg, ctx)
+        res = attempt(row, cfg, ctx, bindir)
         res.attempts = n + 1
-        if res.status != "failed" or n + 1 == tries:
+        if res.status != "failed" or _stop.is_set():
+            return res
+        if n + 1 == tries:
+            if res.reason.startswith(BAD_CLIP):
+                res.status = "corrupt"  # the source keeps sending unusable bytes
             return res
         dl.sleep(dl.backoff(n + 1, None))
     return res
@@ -219,7 +289,7 @@ def fetch_clip(row: Row, cfg, ctx: Context) -> Result:
 def download(cfg, rows: list[Row], ctx: Context) -> dict[str, Result]:
     """Fetch pending clips (reusing the ledger's outcomes); return results by row URL."""
     dl = ctx.downloader
-    ffmpeg_on_path(dl.root)
+    bindir = ffmpeg_dir(dl.root)
     recorded = dl.ledger.all()
     results: dict[str, Result] = {}
     todo = []
@@ -238,11 +308,22 @@ def download(cfg, rows: list[Row], ctx: Context) -> dict[str, Result]:
         dynamic_ncols=True,
     )
     start = time.monotonic()
+    workers = cfg.fetch.clip_workers
+    _stop.clear()
     try:
-        for res in pmap(lambda r: fetch_clip(r, cfg, ctx), todo, workers=cfg.fetch.clip_workers):
+        for res in pmap(
+            lambda r: fetch_clip(r, cfg, ctx, bindir),
+            todo,
+            workers=workers,
+            window=2 * workers,
+            on_abort=_stop.set,
+        ):
             dl.ledger.put(res)  # at once: a killed run keeps every finished clip
             results[res.url] = res
             bar.update(1)
+    except BaseException:
+        _stop.set()  # running attempts end within POLL seconds; queued ones are dropped
+        raise
     finally:
         bar.close()
     log.info(

@@ -1,10 +1,11 @@
 """fetch@videodir: walk the folder, read each path's metadata, hash videos into the cache.
 
 Nothing is pending after planning: every matched video is placed into the downloader's
-object cache here (a hard link when the cache is on the same file system, else a verified
-copy), so fetch packs the rows straight into the store. A hard-linked object is the input
-file itself: a tool that rewrites a video in place (rather than writing a new file) would
-change the cached object too, so replace input videos, never edit them in place.
+object cache here (a hard link when the cache is on the same file system, else a copy; the
+link or copy is what gets hashed), so fetch packs the rows straight into the store. A
+hard-linked object is the input file itself: a tool that rewrites a video in place (rather
+than writing a new file) would change the cached object too, so replace input videos, never
+edit them in place.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import stat
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from stages.core.errors import ConfigError, MetadataError, StageError
 from stages.core.parallel import default_workers, pmap
 from stages.core.store import Row
-from stages.net.download import Downloader, part_name
+from stages.net.download import Downloader
 from stages.sources import Context, Plan
 from stages.sources.videodir import (
     EPOCH,
@@ -37,7 +39,6 @@ from stages.sources.videodir import (
 
 log = logging.getLogger("stages.sources.videodir")
 
-CHUNK = 1 << 20
 LIST_CAP = 100  # paths listed in the metrics per kind (the counts are always complete)
 HASH_WORKERS = 8  # hashing is disk-bound: a few threads keep the disk busy
 EPOCH_TEXT = re.compile(r"\d{1,11}(?:\.\d{1,9})?")
@@ -211,37 +212,25 @@ def hash_file(path: str) -> tuple[str, int]:
         raise StageError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def copy_verified(src: str, dest: Path, sha: str) -> None:
-    """Copy a file, checking its bytes still have the hash they were planned with."""
-    digest = hashlib.sha256()
-    with open(src, "rb") as fh, open(dest, "wb") as out:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-            out.write(block)
-    if digest.hexdigest() != sha:
-        raise StageError(f"{src} changed while being imported: run fetch again")
+def import_file(dl: Downloader, src: str) -> tuple[str, int]:
+    """Put a file into the object cache under its hash; return (sha256, size).
 
-
-def place(dl: Downloader, src: str, sha: str, size: int) -> None:
-    """Put a file into the object cache under its hash (kept if already there)."""
-    dest = dl.object_path(sha)
-    try:
-        if dest.stat().st_size == size:
-            return
-    except FileNotFoundError:
-        pass
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # The downloader's tmp folder: same file system as the cache (atomic rename), and the
-    # downloader removes part files that killed runs leave there.
-    tmp = Path(part_name(f"{dl.tmp}/"))
+    The file is linked (or, across file systems, copied) first and the link is hashed: the
+    bytes hashed are the bytes kept, even if the input is replaced meanwhile.
+    """
+    tmp = dl.work_path()
     try:
         try:
             os.link(src, tmp)  # no copy when the cache shares the file system
         except OSError:
-            copy_verified(src, tmp, sha)
-        os.replace(tmp, dest)
+            shutil.copyfile(src, tmp)
+        sha, size = hash_file(str(tmp))
+        dest = dl.object_path(sha)
+        if not (dest.is_file() and dest.stat().st_size == size):
+            dl.adopt(tmp, sha)
+        return sha, size
     except OSError as exc:
-        raise StageError(f"cannot copy {src} into the cache {dest}: {exc.strerror}") from None
+        raise StageError(f"cannot import {src} into the cache: {exc.strerror}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -296,9 +285,7 @@ def plan(cfg: VideodirConf, ctx: Context) -> Plan:
             excluded[match.camera] += 1
 
     def digest(match: Matched) -> tuple[str, int]:
-        sha, size = hash_file(match.found.real)
-        place(ctx.downloader, match.found.real, sha, size)
-        return sha, size
+        return import_file(ctx.downloader, match.found.real)
 
     workers = min(HASH_WORKERS, default_workers())
     groups: dict[str, list[Matched]] = {}
