@@ -28,4 +28,4 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/frames.py
 
 clean-demo:
-	rm -rf .demo
+	rm -rf .demo data/videodir/input
