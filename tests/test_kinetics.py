@@ -342,3 +342,48 @@ def test_a_gzip_bomb_is_one_archive_failure(kserver, tmp_path):
     assert reason.startswith("unreadable archive: unpacks to more than")
     # The clips the other archives hold are kept; one that may be in the bomb is retried later.
     assert m["ok"] == 8 and m["failed"] == 1
+
+
+def test_a_decoder_process_that_dies_costs_no_clip(tmp_path, caplog):
+    import os
+    import signal
+    import threading
+    import time
+
+    clips = [
+        make_clip(tmp_path / f"{i}.mp4", seconds=20, fps=30, width=320, height=240, seed=i)
+        for i in range(3)
+    ]
+    rows = [
+        Row(item_id=p.stem, source="kinetics", source_id=p.stem, url="file:x.mp4", labels=["x"])
+        for p in clips
+    ]
+    write_store(tmp_path / "in", rows, lambda r: tmp_path / f"{r.item_id}.mp4", 1 << 30)
+    cfg = source_defaults("kinetics", classes=["x"], frames={"short_side": None})
+    me, own = os.getpid(), Path("/proc/self/cmdline").read_bytes()
+    killed = []
+
+    def kill_a_worker():  # as the OOM killer would: SIGKILL a pool worker mid-clip
+        deadline = time.monotonic() + 30
+        while not killed and time.monotonic() < deadline:
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    ppid = int(stat.read_bytes().rsplit(b")", 1)[1].split()[1])
+                    forked = (stat.parent / "cmdline").read_bytes() == own  # not a forkserver
+                except (OSError, ValueError, IndexError):
+                    continue
+                if ppid == me and forked:
+                    time.sleep(0.3)
+                    os.kill(int(stat.parent.name), signal.SIGKILL)
+                    killed.append(stat.parent.name)
+                    break
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    out, m = extract_frames(Store(tmp_path / "in"), SOURCE, cfg, tmp_path / "out", 1 << 30, 1)
+    killer.join()
+    assert killed, "no worker was seen"
+    assert "a decoder process died" in caplog.text  # the pool broke, and recovered
+    assert m["clips_ok"] == 3 and m["frames"] == 3 * 600, m["reasons"]
+    assert not (tmp_path / "out" / ".spool").exists()
