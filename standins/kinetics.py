@@ -22,14 +22,12 @@ import shutil
 import sys
 import tarfile
 import threading
-from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 
 from standins.http import Handler, Standin, corrupted, serve_until_signalled
-from standins.video import frame_image
+from standins.video import make_clip
 
 MANIFEST_NAME = "_kinetics.json"
 N_ARCHIVES = 2
@@ -64,47 +62,6 @@ def video_id(*parts) -> str:
 
 def _number(*parts) -> int:
     return int.from_bytes(_digest("n", *parts)[:4], "big")
-
-
-def encode_clip(
-    path: Path,
-    *,
-    seconds: float,
-    fps: int,
-    width: int,
-    height: int,
-    gop: int,
-    first_index: int = 0,
-    seed: int = 0,
-) -> Path:
-    """Write an H.264 mp4 whose frame i shows index first_index + i; return its path.
-
-    Frames are standins.video's, so `read_index` reads them back. Same arguments give the
-    same bytes, and keyframes fall exactly every `gop` frames.
-    """
-    rng = np.random.default_rng(seed)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="mp4", options={"fflags": "+bitexact"}) as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # Not video.make_clip's settings: there x264 clamps keyint_min to gop/2+1 and scene
-        # cuts add IDR frames mid-GOP, and mb-tree with B-frames changes bytes from run to run
-        # (measured here). One thread keeps the bytes equal on machines with other core counts.
-        stream.codec_context.thread_count = 1
-        stream.options = {
-            "crf": "23",
-            "preset": "veryfast",
-            "g": str(gop),
-            "keyint_min": str(gop),
-            "sc_threshold": "0",
-            "x264-params": "mbtree=0",
-        }
-        for i in range(round(seconds * fps)):
-            image = frame_image(first_index + i, width, height, rng)
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(image)))
-        out.mux(stream.encode())
-    return path
 
 
 def keyframes(path: Path) -> list[int]:
@@ -223,7 +180,7 @@ def generate(
     for vid, (label, vsplit, has_video) in plan.items():
         rel = f"youtube/{vid}.mp4" if has_video else None
         if rel:
-            encode_clip(root / rel, seconds=seconds, seed=_number(seed, "video", vid), **video)
+            make_clip(root / rel, seconds=seconds, seed=_number(seed, "video", vid), **video)
             keys = keyframes(root / rel)
         else:
             keys = list(range(0, n_frames, gop))  # what the vanished upload would have had
@@ -273,7 +230,7 @@ def generate(
         v = videos[vid]
         name = clip_name(vid, v["start"], v["end"])
         tmp = root / "kinetics" / split / name
-        encode_clip(
+        make_clip(
             tmp,
             seconds=clip_seconds,
             first_index=v["start"] * fps,
@@ -286,7 +243,7 @@ def generate(
     # A clip the CSV does not list: the mirror holds videos a selection must skip.
     extra = clip_name(video_id(seed, "extra"), 0, clip_seconds)
     tmp = root / "kinetics" / split / extra
-    encode_clip(tmp, seconds=clip_seconds, seed=_number(seed, "clip", extra), **video)
+    make_clip(tmp, seconds=clip_seconds, seed=_number(seed, "clip", extra), **video)
     members[0][extra] = tmp.read_bytes()
     tmp.unlink()
     for rel, content in zip(archives, members, strict=True):
