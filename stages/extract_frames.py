@@ -19,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 from tqdm import tqdm
 
 from stages.core.config import FramesConf, SourceConf
@@ -26,6 +27,7 @@ from stages.core.errors import StoreError
 from stages.core.metrics import class_counts
 from stages.core.parallel import default_workers, pmap
 from stages.core.store import Row, ShardWriter, Store, member_name, write_manifest
+from stages.formats.video import FrameSpec, VideoError, extract
 from stages.pipeline.entry import run_main, start
 from stages.sources import Source
 
@@ -41,11 +43,7 @@ class Task:
     shard: str
     offset: int
     size: int
-    short_side: int | None
-    fps: float | None
-    num_frames: int | None
-    quality: int
-    interpolation: str
+    spec: FrameSpec
     window: tuple[float, float] | None
     threads: str
     spool: str  # where the worker writes the clip's JPEGs, one after another
@@ -59,11 +57,9 @@ def task_for(store: Store, row: Row, cfg: FramesConf, threads: str, spool: Path,
         shard=str(store.shard_path(row)),
         offset=row.offset,
         size=row.bytes,
-        short_side=cfg.short_side,
-        fps=cfg.fps,
-        num_frames=cfg.num_frames,
-        quality=cfg.quality,
-        interpolation=cfg.interpolation.value,
+        spec=FrameSpec(
+            cfg.short_side, cfg.fps, cfg.num_frames, cfg.quality, cfg.interpolation.value
+        ),
         window=(float(window[0]), float(window[1])) if window else None,
         threads=threads,
         spool=str(spool),
@@ -104,11 +100,8 @@ class Segment(io.RawIOBase):
 def run_task(task: Task):
     """Decode one clip in a worker process; return its Frames (JPEGs in the spool file) or
     the reason it failed. Any error is the clip's: the stage goes on with the others."""
-    from stages.formats.video import FrameSpec, VideoError, extract
-
     if not task.size:
         return "empty video (0 bytes)"
-    spec = FrameSpec(task.short_side, task.fps, task.num_frames, task.quality, task.interpolation)
     with open(task.shard, "rb") as fh:
         if os.fstat(fh.fileno()).st_size < task.offset + task.size:
             raise StoreError(f"{task.shard} is truncated: run the fetch stage again")
@@ -116,7 +109,7 @@ def run_task(task: Task):
             with open(task.spool, "wb") as out:
                 frames = extract(
                     Segment(fh, task.offset, task.size),
-                    spec,
+                    task.spec,
                     task.window,
                     task.threads,
                     sink=out.write,
@@ -124,9 +117,9 @@ def run_task(task: Task):
                 )
         except VideoError as exc:
             return str(exc)
-        except (MemoryError, OSError):
-            raise  # the machine's trouble, not the clip's
         except Exception as exc:  # PyAV, swscale, the encoder: many types for hostile input
+            if isinstance(exc, MemoryError | OSError) and not isinstance(exc, av.FFmpegError):
+                raise  # the machine's trouble (PyAV's errors may be OSErrors too), not the clip's
             return f"undecodable video: {type(exc).__name__}"
     if not frames.indices:
         return "no frames decoded in the clip's window"

@@ -150,6 +150,7 @@ def extract(
     `hold_bytes` of decoded frames, and decodes twice past that.
     """
     res = Frames()
+    sink = sink or res.jpegs.append
     size = None
     # One scaler per clip: frame.reformat() would build a new swscale context every frame.
     scaler = VideoReformatter()
@@ -160,10 +161,7 @@ def extract(
             size = out_size(frame.width, frame.height, spec.short_side)
             res.width, res.height = size
         jpeg = _encode(scaler, frame, size, spec)
-        if sink is None:
-            res.jpegs.append(jpeg)
-        else:
-            sink(jpeg)
+        sink(jpeg)
         res.sizes.append(len(jpeg))
         res.indices.append(pos)
         res.times.append(round(rel, 6))
