@@ -135,7 +135,11 @@ def archive_rows(cfg, chosen: list[Clip], labels: dict[str, list[str]], ctx: Con
     wanted = {c.clip_id for c in chosen}
     results: dict[str, Result] = {}
     stats = {"archives": 0, "fetched": 0, "skipped_complete": 0, "failed": 0, "reasons": {}}
-    failed_any = False
+
+    def failed(reason: str) -> None:
+        stats["failed"] += 1
+        stats["reasons"][reason] = stats["reasons"].get(reason, 0) + 1
+
     for url in archive_urls(text):
         stats["archives"] += 1
         known = _known_members(dl, url)
@@ -149,24 +153,18 @@ def archive_rows(cfg, chosen: list[Clip], labels: dict[str, list[str]], ctx: Con
                 continue
         res = dl.fetch(url, kind="any", refresh=True, max_bytes=f.max_archive_bytes)
         if res.status != "ok":
-            failed_any = True
-            stats["failed"] += 1
-            reason = f"{res.status}: {res.reason}"
-            stats["reasons"][reason] = stats["reasons"].get(reason, 0) + 1
+            failed(f"{res.status}: {res.reason}")
             continue
         stats["fetched"] += 1
         try:
             found = _extract(dl, url, dl.object_path(res.sha256), wanted, f.max_clip_bytes)
         except READ_ERRORS as exc:
-            failed_any = True
-            stats["failed"] += 1
-            detail = str(exc) if isinstance(exc, ArchiveError) else type(exc).__name__
-            reason = f"unreadable archive: {detail}"
-            stats["reasons"][reason] = stats["reasons"].get(reason, 0) + 1
-            dl.forget(url)
+            detail = exc if isinstance(exc, ArchiveError) else type(exc).__name__
+            failed(f"unreadable archive: {detail}")
             continue
         finally:
-            dl.object_path(res.sha256).unlink(missing_ok=True)  # only its members are kept
+            # Only its members are kept (archives are always fetched afresh: refresh=True).
+            dl.object_path(res.sha256).unlink(missing_ok=True)
         dl.ledger.put(*found.values())
         results.update(found)
     rows = []
@@ -175,8 +173,8 @@ def archive_rows(cfg, chosen: list[Clip], labels: dict[str, list[str]], ctx: Con
         row = clip_row(clip, labels.get(clip.clip_id, []), "", ctx.source_name, None)
         if res is None:
             # Absent everywhere is permanent; with an archive unread it may yet turn up.
-            row.status = "failed" if failed_any else "missing"
-            row.reason = "an archive could not be read" if failed_any else "in no archive"
+            row.status = "failed" if stats["failed"] else "missing"
+            row.reason = "an archive could not be read" if stats["failed"] else "in no archive"
         else:
             row.url, row.status, row.reason = res.url, res.status, res.reason
             row.sha256, row.bytes = res.sha256, res.bytes

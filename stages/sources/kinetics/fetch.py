@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from urllib.parse import quote
@@ -18,14 +19,12 @@ ALL = "\0all"  # the one pool of a CSV without labels (test split)
 
 def read_text(location: str, ctx: Context, max_bytes: int, what: str) -> tuple[str, str]:
     """Return (text, sha256) of a local file or a URL fetched through the shared downloader."""
-    import hashlib
-
     if location.startswith(("http://", "https://")):
         dl = ctx.downloader
         res = dl.fetch(location, kind="any", refresh=True, max_bytes=max_bytes)
         if res.status != "ok":
             raise MetadataError(f"cannot download the {what}: {res.status} ({res.reason})")
-        data = dl.object_path(res.sha256).read_bytes()
+        data, digest = dl.object_path(res.sha256).read_bytes(), res.sha256
     else:
         path = Path(location)
         if not path.is_file():
@@ -33,8 +32,9 @@ def read_text(location: str, ctx: Context, max_bytes: int, what: str) -> tuple[s
         if path.stat().st_size > max_bytes:
             raise MetadataError(f"{what} {location} is larger than {max_bytes} bytes")
         data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
     try:
-        return data.decode("utf-8-sig"), hashlib.sha256(data).hexdigest()
+        return data.decode("utf-8-sig"), digest
     except UnicodeDecodeError as exc:
         raise MetadataError(f"{what} is not UTF-8: {exc.reason}") from None
 
