@@ -11,7 +11,6 @@ import io
 import logging
 import os
 import shutil
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -20,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
-from tqdm import tqdm
 
 from stages.core.config import FramesConf, SourceConf
 from stages.core.errors import StoreError
 from stages.core.metrics import class_counts
-from stages.core.parallel import default_workers, pmap
+from stages.core.parallel import default_workers, pmap, progress
 from stages.core.store import Row, ShardWriter, Store, member_name, write_manifest
 from stages.formats.video import FrameSpec, VideoError, extract
 from stages.pipeline.entry import run_main, start
@@ -175,14 +173,7 @@ def extract_frames(
     n_frames, n_bytes = 0, 0
     try:
         results = results_of(tasks, workers)
-        bar = tqdm(
-            results,
-            total=len(tasks),
-            desc=f"frames@{source.name}",
-            unit="clip",
-            disable=not sys.stderr.isatty(),
-            dynamic_ncols=True,
-        )
+        bar = progress(results, total=len(tasks), desc=f"frames@{source.name}", unit="clip")
         for clip, task, res in zip(ok, tasks, bar, strict=True):
             if isinstance(res, str):
                 reasons[res] += 1

@@ -12,7 +12,6 @@ import queue
 import random
 import shutil
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -21,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tqdm import tqdm
-
 from stages.core.config import FetchConf
 from stages.core.errors import StageError
 from stages.core.origins import origin_of, redact
+from stages.core.parallel import progress
 from stages.net.credentials import Credentials
 from stages.net.ledger import PERMANENT, Ledger, Result
 from stages.net.transport import Exchange, Options, Transport
@@ -318,15 +316,7 @@ class Downloader:
                 results[url] = prior
             else:
                 todo.append(self._job(url, kind, max_bytes, None))
-        bar = tqdm(
-            total=len(urls),
-            initial=len(results),
-            desc=desc,
-            unit="item",
-            disable=not sys.stderr.isatty(),
-            dynamic_ncols=True,
-            smoothing=0.1,
-        )
+        bar = progress(total=len(urls), initial=len(results), desc=desc, unit="item")
         start, nbytes = time.monotonic(), 0
         # Results are recorded in batches (one transaction each); the finally below writes the
         # last batch even on Ctrl-C or a fatal error, so finished downloads are never redone.

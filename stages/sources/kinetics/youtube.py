@@ -19,15 +19,12 @@ import os
 import re
 import shutil
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from stages.core.parallel import pmap
+from stages.core.parallel import pmap, progress
 from stages.core.store import Row
 from stages.net.ledger import Result
 from stages.sources import Context
@@ -299,13 +296,8 @@ def download(cfg, rows: list[Row], ctx: Context) -> dict[str, Result]:
             results[row.url] = prior
         else:
             todo.append(row)
-    bar = tqdm(
-        total=len(rows),
-        initial=len(results),
-        desc=f"fetch@{ctx.source_name}",
-        unit="clip",
-        disable=not sys.stderr.isatty(),
-        dynamic_ncols=True,
+    bar = progress(
+        total=len(rows), initial=len(results), desc=f"fetch@{ctx.source_name}", unit="clip"
     )
     start = time.monotonic()
     workers = cfg.fetch.clip_workers

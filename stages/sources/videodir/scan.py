@@ -21,10 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path, PurePath
 
-from tqdm import tqdm
-
 from stages.core.errors import ConfigError, MetadataError, StageError
-from stages.core.parallel import default_workers, pmap
+from stages.core.parallel import default_workers, pmap, progress
 from stages.core.store import Row
 from stages.net.download import Downloader
 from stages.sources import Context, Plan
@@ -291,7 +289,7 @@ def plan(cfg: VideodirConf, ctx: Context) -> Plan:
     groups: dict[str, list[Matched]] = {}
     sizes: dict[str, int] = {}
     results = pmap(digest, kept, kind="thread", workers=workers, window=4 * workers)
-    bar = tqdm(total=len(kept), desc=f"fetch@{ctx.source_name}", unit="file", leave=False)
+    bar = progress(total=len(kept), desc=f"fetch@{ctx.source_name}", unit="file", leave=False)
     for match, (sha, size) in zip(kept, results, strict=True):
         groups.setdefault(sha, []).append(match)  # kept is sorted: each group is too
         sizes[sha] = size
