@@ -153,11 +153,17 @@ class FramesConf:
     interpolation: Interpolation = MISSING
 
     def __post_init__(self) -> None:
-        for key in ("short_side", "fps", "num_frames"):  # None: native size, rate, all frames
-            if getattr(self, key) is not None:
-                positive("frames", **{key: getattr(self, key)})
-        if not 1 <= self.quality <= 100:
-            raise ConfigError(f"frames.quality must be 1..100, not {self.quality}")
+        check_frames("frames", self)
+
+
+def check_frames(where: str, frames) -> None:
+    """Check frame settings (None: native size, rate, all frames; or, in a per-camera
+    override, the global value)."""
+    for key in ("short_side", "fps", "num_frames"):
+        if getattr(frames, key) is not None:
+            positive(where, **{key: getattr(frames, key)})
+    if frames.quality is not None and not 1 <= frames.quality <= 100:
+        raise ConfigError(f"{where}.quality must be 1..100, not {frames.quality}")
 
 
 GROUPS: dict[str, type] = {

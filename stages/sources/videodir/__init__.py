@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from omegaconf import MISSING
 
-from stages.core.config import FramesConf, NoSettings, VideoSourceConf, positive
+from stages.core.config import FramesConf, NoSettings, VideoSourceConf, check_frames
 from stages.core.errors import ConfigError
 from stages.sources import Context, Plan, Source
 
@@ -100,12 +100,7 @@ class VideodirFrames(FramesConf):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name, cam in self.cameras.items():
-            where = f"sources.videodir.frames.cameras.{name}"
-            for key in ("short_side", "fps", "num_frames"):
-                if getattr(cam, key) is not None:
-                    positive(where, **{key: getattr(cam, key)})
-            if cam.quality is not None and not 1 <= cam.quality <= 100:
-                raise ConfigError(f"{where}.quality must be 1..100, not {cam.quality}")
+            check_frames(f"sources.videodir.frames.cameras.{name}", cam)
 
     def for_camera(self, camera: str | None) -> FramesConf:
         """Return the settings for one camera's clips: its overrides over the global values."""
