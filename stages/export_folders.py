@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 from stages.core.errors import StoreError
@@ -30,9 +31,10 @@ def export_folders(store: Store, dest: Path, layout: str) -> int:
         if any("clip" not in r.meta for r in rows):
             raise StoreError(f"--layout {layout} needs a frames store (extract-frames output)")
         # A clip's frames in order, numbered from 1 (clean may have dropped some).
+        per_clip: Counter = Counter()
         for row in sorted(rows, key=lambda r: (r.meta["clip"], r.meta["frame"])):
-            numbers[row.item_id] = numbers.get(row.meta["clip"], 0) + 1
-            numbers[row.meta["clip"]] = numbers[row.item_id]
+            per_clip[row.meta["clip"]] += 1
+            numbers[row.item_id] = per_clip[row.meta["clip"]]
     for row, data in store.iter_payloads(rows):
         name = member_name(row.item_id, payload_ext(row) or ".jpg")
         if layout in FRAME_LAYOUTS:
