@@ -12,7 +12,7 @@ from PIL import Image
 from stages.core.config import CleanConf, SourceConf
 from stages.core.metrics import class_counts
 from stages.core.parallel import pmap
-from stages.core.store import Row, Store, rebase, write_manifest
+from stages.core.store import Row, Store, frames_by_clip, rebase, write_manifest
 from stages.pipeline.entry import run_main, start
 from stages.sources import Source
 
@@ -60,11 +60,8 @@ def clean_boxes(row: Row, width: int, height: int, min_size: float, counts: Coun
 
 def keep_whole_clips(rows: list[Row], min_frames: int, dropped: Counter):
     """Drop the frames of clips left with fewer than min_frames; return (frames, one per clip)."""
-    by_clip: dict[str, list[Row]] = {}
-    for row in rows:
-        by_clip.setdefault(row.meta["clip"], []).append(row)
     kept, firsts = [], []
-    for frames in by_clip.values():
+    for frames in frames_by_clip(rows).values():
         if len(frames) < min_frames:
             dropped["clip_too_short"] += 1
             dropped["frames_of_short_clips"] += len(frames)

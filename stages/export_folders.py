@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
 from stages.core.errors import StoreError
 from stages.core.files import atomic_write
-from stages.core.store import SAFE, Store, member_name, payload_ext
+from stages.core.store import SAFE, Store, frames_by_clip, member_name, payload_ext
 from stages.formats.voc import voc_xml
 from stages.pipeline.entry import run_main
 
@@ -31,10 +30,8 @@ def export_folders(store: Store, dest: Path, layout: str) -> int:
         if any("clip" not in r.meta for r in rows):
             raise StoreError(f"--layout {layout} needs a frames store (extract-frames output)")
         # A clip's frames in order, numbered from 1 (clean may have dropped some).
-        per_clip: Counter = Counter()
-        for row in sorted(rows, key=lambda r: (r.meta["clip"], r.meta["frame"])):
-            per_clip[row.meta["clip"]] += 1
-            numbers[row.item_id] = per_clip[row.meta["clip"]]
+        for frames in frames_by_clip(rows).values():
+            numbers.update((row.item_id, n) for n, row in enumerate(frames, 1))
     for row, data in store.iter_payloads(rows):
         name = member_name(row.item_id, payload_ext(row) or ".jpg")
         if layout in FRAME_LAYOUTS:

@@ -12,7 +12,7 @@ from PIL import Image
 from stages.core.config import Aspect, ExportConf
 from stages.core.parallel import pmap
 from stages.core.selection import even_indices
-from stages.core.store import Row, Store
+from stages.core.store import Row, Store, frames_by_clip
 from stages.formats.npz import write_npz
 from stages.pipeline.entry import run_main, start
 
@@ -113,10 +113,7 @@ def export(store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> di
 
 def export_clips(store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> dict:
     """Write npz shards of clips: X (N,T,H,W,3) of T evenly spaced frames, y, classes, ids."""
-    by_clip: dict[str, list[Row]] = {}
-    for row in store.rows():  # sorted by item id: a clip's frames in order
-        if row.status == "ok" and row.shard is not None:
-            by_clip.setdefault(row.meta["clip"], []).append(row)
+    by_clip = frames_by_clip(r for r in store.rows() if r.status == "ok" and r.shard is not None)
     clips = sorted(by_clip)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = dict.fromkeys(names, 0)
@@ -126,7 +123,7 @@ def export_clips(store: Store, names: list[str], cfg: ExportConf, out_dir: Path)
         chunk = clips[first : first + cfg.clips_per_shard]
         picked: list[tuple[Row, list[Row]]] = []
         for clip in chunk:
-            frames = sorted(by_clip[clip], key=lambda r: r.meta["frame"])
+            frames = by_clip[clip]
             if len(frames) < T:
                 skipped += 1  # only with clean.min_frames below export.frames
                 continue

@@ -272,6 +272,16 @@ class Store:
                 fh.close()
 
 
+def frames_by_clip(rows: Iterable[Row]) -> dict[str, list[Row]]:
+    """Group frame rows (extract-frames output) by clip, each clip's frames in order."""
+    clips: dict[str, list[Row]] = {}
+    for row in rows:
+        clips.setdefault(row.meta["clip"], []).append(row)
+    for frames in clips.values():
+        frames.sort(key=lambda r: r.meta["frame"])
+    return clips
+
+
 def rebase(rows: Iterable[Row], from_root: Path, to_root: Path) -> list[Row]:
     """Point rows' shard paths, relative to from_root, at the same files relative to to_root."""
     # Lexical paths, never resolve(): with DVC's symlink cache a shard file links into the
