@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from stages.core.config import FetchConf
 from stages.core.errors import StageError
+from stages.core.files import sha256_file
 from stages.core.origins import origin_of, redact
 from stages.core.parallel import progress
 from stages.net.credentials import Credentials
@@ -250,12 +251,7 @@ class Downloader:
         into place atomically, so an object's name always matches its bytes.
         """
         size = os.path.getsize(path)
-        if sha256 is None:
-            sha = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    sha.update(block)
-            sha256 = sha.hexdigest()
+        sha256 = sha256 or sha256_file(path)
         os.replace(path, self.object_file(sha256))
         return sha256, size
 

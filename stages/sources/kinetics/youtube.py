@@ -12,7 +12,6 @@ in, and a crash in a codec is that clip's failure, never the stage's.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -24,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from stages.core.files import sha256_file
 from stages.core.parallel import pmap, progress
 from stages.core.store import Row
 from stages.net.ledger import Result
@@ -182,11 +182,7 @@ def run_attempt(job: Job) -> Outcome:
     why = check_clip(out)
     if why:
         return Outcome("failed", why)
-    sha = hashlib.sha256()
-    with open(out, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(block)
-    return Outcome("ok", path=str(out), sha256=sha.hexdigest())
+    return Outcome("ok", path=str(out), sha256=sha256_file(out))
 
 
 def _child(job: Job, conn) -> None:

@@ -10,7 +10,6 @@ edit them in place.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -200,16 +199,6 @@ def read_paths(videos: list[Found], cfg: VideodirConf) -> tuple[list[Matched], d
     return matched, unmatched
 
 
-def hash_file(path: str) -> tuple[str, int]:
-    """Return a file's SHA-256 (hex) and size, reading it in chunks."""
-    try:
-        with open(path, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256")
-            return digest.hexdigest(), fh.tell()
-    except OSError as exc:
-        raise StageError(f"cannot read {path}: {exc.strerror}") from None
-
-
 def import_file(dl: Downloader, src: str) -> tuple[str, int]:
     """Put a file into the object cache under its hash; return (sha256, size).
 
@@ -222,11 +211,7 @@ def import_file(dl: Downloader, src: str) -> tuple[str, int]:
             os.link(src, tmp)  # no copy when the cache shares the file system
         except OSError:
             shutil.copyfile(src, tmp)
-        sha, size = hash_file(str(tmp))
-        dest = dl.object_path(sha)
-        if not (dest.is_file() and dest.stat().st_size == size):
-            dl.adopt(tmp, sha)
-        return sha, size
+        return dl.adopt(tmp)  # hashes the link: an object already there is replaced by equal bytes
     except OSError as exc:
         raise StageError(f"cannot import {src} into the cache: {exc.strerror}") from None
     finally:
