@@ -9,7 +9,7 @@ from pathlib import Path
 from stages.core.config import FetchConf, SourceConf, StoreConf
 from stages.core.errors import TransientFailures
 from stages.core.metrics import class_counts, status_summary
-from stages.core.store import Row, write_store
+from stages.core.store import STATUSES, Row, write_store
 from stages.net.credentials import Credentials
 from stages.net.download import Downloader
 from stages.pipeline.entry import run_main, start
@@ -60,7 +60,7 @@ def fetch(
         # ok / permanently gone (missing, corrupt) / transient-failed, per class.
         "availability": {
             status: class_counts(rows, names, status)
-            for status in ("ok", "missing", "corrupt", "failed")
+            for status in STATUSES
         },
         "selection": plan.stats,
     }

@@ -268,6 +268,11 @@ class Downloader:
             return res
         return None
 
+    def standing(self, urls: Iterable[str]) -> dict[str, Result]:
+        """Return the recorded outcomes that stand for these URLs (the rest need fetching)."""
+        recorded = self.ledger.all()
+        return {u: r for u in urls if (r := self.reusable(recorded.get(u))) is not None}
+
     # ------------------------------------------------------------------ public API
 
     def fetch(
@@ -303,15 +308,8 @@ class Downloader:
     ) -> dict[str, Result]:
         """Download many URLs concurrently; show items/s and MB/s on a TTY."""
         urls = sorted(set(urls))
-        results: dict[str, Result] = {}
-        recorded = self.ledger.all()
-        todo = []
-        for url in urls:
-            prior = self.reusable(recorded.get(url))
-            if prior is not None:
-                results[url] = prior
-            else:
-                todo.append(self._job(url, kind, max_bytes, None))
+        results = self.standing(urls)
+        todo = [self._job(u, kind, max_bytes, None) for u in urls if u not in results]
         bar = progress(total=len(urls), initial=len(results), desc=desc, unit="item")
         start, nbytes = time.monotonic(), 0
         # Results are recorded in batches (one transaction each); the finally below writes the

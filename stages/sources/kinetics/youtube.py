@@ -283,15 +283,8 @@ def download(cfg, rows: list[Row], ctx: Context) -> dict[str, Result]:
     """Fetch pending clips (reusing the ledger's outcomes); return results by row URL."""
     dl = ctx.downloader
     bindir = ffmpeg_dir(dl.root)
-    recorded = dl.ledger.all()
-    results: dict[str, Result] = {}
-    todo = []
-    for row in sorted(rows, key=lambda r: r.url):
-        prior = dl.reusable(recorded.get(row.url))
-        if prior is not None:
-            results[row.url] = prior
-        else:
-            todo.append(row)
+    results = dl.standing(r.url for r in rows)
+    todo = sorted((r for r in rows if r.url not in results), key=lambda r: r.url)
     bar = progress(
         total=len(rows), initial=len(results), desc=f"fetch@{ctx.source_name}", unit="clip"
     )
