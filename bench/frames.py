@@ -164,7 +164,7 @@ def busy_seconds() -> float:
 def wipe(path: Path) -> None:
     """Remove an output tree and flush, so the next run starts from the same disk state."""
     shutil.rmtree(path, ignore_errors=True)
-    os.sync()
+    settle()
 
 
 def main() -> None:
