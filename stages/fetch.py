@@ -58,10 +58,7 @@ def fetch(
         **status_summary(rows),
         "classes": class_counts(rows, names),
         # ok / permanently gone (missing, corrupt) / transient-failed, per class.
-        "availability": {
-            status: class_counts(rows, names, status)
-            for status in STATUSES
-        },
+        "availability": {status: class_counts(rows, names, status) for status in STATUSES},
         "selection": plan.stats,
     }
     return rows, metrics
