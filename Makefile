@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Datumaro, the dataset tool the VOC/COCO export tests read with, in its own venv: it pins
+# other pillow/pyarrow versions than the project.
+DM_VENV := .venv-datumaro
+DM_STAMP := $(DM_VENV)/.installed
 
 .PHONY: demo test lint bench clean-demo
 
@@ -11,10 +15,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+$(DM_STAMP): Makefile
+	test -x $(DM_VENV)/bin/python || $(PYTHON) -m venv $(DM_VENV)
+	$(DM_VENV)/bin/pip install --quiet --disable-pip-version-check datumaro==1.13.12
+	touch $(DM_STAMP)
+
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m stages.demo
 
-test: $(STAMP)
+test: $(STAMP) $(DM_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -26,6 +35,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/select.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/dvc_transfer.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/frames.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/tator_frames.py
 
 clean-demo:
 	rm -rf .demo data/videodir/input

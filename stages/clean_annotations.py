@@ -9,6 +9,7 @@ from collections import Counter
 
 from PIL import Image
 
+from stages.core.boxes import pixel_edges, scale_of
 from stages.core.config import CleanConf, SourceConf
 from stages.core.metrics import class_counts
 from stages.core.parallel import pmap
@@ -40,21 +41,18 @@ def inspect_image(data: bytes, decode: bool) -> tuple[int, int] | None:
 
 
 def clean_boxes(row: Row, width: int, height: int, min_size: float, counts: Counter) -> list[dict]:
-    """Scale boxes to the real image size, clamp them into it, drop degenerate ones."""
-    sx = width / row.width if row.width else 1.0
-    sy = height / row.height if row.height else 1.0
+    """Put boxes on the pixel edges of the image received (core.boxes' rule), clamped into
+    it; drop those narrower or shorter than min_size (and at least one pixel)."""
+    sx, sy = scale_of(row, width, height)
     out = []
     for box in row.boxes:
-        x, y = box["x"] * sx, box["y"] * sy
-        x2, y2 = x + box["w"] * sx, y + box["h"] * sy
-        cx, cy = min(max(x, 0.0), width), min(max(y, 0.0), height)
-        cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
-        if (cx, cy, cx2, cy2) != (x, y, x2, y2):
+        (x0, y0, x1, y1), clamped = pixel_edges(box, sx, sy, width, height)
+        if clamped:
             counts["boxes_clamped"] += 1
-        if cx2 - cx < min_size or cy2 - cy < min_size:
+        if x1 - x0 < max(min_size, 1) or y1 - y0 < max(min_size, 1):
             counts["boxes_dropped_degenerate"] += 1
             continue
-        out.append({"label": box["label"], "x": cx, "y": cy, "w": cx2 - cx, "h": cy2 - cy})
+        out.append({"label": box["label"], "x": x0, "y": y0, "w": x1 - x0, "h": y1 - y0})
     return out
 
 
@@ -73,13 +71,15 @@ def keep_whole_clips(rows: list[Row], min_frames: int, dropped: Counter):
 
 def clean(
     store: Store, source: Source, src_cfg: SourceConf, cfg: CleanConf
-) -> tuple[list[Row], dict]:
-    """Return the cleaned rows (payloads unchanged) and the counts of what was dropped."""
-    names = source.classes(src_cfg)
+) -> tuple[list[Row], list[str], dict]:
+    """Return the cleaned rows (payloads unchanged), the class names in id order, and the
+    counts of what was dropped."""
+    names = source.names(src_cfg, store)
     ids = {n: i for i, n in enumerate(names)}
     decode, min_size = cfg.decode_check, cfg.min_box_size
     counts: Counter = Counter()
     dropped: Counter = Counter()
+    counts_boxes: Counter = Counter()
     rows = store.rows()
     usable = [r for r in rows if r.status == "ok"]
     for r in rows:
@@ -110,12 +110,14 @@ def clean(
         ]
         counts["boxes_out"] += len(row.boxes)
         row.width, row.height = width, height
-        row.labels = sorted(known, key=ids.__getitem__)
-        row.label_ids = [ids[lab] for lab in row.labels]
+        row.labels = known
         row = source.clean_row(src_cfg, row, counts)
         if row is None:
             dropped["by_source"] += 1
             continue
+        row.labels = sorted((lab for lab in row.labels if lab in ids), key=ids.__getitem__)
+        row.label_ids = [ids[lab] for lab in row.labels]
+        counts_boxes.update(b["label"] for b in row.boxes)
         kept.append(row)
     clips = None
     if source.video:
@@ -132,19 +134,20 @@ def clean(
         "classes": class_counts(kept if clips is None else clips, names),
         **({} if clips is None else {"clips_out": len(clips), "frames_out": len(kept)}),
         "class_ids": ids,
+        "boxes_per_class": {n: counts_boxes.get(n, 0) for n in names},
         "bytes": sum(r.bytes or 0 for r in kept),
     }
-    return kept, metrics
+    return kept, names, metrics
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run clean-annotations for one source."""
     run = start(argv, "stages.clean_annotations", __doc__)
     args = run.args
-    rows, metrics = clean(Store(args.inp), run.source, run.cfg, run.section("clean"))
+    rows, names, metrics = clean(Store(args.inp), run.source, run.cfg, run.section("clean"))
     args.out.mkdir(parents=True)
     # Payloads are unchanged: the manifest points into the upstream shards.
-    write_manifest(args.out, rebase(rows, args.inp, args.out))
+    write_manifest(args.out, rebase(rows, args.inp, args.out), names)
     run.finish(metrics)
     log.info(
         "clean@%s: kept %d of %d (%s)",

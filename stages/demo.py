@@ -16,6 +16,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
 N_IMAGES = 120
+# The Tator stand-in accepts this token; the demo exports it as TATOR_TOKEN for its own run
+# (a real token in your environment is never sent to the stand-in).
+DEMO_TATOR_TOKEN = "demo-token"
 
 
 # Stand-ins the demo starts: module, the conf file and key whose URL names its port, and
@@ -23,6 +26,7 @@ N_IMAGES = 120
 STANDINS = (
     ("standins.lila", "lila", ("fetch", "index_url"), ["--generate", str(N_IMAGES)]),
     ("standins.kinetics", "kinetics", ("fetch", "annotations"), ["--generate"]),
+    ("standins.tator", "tator", ("fetch", "host"), ["--token", DEMO_TATOR_TOKEN, "--media", "6"]),
 )
 
 
@@ -106,6 +110,7 @@ def main() -> int:
     """Build the demo dataset end to end and push it."""
     DEMO.mkdir(exist_ok=True)
     os.environ.setdefault("DSREPO_CACHE_DIR", str(DEMO / "cache"))
+    os.environ["TATOR_TOKEN"] = DEMO_TATOR_TOKEN
     # The video-folder source reads data/videodir/input: a generated camera folder here.
     subprocess.run(
         [sys.executable, "-m", "standins.video", "folder", "--root", "data/videodir/input"],

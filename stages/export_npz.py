@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run export-npz for one source."""
     run = start(argv, "stages.export_npz", __doc__)
     run_export = export_clips if run.source.video else export
-    metrics = run_export(Store(run.args.inp), run.classes, run.section("export"), run.args.out)
+    store = Store(run.args.inp)
+    names = run.source.names(run.cfg, store)
+    metrics = run_export(store, names, run.section("export"), run.args.out)
     run.finish(metrics)
     log.info(
         "export@%s: %d items in %d shards", run.args.source, metrics["items"], metrics["shards"]

@@ -216,10 +216,10 @@ def extract_frames(
         raise
     finally:
         shutil.rmtree(spool, ignore_errors=True)
-    write_manifest(out_dir, rows)
+    names = source.names(cfg, store)
+    write_manifest(out_dir, rows, names)
     frames = [r for r in rows if r.status == "ok"]
     clips_ok = {r.meta["clip"]: r for r in frames}
-    names = source.classes(cfg)
     metrics = {
         "clips": len(clips),
         "clips_ok": len(clips_ok),

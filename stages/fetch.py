@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
 
 from stages.core.config import FetchConf, SourceConf, StoreConf
 from stages.core.errors import TransientFailures
+from stages.core.files import atomic_write
 from stages.core.metrics import class_counts, status_summary
-from stages.core.store import STATUSES, Row, write_store
+from stages.core.store import MANIFEST, STATUSES, Row, write_store
 from stages.net.credentials import Credentials
 from stages.net.download import Downloader
 from stages.pipeline.entry import run_main, start
@@ -28,6 +30,8 @@ def fetch(
 ) -> tuple[list[Row], dict]:
     """Plan, download and pack one source; return the rows and the metrics."""
     creds = Credentials(source.credentials(cfg))
+    workers = fetch_cfg.source_workers.get(source.name, fetch_cfg.workers)
+    fetch_cfg = dataclasses.replace(fetch_cfg, workers=workers)
     dl = Downloader(fetch_cfg, cache_dir, ledger_name=f"ledger-{source.name}", credentials=creds)
     try:
         ctx = Context(downloader=dl, source_name=source.name)
@@ -46,14 +50,20 @@ def fetch(
         )
     if out_dir.exists():
         shutil.rmtree(out_dir)  # DVC removes outputs too; never mix two runs' files
+    names = plan.classes if plan.classes is not None else source.classes(cfg)
     rows = write_store(
-        out_dir, plan.rows, lambda r: dl.object_path(r.sha256), store_cfg.shard_bytes
+        out_dir,
+        plan.rows,
+        lambda r: dl.object_path(r.sha256),
+        store_cfg.shard_bytes,
+        classes=names,
     )
+    for rel, data in sorted(plan.files.items()):
+        write_beside(out_dir, rel, data)
     if not fetch_cfg.keep_cache:
         for row in rows:
             if row.status == "ok":
                 dl.object_path(row.sha256).unlink(missing_ok=True)
-    names = source.classes(cfg)
     metrics = {
         **status_summary(rows),
         "classes": class_counts(rows, names),
@@ -62,6 +72,14 @@ def fetch(
         "selection": plan.stats,
     }
     return rows, metrics
+
+
+def write_beside(out_dir: Path, rel: str, data: bytes) -> None:
+    """Write a source's metadata file into the store directory (never outside it)."""
+    path = (out_dir / rel).resolve()
+    if not path.is_relative_to(out_dir.resolve()) or rel.startswith("shards/") or rel == MANIFEST:
+        raise ValueError(f"a source's file {rel!r} would leave or overwrite the store")
+    atomic_write(path, data)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -212,7 +212,9 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return True
 
-    def serve(self, data: bytes, ctype: str, head: bool, fault=None, extra=()) -> None:
+    def serve(
+        self, data: bytes, ctype: str, head: bool, fault=None, extra=(), status: int = 200
+    ) -> None:
         """Send a body with Range support, applying transfer faults (truncate, stall).
 
         A "corrupt" fault is the stand-in's to apply (with `corrupted`) before computing
@@ -224,8 +226,8 @@ class Handler(BaseHTTPRequestHandler):
         if rng == "unsatisfiable":
             extra_range = [("Content-Range", f"bytes */{size}")]
             return self.simple(416, b"range not satisfiable\n", head, extra_range)
-        status, body = 200, data
-        if rng is not None:
+        body = data
+        if rng is not None and status == 200:
             start, end = rng
             status, body = 206, data[start : end + 1]
             headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))

@@ -136,12 +136,14 @@ def make_project(
     remote: Path | None = None,
     *,
     kinetics_url: str | None = None,
+    tator_url: str | None = None,
     disable: tuple[str, ...] = (),
 ) -> Project:
     """Copy the project to dest, point its LILA config at index_url, commit it.
 
     The video sources stay enabled only with `kinetics_url` (a Kinetics stand-in), which also
-    writes the demo's video folder into data/videodir/input."""
+    writes the demo's video folder into data/videodir/input; the Tator source only with
+    `tator_url` (a Tator stand-in)."""
     for rel in tracked_files():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +165,10 @@ def make_project(
         from standins.video import make_folder
 
         make_folder(dest / "data" / "videodir" / "input")
+    if tator_url is None:
+        proj.set_conf("conf/source/tator.yaml", "enabled: true", "enabled: false")
+    else:
+        proj.set_conf("conf/source/tator.yaml", "http://127.0.0.1:8767", tator_url)
     for name in disable:
         proj.set_conf(f"conf/source/{name}.yaml", "enabled: true", "enabled: false")
     # A changed set of sources makes compose ask for a second run (DVC re-expands stages).

@@ -88,7 +88,7 @@ def fetched(tmp_path) -> Store:
 
 def cleaned(fetched, tmp_path, source=LILA, **cfg) -> Store:
     settings = group_defaults("clean", **{"decode_check": True, "min_box_size": 2.0, **cfg})
-    rows, metrics = clean(fetched, source, lila_conf(NAMES), settings)
+    rows, _, metrics = clean(fetched, source, lila_conf(NAMES), settings)
     out = tmp_path / "clean"
     out.mkdir(exist_ok=True)
     write_manifest(out, rebase(rows, fetched.root, out))

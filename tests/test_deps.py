@@ -99,7 +99,10 @@ def stage_instances():
                     text = text.replace("${key}", key)
                     return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), text)
 
-                yield f"{name}@{key}", expand(body["cmd"]), key, [expand(d) for d in body["deps"]]
+                # A stage given the source's name loads its package; export-folders is not.
+                cmd = expand(body["cmd"])
+                source = key if cmd.split()[3] == key else None
+                yield f"{name}@{key}", cmd, source, [expand(d) for d in body["deps"]]
         else:
             yield name, stage["cmd"], None, stage["deps"]
 
@@ -112,12 +115,20 @@ def traced(tmp_path_factory, standin_root):
     """Run every stage command once on a small build; return the modules each one imported."""
     from standins.kinetics import KineticsStandin, generate
     from standins.lila import LilaStandin
+    from standins.tator import TatorStandin
 
     tmp = tmp_path_factory.mktemp("traced")
     generate(tmp / "kinetics")
     out = {}
-    with LilaStandin(standin_root) as srv, KineticsStandin(tmp / "kinetics") as kin:
-        proj = make_project(tmp / "repo", tmp / "cache", srv.index_url, kinetics_url=kin.url)
+    with (
+        LilaStandin(standin_root) as srv,
+        KineticsStandin(tmp / "kinetics") as kin,
+        TatorStandin(token="traced") as tator,
+    ):
+        proj = make_project(
+            tmp / "repo", tmp / "cache", srv.index_url, kinetics_url=kin.url, tator_url=tator.url
+        )
+        proj.env["TATOR_TOKEN"] = "traced"
         for name, cmd, _, _ in STAGES:
             argv = cmd.split()
             assert argv[0] == "python"
@@ -135,6 +146,8 @@ def stage_files(name: str, cmd: str, source: str | None, traced) -> list[Path]:
     """Return the project files a stage instance imports (static roots plus its run's trace)."""
     entry = re.search(r"python -m (\S+)", cmd).group(1)
     roots = [entry, f"stages.sources.{source}"] if source else [entry]
+    if name == "compose":
+        roots += [f"stages.sources.{p.stem}" for p in sorted((ROOT / "conf/source").glob("*.yaml"))]
     modules = set().union(*(imported(r) for r in roots))
     modules |= {m for m in traced[name] if m.split(".")[0] == "stages"}
     return sorted({module_file(m) for m in modules})
@@ -157,7 +170,7 @@ def test_code_deps_cover_every_import(name, cmd, source, deps, traced):
     roots = [entry]
     if source is not None:
         roots.append(f"stages.sources.{source}")  # loaded by name from argv
-    else:  # compose loads every source package named in conf/source/
+    elif name == "compose":  # compose loads every source package named in conf/source/
         roots += [f"stages.sources.{p.stem}" for p in sorted((ROOT / "conf/source").glob("*.yaml"))]
     modules = set().union(*(imported(r) for r in roots))
     ran = {m for m in traced[name] if m.split(".")[0] in ("stages", "standins")}

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional, TypeVar
+from typing import Any, ClassVar, Optional, TypeVar
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
@@ -40,6 +40,7 @@ class FetchConf:
     """The downloader shared by every source (`conf/fetch/`)."""
 
     workers: int = MISSING
+    source_workers: dict[str, int] = MISSING
     connect_timeout: float = MISSING
     low_speed_limit: int = MISSING
     low_speed_time: float = MISSING
@@ -64,6 +65,7 @@ class FetchConf:
             attempt_timeout=self.attempt_timeout,
             max_item_bytes=self.max_item_bytes,
         )
+        positive("fetch.source_workers", **self.source_workers)
         non_negative(
             "fetch",
             low_speed_limit=self.low_speed_limit,
@@ -174,6 +176,16 @@ GROUPS: dict[str, type] = {
 }
 
 
+class Layout(Enum):
+    """A folder layout stages.export_folders writes (and export-folders@<source>-<layout>)."""
+
+    classes = "classes"  # <label>/<item>.jpg
+    voc = "voc"  # Pascal VOC: JPEGImages/, Annotations/, ImageSets/Main/, labelmap.txt
+    coco = "coco"  # COCO: images/, annotations/instances_default.json
+    frames = "frames"  # video: <label>/<clip>/image_00001.jpg
+    mmaction = "mmaction"  # video: <label>/<clip>/img_00001.jpg
+
+
 @dataclass
 class NoSettings:
     """A stage section for which a source has no settings of its own (`{}` in its conf)."""
@@ -187,15 +199,20 @@ class SourceConf:
     depend on its own part only (a cleaning setting never re-runs fetch).
     """
 
+    # Whether `classes` may be empty: the source then discovers them from the data (sorted)
+    # and records them in its manifest.
+    allow_no_classes: ClassVar[bool] = False
+
     enabled: bool = MISSING
     classes: list[str] = MISSING
     fetch: Any = MISSING
     clean: NoSettings = MISSING
     export: NoSettings = MISSING
+    exports: list[Layout] = MISSING
 
     def __post_init__(self) -> None:
         names = [c.strip() for c in self.classes]
-        if not names or not all(names):
+        if not all(names) or (not names and not self.allow_no_classes):
             raise ConfigError("classes is empty or has a blank name: list the class names")
         if len({n.lower() for n in names}) != len(names):
             raise ConfigError(f"classes has duplicates: {names}")

@@ -51,6 +51,7 @@ SCHEMA = pa.schema(
     ]
 )
 SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+CLASSES_KEY = b"classes"
 
 
 @dataclass
@@ -103,6 +104,14 @@ def member_name(item_id: str, ext: str) -> str:
     digest = hashlib.sha1(item_id.encode()).hexdigest()[:10]
     ext = SAFE.sub("_", ext)[:10]  # from a remote URL: keep it tame
     return f"{safe[-70:]}-{digest}{ext}"
+
+
+def file_stem(item_id: str) -> str:
+    """Return an export file name (without extension) for an item: the id itself when it is
+    already safe and short, else a readable safe form made unique by a digest."""
+    if SAFE.sub("_", item_id) == item_id and item_id.strip("._") == item_id and len(item_id) <= 100:
+        return item_id
+    return member_name(item_id, "")
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -168,13 +177,20 @@ class ShardWriter:
         self._close()
 
 
-def write_manifest(out_dir: Path, rows: Iterable[Row]) -> Path:
-    """Write the manifest sorted by item id, deterministically, atomically."""
+def write_manifest(out_dir: Path, rows: Iterable[Row], classes: list[str] | None = None) -> Path:
+    """Write the manifest sorted by item id, deterministically, atomically.
+
+    `classes`, the class names in id order, are recorded in the file's metadata, so the
+    stages after this one use the same ids whether conf listed them or the data gave them.
+    """
     records = sorted((r.to_record() for r in rows), key=lambda r: r["item_id"])
     ids = [r["item_id"] for r in records]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate item ids in manifest")
-    table = pa.Table.from_pylist(records, schema=SCHEMA)
+    schema = SCHEMA
+    if classes is not None:
+        schema = SCHEMA.with_metadata({CLASSES_KEY: json.dumps(list(classes))})
+    table = pa.Table.from_pylist(records, schema=schema)
     path = Path(out_dir) / MANIFEST
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=False, use_dictionary=True)
@@ -187,6 +203,7 @@ def write_store(
     payload: Callable[[Row], Path | None],
     shard_bytes: int,
     ext: Callable[[Row], str] = payload_ext,
+    classes: list[str] | None = None,
 ) -> list[Row]:
     """Pack each row's payload (a file path, or None for no payload) and write the manifest."""
     out_dir = Path(out_dir)
@@ -207,7 +224,7 @@ def write_store(
     except BaseException:
         writer.abort()
         raise
-    write_manifest(out_dir, rows)
+    write_manifest(out_dir, rows, classes)
     return rows
 
 
@@ -222,6 +239,20 @@ class Store:
         self.table = pq.read_table(path)
         self._rows: list[Row] | None = None
         self._by_id: dict[str, Row] | None = None
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Return the class names in id order recorded by the stage that wrote the store."""
+        raw = (self.table.schema.metadata or {}).get(CLASSES_KEY)
+        if raw is None:
+            return None
+        try:
+            names = json.loads(raw)
+        except ValueError:
+            names = None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise StoreError(f"{self.root / MANIFEST}: malformed class list in its metadata")
+        return names
 
     def rows(self) -> list[Row]:
         """Return every row, sorted by item id."""

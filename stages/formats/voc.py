@@ -1,12 +1,24 @@
-"""Pascal VOC annotation XML, safe for any id or label a remote source supplies."""
+"""Pascal VOC: annotation XML safe for any id or label a remote source supplies, and the
+label map and image-set lists VOC readers need to find the dataset.
+
+Readers (Datumaro, CVAT) find a VOC dataset by its `ImageSets/Main/<subset>.txt` lists
+(one image id per line, no extension; a subset name without `_`) and accept class names
+outside the 20 VOC classes only when `labelmap.txt` (`name:r,g,b:parts:actions` lines)
+declares them. Names a label map cannot hold (with `:` or line breaks) are declared in
+`dataset_meta.json` as well, which Datumaro reads first.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 
 from lxml import etree
 
+from stages.core.boxes import voc_box
 from stages.core.store import Row
+
+LABELMAP_HEADER = "# label:color_rgb:parts:actions\n"
 
 # Characters XML 1.0 cannot hold (lxml refuses them): C0 controls but tab/LF/CR, lone
 # surrogates, U+FFFE/U+FFFF.
@@ -53,9 +65,31 @@ def voc_xml(row: Row, filename: str, folder: str = "JPEGImages") -> bytes:
         _sub(obj, "truncated", 0)
         _sub(obj, "difficult", 0)
         bb = etree.SubElement(obj, "bndbox")
-        # VOC is 1-based, inclusive pixel coordinates.
-        _sub(bb, "xmin", int(round(b["x"])) + 1)
-        _sub(bb, "ymin", int(round(b["y"])) + 1)
-        _sub(bb, "xmax", int(round(b["x"] + b["w"])))
-        _sub(bb, "ymax", int(round(b["y"] + b["h"])))
+        # VOC is 1-based, inclusive pixel coordinates (core.boxes states the rule).
+        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), voc_box(b), strict=True):
+            _sub(bb, tag, value)
     return etree.tostring(root, pretty_print=True, xml_declaration=False, encoding="utf-8")
+
+
+def color(index: int) -> tuple[int, int, int]:
+    """Return the VOC palette colour of a class index (background is 0)."""
+    r = g = b = 0
+    for shift in range(7, -1, -1):
+        r |= (index >> 0 & 1) << shift
+        g |= (index >> 1 & 1) << shift
+        b |= (index >> 2 & 1) << shift
+        index >>= 3
+    return r, g, b
+
+
+def labelmap(names: list[str]) -> tuple[str, bytes | None]:
+    """Return labelmap.txt for the class names, and dataset_meta.json if a name needs it."""
+    lines = [LABELMAP_HEADER, "background:0,0,0::\n"]
+    shown = [xml_text(n) for n in names]
+    for i, name in enumerate(shown, 1):
+        r, g, b = color(i)
+        lines.append(f"{name}:{r},{g},{b}::\n")
+    meta = None
+    if any(":" in n or "\n" in n or "\r" in n or n != n.strip() for n in shown):
+        meta = json.dumps({"labels": ["background", *shown]}, indent=1).encode() + b"\n"
+    return "".join(lines), meta

@@ -21,6 +21,7 @@ from stages.pipeline.params import conf_digest, hand_edited, render
 # Keys whose value would be a secret: conf must name an env var instead (`<key>_env`).
 SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|access_key|private_key)$", re.I)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+VIDEO_LAYOUTS = ("frames", "mmaction")
 
 
 def source_files(conf_dir: Path) -> list[Path]:
@@ -108,7 +109,7 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
             f"({out['export']['frames']}): clips kept by clean would be too short to export"
         )
     out["sources"] = {}
-    video, inputs = {}, {}
+    video, inputs, exports = {}, {}, {}
     for name, raw in (data.get("sources") or {}).items():
         source = sources.load(name)
         checked = validate(source.schema, raw, f"conf/source/{name}.yaml", f"sources.{name}")
@@ -117,6 +118,13 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
             video[name] = source.video
             if source.video:
                 check_frame_counts(name, checked["frames"], out["clean"]["min_frames"])
+            for layout in checked["exports"]:
+                if layout in VIDEO_LAYOUTS and not source.video:
+                    raise ConfigError(
+                        f"conf/source/{name}.yaml: exports: {layout} needs frames; "
+                        f"{name} has no video (use classes, voc or coco)"
+                    )
+                exports[f"{name}-{layout}"] = {"source": name, "layout": layout}
             # What fetch reads from the workspace: data/<name>/input for sources of local
             # files, else the source's own package (a path that always exists).
             inputs[name] = f"stages/sources/{name}/__init__.py"
@@ -132,6 +140,11 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
     out["video_sources"] = {k: {} for k, v in video.items() if v}
     out["pipeline"] = {
         k: {"clean_input": "frames" if v else "fetch", "input": inputs[k]} for k, v in video.items()
+    }
+    # export-folders runs per (source, layout) listed under a source's `exports:`.
+    out["exports"] = {
+        k: {**v, "clean_input": out["pipeline"][v["source"]]["clean_input"]}
+        for k, v in sorted(exports.items())
     }
     return out
 
@@ -158,13 +171,14 @@ def write_params(conf_dir: Path, params_path: Path, *, force: bool = False) -> b
     if old is not None:
         before = yaml.safe_load(old) or {}
         after = yaml.safe_load(text)
-        if before.get("pipeline") != after.get("pipeline"):
-            # dvc.yaml's stage list was expanded from the old params.yaml in this run.
-            raise ConfigError(
-                f"the set of enabled sources changed ({sorted(before.get('pipeline') or {})} -> "
-                f"{sorted(after['pipeline'])}); {params_path} is updated: run `dvc repro` again "
-                "so DVC expands the new stages"
-            )
+        for key, what in (("pipeline", "enabled sources"), ("exports", "folder exports")):
+            if before.get(key) != after.get(key):
+                # dvc.yaml's stage list was expanded from the old params.yaml in this run.
+                raise ConfigError(
+                    f"the set of {what} changed ({sorted(before.get(key) or {})} -> "
+                    f"{sorted(after[key])}); {params_path} is updated: run `dvc repro` again "
+                    "so DVC expands the new stages"
+                )
     return True
 
 

@@ -50,11 +50,6 @@ class StageRun:
     source: sources.Source
     cfg: SourceConf
 
-    @property
-    def classes(self) -> list[str]:
-        """Return the source's class names in id order."""
-        return self.source.classes(self.cfg)
-
     def section(self, name: str) -> Any:
         """Return a shared section (fetch, store, clean, export) as its schema's dataclass."""
         return typed(GROUPS[name], self.params.get(name), "params.yaml", name)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from stages.core.config import FramesConf, SourceConf
 from stages.core.errors import ConfigError
-from stages.core.store import Row
+from stages.core.store import Row, Store
 
 if TYPE_CHECKING:  # only fetch imports the network code: other stages do not depend on it
     from stages.net.credentials import Credential
@@ -36,10 +36,17 @@ class Context:
 
 @dataclass
 class Plan:
-    """Rows to fetch (status `pending`) plus selection statistics for the metrics."""
+    """Rows to fetch (status `pending`) plus selection statistics for the metrics.
+
+    `files` are metadata the source keeps beside the store (relative path -> bytes, e.g. the
+    annotations as the remote served them); `classes` are the class names in id order when
+    the source discovered them from the data (None: the configured ones).
+    """
 
     rows: list[Row]
     stats: dict = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    classes: list[str] | None = None
 
 
 class Source(ABC):
@@ -81,8 +88,12 @@ class Source(ABC):
         return row
 
     def classes(self, cfg: SourceConf) -> list[str]:
-        """Return the class names in id order."""
+        """Return the configured class names in id order (empty: discovered by fetch)."""
         return list(cfg.classes)
+
+    def names(self, cfg: SourceConf, store: Store) -> list[str]:
+        """Return the class names in id order as the input store recorded them."""
+        return store.classes or self.classes(cfg)
 
 
 def load(name: str) -> Source:

@@ -1,0 +1,141 @@
+"""Tator: annotated video frames and their boxes, from a project on a Tator server.
+
+fetch@tator reads metadata with the real `tator` client (paged by id, with retries, timeouts
+and a size cap on every call) and downloads the JPEG of every frame that holds at least one
+box through the shared downloader. Boxes keep Tator's normalised top-left geometry in the
+fetch manifest; clean-annotations turns them into pixels of the frame actually received.
+A box's class is its own `class_attribute`, else its track's (the state holding it), else
+`unknown_class`.
+
+This module is what every stage imports; `api.py` and `fetch.py` are imported by fetch only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, ClassVar, Optional
+
+from omegaconf import MISSING
+
+from stages.core.config import NoSettings, SourceConf, positive
+from stages.core.errors import ConfigError
+from stages.core.origins import parse_origins
+from stages.core.store import Row
+from stages.sources import Context, Plan, Source
+
+if TYPE_CHECKING:
+    from stages.net.credentials import Credential
+    from stages.net.ledger import Result
+
+
+class IfMissing(Enum):
+    """What to do when media named in conf are not in the project."""
+
+    error = "error"
+    warn = "warn"
+
+
+@dataclass
+class TatorMedia:
+    """Which media: every filter given must hold (all empty: every media of the project)."""
+
+    names: list[str] = MISSING
+    section: Optional[str] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
+    attributes: list[str] = MISSING
+    if_missing: IfMissing = MISSING
+
+
+@dataclass
+class TatorFetch:
+    """What fetch@tator reads: the server, the project, what to select, limits."""
+
+    host: str = MISSING
+    project: int = MISSING
+    token_env: str = MISSING
+    media: TatorMedia = MISSING
+    localization_types: list[str] = MISSING
+    versions: list[int] = MISSING
+    class_attribute: str = MISSING
+    unknown_class: Optional[str] = MISSING  # noqa: UP045
+    page_size: int = MISSING
+    media_per_query: int = MISSING
+    max_response_bytes: int = MISSING
+
+    def __post_init__(self) -> None:
+        where = "sources.tator.fetch"
+        positive(
+            where,
+            project=self.project,
+            page_size=self.page_size,
+            media_per_query=self.media_per_query,
+            max_response_bytes=self.max_response_bytes,
+        )
+        # The token goes to this host: https only (loopback aside), checked before it is read.
+        parse_origins([self.host], f"{where}.host", secret=True)
+        self.host = self.host.rstrip("/")
+        for spec in self.media.attributes:
+            name, sep, value = spec.partition("::")
+            if not sep or not name or "," in spec:
+                raise ConfigError(
+                    f"{where}.media.attributes: {spec!r} is not Name::value (without commas: "
+                    "Tator joins filters with them)"
+                )
+        if not self.class_attribute:
+            raise ConfigError(f"{where}.class_attribute is empty")
+        if self.unknown_class is not None and not self.unknown_class.strip():
+            raise ConfigError(f"{where}.unknown_class is blank: name a class, or null to drop")
+
+
+@dataclass
+class TatorConf(SourceConf):
+    """conf/source/tator.yaml."""
+
+    allow_no_classes: ClassVar[bool] = True  # empty: discovered from the data, sorted
+
+    fetch: TatorFetch = MISSING
+    clean: NoSettings = MISSING
+    export: NoSettings = MISSING
+
+
+class Tator(Source):
+    """A Tator project: box localizations (own and tracks') on the frames of its videos."""
+
+    name = "tator"
+    schema = TatorConf
+
+    def credentials(self, cfg: TatorConf) -> list[Credential]:
+        """Return the API token, sent as `Authorization: Token` to the Tator host only."""
+        from stages.net.credentials import from_env
+
+        f = cfg.fetch
+        where = "sources.tator.fetch.token_env"
+        return [from_env(f.token_env, [f.host], where, header="Authorization", prefix="Token ")]
+
+    def plan(self, cfg: TatorConf, ctx: Context) -> Plan:
+        """Read media, types, localizations and states; return one row per annotated frame."""
+        from stages.sources.tator.fetch import plan
+
+        return plan(cfg, ctx)
+
+    def download(self, cfg: TatorConf, rows: list[Row], ctx: Context) -> dict[str, Result]:
+        """Download the frames (GetFrame answers with no file extension in the URL: JPEG)."""
+        return ctx.downloader.fetch_all([r.url for r in rows], desc="fetch@tator", kind="jpeg")
+
+    def clean_row(self, cfg: TatorConf, row: Row, counts: Counter) -> Row | None:
+        """Keep the classes of the boxes that survived; drop a frame left without boxes."""
+        counts["frames_in"] += 1
+        for dtype, n in sorted(row.meta.get("non_box", {}).items()):
+            counts[f"non_box_{dtype}"] += n
+        counts["boxes_unknown_class"] += sum(
+            b["label"] == cfg.fetch.unknown_class for b in row.boxes
+        )
+        if not row.boxes:
+            counts["frames_without_boxes"] += 1
+            return None
+        row.labels = sorted({b["label"] for b in row.boxes})
+        return row
+
+
+SOURCE = Tator()

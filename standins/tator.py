@@ -1,0 +1,775 @@
+"""A Tator stand-in: the REST API the `tator` client reads, on loopback.
+
+It serves the OpenAPI document at /schema (no auth, with `components`, so tator 1.8 builds
+real model classes), the /rest routes of ../shared/notes/tator.md with the server's ordering
+and filters, `Authorization: Token` checks, and GetFrame as PNG by default or JPEG with
+`format=jpg`, at a "streaming" resolution that differs from `media.width/height`. A storm
+switch answers 429 (with Retry-After) or 500 for a while, `delay` adds a round trip to every
+response, and `frame_redirect` answers GetFrame with a redirect to a presigned URL on another
+origin, the way Tator hands out object-store links.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+import numpy as np
+import simplejpeg
+from PIL import Image
+
+from standins.http import Handler, Standin, serve_until_signalled
+
+CLASSES = (
+    "Sebastes miniatus",
+    "Sebastolobus",
+    "Chionoecetes tanneri",
+    "Merluccius productus",
+)
+BOX_TYPE, DOT_TYPE, LINE_TYPE, POLY_TYPE = 7, 8, 9, 10
+TRACK_TYPE = 20
+MEDIA_TYPE = 3
+PROJECT = 1
+LIST_PARAMS = ("media_id", "type", "version", "after", "start", "stop", "attribute")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class TatorData:
+    """One project's rows, as the server's database would hold them."""
+
+    media: list[dict] = field(default_factory=list)
+    localizations: list[dict] = field(default_factory=list)
+    states: list[dict] = field(default_factory=list)
+    sections: list[dict] = field(default_factory=list)
+    localization_types: list[dict] = field(default_factory=list)
+    state_types: list[dict] = field(default_factory=list)
+    # Streaming size of each media's frames: (width, height), unlike media.width/height.
+    frame_size: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+def _types() -> tuple[list[dict], list[dict]]:
+    attr = [{"name": "ScientificName", "dtype": "string", "order": 0}]
+    locs = [
+        {"id": t, "project": PROJECT, "name": n, "dtype": d, "media": [MEDIA_TYPE],
+         "visible": True, "attribute_types": attr}
+        for t, n, d in (
+            (BOX_TYPE, "Boxes", "box"),
+            (DOT_TYPE, "Points", "dot"),
+            (LINE_TYPE, "Lines", "line"),
+            (POLY_TYPE, "Outlines", "poly"),
+        )
+    ]  # fmt: skip
+    states = [
+        {"id": TRACK_TYPE, "project": PROJECT, "name": "Tracks", "association": "Localization",
+         "interpolation": "none", "media": [MEDIA_TYPE], "attribute_types": attr}
+    ]  # fmt: skip
+    return locs, states
+
+
+class _Builder:
+    """Add rows with increasing ids, the way the server's sequences would."""
+
+    def __init__(self, data: TatorData):
+        self.data = data
+        self.next_loc = 1
+        self.next_state = 100
+
+    def media(self, mid, name, width, height, frames, stream, attrs=None, section=None):
+        self.data.media.append(
+            {
+                "id": mid,
+                "project": PROJECT,
+                "type": MEDIA_TYPE,
+                "name": name,
+                "width": width,
+                "height": height,
+                "num_frames": frames,
+                "fps": 30.0,
+                "attributes": dict(attrs or {}),
+                "primary_section": section,
+                "media_files": {
+                    "streaming": [
+                        {
+                            "path": f"/media/{mid}/{stream[1]}.mp4",
+                            "resolution": [stream[1], stream[0]],  # [height, width]
+                            "codec": "h264",
+                            "mime": 'video/mp4; codecs="avc1.64001e"',
+                        }
+                    ]
+                },
+                "archive_state": "live",
+            }
+        )
+        self.data.frame_size[mid] = stream
+
+    def loc(self, media, frame, dtype=BOX_TYPE, cls=None, version=1, **geom) -> int:
+        lid = self.next_loc
+        self.next_loc += 1
+        row = {
+            "id": lid,
+            "project": PROJECT,
+            "media": media,
+            "frame": frame,
+            "type": dtype,
+            "version": version,
+            "x": None,
+            "y": None,
+            "width": None,
+            "height": None,
+            "u": None,
+            "v": None,
+            "points": None,
+            "attributes": {} if cls is None else {"ScientificName": cls},
+            "elemental_id": f"00000000-0000-0000-0000-{lid:012d}",
+            "mark": 0,
+            "variant_deleted": False,
+            "parent": None,
+        }
+        row.update(geom)
+        self.data.localizations.append(row)
+        return lid
+
+    def track(self, media, loc_ids, frames, cls=None) -> int:
+        sid = self.next_state
+        self.next_state += 1
+        self.data.states.append(
+            {
+                "id": sid,
+                "type": TRACK_TYPE,
+                "media": [media],
+                "localizations": list(loc_ids),
+                "segments": [[min(frames), max(frames)]],
+                "frame": None,
+                "version": 1,
+                "attributes": {} if cls is None else {"ScientificName": cls},
+                "elemental_id": f"00000000-0000-0000-0001-{sid:012d}",
+                "mark": 0,
+                "variant_deleted": False,
+                "parent": None,
+            }
+        )
+        return sid
+
+
+def generate(
+    n_media: int = 4,
+    frames_per_media: int = 6,
+    seed: int = 0,
+    stream_height: int = 270,
+    special: bool = True,
+) -> TatorData:
+    """Return a deterministic project: the special cases first, then seeded random boxes.
+
+    Media 0 holds the cases tests name (border boxes, a box without a class, a track whose
+    boxes carry no class of their own, non-box shapes, a version-2 box, a frame holding only a
+    dot); the last media (when n_media > 2) has no localizations at all. Without `special`,
+    every media holds `frames_per_media` annotated frames of random boxes. Ids are not in name
+    order, so a client that pages media by id without sorting by id skips or repeats some.
+    """
+    data = TatorData()
+    data.localization_types, data.state_types = _types()
+    data.sections = [
+        {"id": 501, "project": PROJECT, "name": "Dive A", "path": "Dive_A", "dtype": "folder"},
+        {"id": 502, "project": PROJECT, "name": "Dive B", "path": "Dive_B", "dtype": "folder"},
+    ]  # fmt: skip
+    b = _Builder(data)
+    rng = np.random.default_rng(seed)
+    sw = stream_height * 16 // 9 // 2 * 2
+    for i in range(n_media):
+        # Ids fall as names rise: name order and id order disagree.
+        mid = 10 + (n_media - i) * 3
+        name = (
+            f"2024-05-0{i % 9 + 1}T10:0{i % 6}:00 dive_{i:03d}.mp4"
+            if i % 2
+            else f"dive_{i:03d}.mp4"
+        )
+        frames = max(frames_per_media * 5, 30)
+        b.media(mid, name, 1920, 1080, frames, (sw, stream_height),
+                attrs={"Camera": f"cam{i % 2}"}, section=501 if i % 2 == 0 else 502)  # fmt: skip
+        if special and n_media > 2 and i == n_media - 1:
+            continue  # media without boxes
+        if special and i == 0:
+            _special(b, mid)
+            continue
+        for k in range(frames_per_media):
+            frame = k * 5 + 1
+            for _ in range(int(rng.integers(1, 4))):
+                w, h = rng.uniform(0.05, 0.3, size=2)
+                x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+                cls = CLASSES[int(rng.integers(len(CLASSES)))]
+                b.loc(mid, frame, cls=cls, x=float(x), y=float(y), width=float(w), height=float(h))
+    data.media.sort(key=lambda m: m["id"])
+    return data
+
+
+def _special(b: _Builder, mid: int) -> None:
+    box = {"x": 0.1, "y": 0.2, "width": 0.25, "height": 0.5}
+    b.loc(mid, 0, cls=CLASSES[0], **box)
+    b.loc(mid, 0, cls=CLASSES[1], x=0.0, y=0.0, width=0.2, height=0.1)  # touches top-left
+    b.loc(mid, 0, cls=CLASSES[2], x=0.9, y=0.8, width=0.2, height=0.3)  # crosses right/bottom
+    b.loc(mid, 0, DOT_TYPE, cls=CLASSES[0], x=0.5, y=0.5)
+    b.loc(mid, 3, cls=None, x=0.3, y=0.3, width=0.1, height=0.1)  # no class attribute
+    b.loc(mid, 3, cls=CLASSES[3], x=-0.05, y=0.4, width=0.1, height=0.1)  # crosses left
+    b.loc(mid, 3, cls=CLASSES[0], x=0.5, y=0.5, width=0.0005, height=0.2)  # degenerate
+    b.loc(mid, 3, LINE_TYPE, cls=CLASSES[1], x=0.1, y=0.1, u=0.2, v=0.1)
+    b.loc(mid, 4, DOT_TYPE, cls=CLASSES[1], x=0.2, y=0.2)  # a frame with only a dot
+    b.loc(mid, 5, POLY_TYPE, cls=CLASSES[2], points=[[0.1, 0.1], [0.2, 0.1], [0.2, 0.2]])
+    b.loc(mid, 6, cls=CLASSES[2], version=2, x=0.4, y=0.4, width=0.2, height=0.2)
+    # A track: its boxes carry no class; the state does.
+    frames = [8, 9, 10]
+    ids = [
+        b.loc(mid, f, x=0.1 + 0.05 * k, y=0.6, width=0.2, height=0.2) for k, f in enumerate(frames)
+    ]
+    b.track(mid, ids, frames, cls=CLASSES[3])
+    # A track holding a box that also has its own class: the box's own class wins.
+    own = b.loc(mid, 12, cls=CLASSES[1], x=0.6, y=0.1, width=0.1, height=0.1)
+    b.track(mid, [own], [12], cls=CLASSES[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+
+def render(mid: int, frame: int, size: tuple[int, int], boxes: list[dict]) -> np.ndarray:
+    """Return one frame's RGB pixels: a gradient unique to (media, frame) plus its boxes."""
+    w, h = size
+    x = np.arange(w, dtype=np.int32)[None, :]
+    y = np.arange(h, dtype=np.int32)[:, None]
+    img = np.empty((h, w, 3), np.uint8)
+    img[..., 0] = (x * 255 // max(w - 1, 1) + frame * 7) % 256
+    img[..., 1] = (y * 255 // max(h - 1, 1) + mid * 13) % 256
+    img[..., 2] = ((x + y) // 4 + frame) % 256
+    for box in boxes:
+        x0, y0 = int(max(box["x"], 0) * w), int(max(box["y"], 0) * h)
+        x1 = int(min(box["x"] + box["width"], 1) * w)
+        y1 = int(min(box["y"] + box["height"], 1) * h)
+        img[y0:y1, x0:x1] = (255, 255, 255)
+    return img
+
+
+def encode(img: np.ndarray, fmt: str, quality: int = 90) -> tuple[bytes, str]:
+    """Encode pixels as the GetFrame renderer would: PNG by default, JPEG on request."""
+    if fmt == "jpg":
+        return simplejpeg.encode_jpeg(img, quality=quality, colorspace="RGB"), "image/jpeg"
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue(), "image/png"
+
+
+def error_image(fmt: str) -> tuple[bytes, str]:
+    """Return the picture GetFrame sends with a 4xx (the real one is 1024x1024)."""
+    return encode(np.full((64, 64, 3), 200, np.uint8), "jpg" if fmt in ("jpg", "jpeg") else "png")
+
+
+def tile(images: list[np.ndarray]) -> np.ndarray:
+    """Tile several frames into one image, row-major on a square grid (GetFrame's `tile`)."""
+    n = len(images)
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    h, w, _ = images[0].shape
+    out = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        out[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAPI document
+
+
+def _params(*names: str) -> list[dict]:
+    kinds = {"media_id": "array", "version": "array", "frames": "array", "attribute": "array"}
+    return [
+        {"name": n, "in": "query", "required": False, "schema": {"type": kinds.get(n, "string")}}
+        for n in names
+    ]
+
+
+def _op(op_id: str, path_params: tuple[str, ...], query: tuple[str, ...], response) -> dict:
+    params = [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "integer"}}
+        for p in path_params
+    ]
+    ok = {"description": "Successful retrieval."}
+    if response is not None:
+        ok["content"] = {"application/json": {"schema": response}}
+    return {
+        "get": {
+            "operationId": op_id,
+            "parameters": params + _params(*query),
+            "responses": {"200": ok, "400": {"description": "Bad request."}},
+        }
+    }
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _list(name: str) -> dict:
+    return {"type": "array", "items": _ref(name)}
+
+
+def _props(*names: str) -> dict:
+    return {"type": "object", "properties": {n: {} for n in names}}
+
+
+MEDIA_QUERY = (
+    "media_id", "type", "name", "section", "dtype", "after", "after_name", "elemental_id",
+    "attribute", "attribute_contains", "start", "stop", "sort_by", "fields", "presigned",
+)  # fmt: skip
+LOC_QUERY = (
+    "media_id", "related_id", "section", "type", "version", "after", "elemental_id", "merge",
+    "show_deleted", "show_all_marks", "frame", "attribute", "attribute_contains", "start",
+    "stop", "sort_by", "encoded_search", "fields",
+)  # fmt: skip
+
+
+def schema() -> dict:
+    """Return the OpenAPI document the real client builds its methods and models from."""
+    loc_q = LOC_QUERY
+    state_q = tuple(q for q in LOC_QUERY if q != "frame")
+    types_q = ("media_id", "type", "elemental_id")
+    paths = {
+        "/rest/Project/{id}": _op("GetProject", ("id",), (), _ref("Project")),
+        "/rest/Medias/{project}": _op("GetMediaList", ("project",), MEDIA_QUERY, _list("Media")),
+        "/rest/MediaCount/{project}": _op(
+            "GetMediaCount", ("project",), MEDIA_QUERY[:-4], {"type": "integer"}
+        ),
+        "/rest/Media/{id}": _op("GetMedia", ("id",), ("presigned", "no_cache"), _ref("Media")),
+        "/rest/Localizations/{project}": _op(
+            "GetLocalizationList", ("project",), loc_q, _list("Localization")
+        ),
+        "/rest/LocalizationCount/{project}": _op(
+            "GetLocalizationCount", ("project",), loc_q[:-1], {"type": "integer"}
+        ),
+        "/rest/States/{project}": _op("GetStateList", ("project",), state_q, _list("State")),
+        "/rest/StateCount/{project}": _op(
+            "GetStateCount", ("project",), state_q[:-1], {"type": "integer"}
+        ),
+        "/rest/LocalizationTypes/{project}": _op(
+            "GetLocalizationTypeList", ("project",), types_q, _list("LocalizationType")
+        ),
+        "/rest/StateTypes/{project}": _op(
+            "GetStateTypeList", ("project",), types_q, _list("StateType")
+        ),
+        "/rest/Sections/{project}": _op(
+            "GetSectionList", ("project",), ("name", "elemental_id"), _list("Section")
+        ),
+        "/rest/GetFrame/{id}": _op(
+            "GetFrame",
+            ("id",),
+            ("frames", "tile", "roi", "force_scale", "animate", "quality"),
+            None,
+        ),
+    }
+    components = {
+        "Project": _props("id", "name", "organization"),
+        "Media": _props(
+            "id",
+            "project",
+            "type",
+            "name",
+            "width",
+            "height",
+            "num_frames",
+            "fps",
+            "attributes",
+            "media_files",
+            "archive_state",
+        ),  # fmt: skip
+        "Localization": _props(
+            "id",
+            "project",
+            "media",
+            "frame",
+            "type",
+            "version",
+            "x",
+            "y",
+            "width",
+            "height",
+            "u",
+            "v",
+            "points",
+            "attributes",
+            "elemental_id",
+            "mark",
+            "variant_deleted",
+            "parent",
+        ),  # fmt: skip
+        "State": _props(
+            "id",
+            "project",
+            "type",
+            "media",
+            "localizations",
+            "segments",
+            "frame",
+            "version",
+            "attributes",
+            "elemental_id",
+            "mark",
+            "variant_deleted",
+            "parent",
+        ),  # fmt: skip
+        "LocalizationType": _props("id", "project", "name", "dtype", "media", "attribute_types"),
+        "StateType": _props("id", "project", "name", "association", "interpolation", "media"),
+        "Section": _props("id", "project", "name", "path", "tator_user_sections"),
+    }
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Tator REST API (stand-in)", "version": "1.0"},
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Server
+
+
+class BadRequest(Exception):
+    """A query the real server answers with 400."""
+
+
+class NotFound(Exception):
+    """A lookup the real server answers with 404."""
+
+
+def _ints(values: list[str]) -> set[int]:
+    try:
+        return {int(v) for s in values for v in s.split(",") if v != ""}
+    except ValueError:
+        raise BadRequest("expected integers") from None
+
+
+def _attribute_filter(rows: list[dict], specs: list[str], declared: set[str]) -> list[dict]:
+    """Keep rows whose attributes equal every `Name::value`; undeclared names are ignored,
+    as the real server does (the trap a client must check for itself)."""
+    for spec in (s for v in specs for s in v.split(",")):
+        name, sep, value = spec.partition("::")
+        if not sep:
+            raise BadRequest(f"attribute filter {spec!r} is not Name::value")
+        if name not in declared:
+            continue
+        rows = [r for r in rows if str((r.get("attributes") or {}).get(name)) == value]
+    return rows
+
+
+def _slice(rows: list[dict], q: dict) -> list[dict]:
+    """Apply `after` (id greater than) and then `start`/`stop` (a slice of the ordered rows)."""
+    if "after" in q:
+        after = int(q["after"][0])
+        rows = [r for r in rows if r["id"] > after]
+    start = int(q.get("start", ["0"])[0])
+    stop = q.get("stop")
+    return rows[start : int(stop[0])] if stop else rows[start:]
+
+
+class _TatorHandler(Handler):
+    server_version = "tator-standin/1.0"
+
+    def json(self, status: int, obj, extra=()) -> None:
+        """Send JSON (gzipped when asked, as the server's list views do), applying a body
+        fault taken for this request: truncate, corrupt (cut, with a matching length), stall."""
+        body = json.dumps(obj).encode()
+        kind, arg = (getattr(self, "fault", None) if status == 200 else None) or ("ok", None)
+        if kind == "corrupt":
+            body = body[: len(body) * 6 // 10]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        if "gzip" in self.headers.get("Accept-Encoding", ""):  # as the server's list views
+            body = gzip.compress(body, mtime=0)
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in extra:
+            self.send_header(key, value)
+        self.end_headers()
+        if kind == "truncate":
+            self.close_connection = True
+            self.wfile.write(body[: len(body) // 2])
+        elif kind == "stall":
+            self.close_connection = True
+            self.wfile.write(body[:16])
+            self.wfile.flush()
+            self.server.standin._stopping.wait(arg)
+        else:
+            self.wfile.write(body)
+
+    def route(self, path: str, query: str, head: bool) -> None:
+        standin: TatorStandin = self.server.standin
+        self.fault = None
+        if standin.delay:
+            time.sleep(standin.delay)
+        if path.rstrip("/") == "/schema":
+            return self.json(200, standin.schema)
+        if path.startswith("/presigned/"):
+            return self._presigned(path, query, head)
+        if not path.startswith("/rest/"):
+            return self.simple(404, b"not found", head)
+        if self.headers.get("Authorization") != f"Token {standin.token}":
+            if self.headers.get("Authorization"):
+                detail = "Invalid token."
+            else:
+                detail = "Authentication credentials were not provided."
+            if standin.auth_status == 400:  # the server's own exception handler
+                return self.json(400, {"message": detail, "details": "None"})
+            return self.json(standin.auth_status, {"detail": detail})
+        storm = standin.storming()
+        if storm is not None:
+            kind, retry_after = storm
+            if kind == 429:  # a proxy or DRF's own handler in front of the views
+                return self.json(
+                    429,
+                    {"detail": "Request was throttled."},
+                    [("Retry-After", f"{retry_after:g}")],
+                )
+            if kind == 400:  # Tator's views turn DRF's Throttled into a 400
+                message = f"Request was throttled. Expected available in {retry_after:g} seconds."
+                return self.json(400, {"message": message, "details": "None"})
+            return self.json(kind, {"message": "Server error."})
+        fault = self.fault = standin.faults.take(path.lstrip("/"))
+        if self.pre_fault(fault, head):
+            return None
+        q = parse_qs(query, keep_blank_values=True)
+        parts = path.split("/")[2:]
+        try:
+            return self._rest(standin, parts, q, head, fault)
+        except BadRequest as exc:
+            return self.json(400, {"message": str(exc)})
+        except NotFound as exc:
+            return self.json(404, {"message": str(exc)})
+        except (ValueError, IndexError):
+            return self.json(400, {"message": "bad request"})
+
+    def _rest(self, standin: TatorStandin, parts, q, head, fault) -> None:
+        data = standin.data
+        kind, ident = parts[0], int(parts[1]) if len(parts) > 1 and parts[1] else None
+        if kind == "Project":
+            if ident != PROJECT:
+                return self.json(404, {"message": "Not found."})
+            return self.json(200, {"id": PROJECT, "name": "Stand-in Project", "organization": 1})
+        if kind in ("Medias", "MediaCount", "Localizations", "LocalizationCount", "States",
+                    "StateCount", "LocalizationTypes", "StateTypes", "Sections"):  # fmt: skip
+            if ident != PROJECT:
+                return self.json(403, {"detail": "You do not have permission to do this."})
+        if kind == "Medias":
+            return self.json(200, _slice(standin.media_rows(q), q))
+        if kind == "MediaCount":
+            return self.json(200, len(standin.media_rows(q)))
+        if kind == "Media":
+            media = standin.media_by_id.get(ident)
+            return self.json(200, media) if media else self.json(404, {"message": "Not found."})
+        if kind == "Localizations":
+            return self.json(200, _slice(standin.loc_rows(q, data.localizations), q))
+        if kind == "LocalizationCount":
+            return self.json(200, len(standin.loc_rows(q, data.localizations)))
+        if kind == "States":
+            return self.json(200, _slice(standin.loc_rows(q, data.states), q))
+        if kind == "StateCount":
+            return self.json(200, len(standin.loc_rows(q, data.states)))
+        if kind == "LocalizationTypes":
+            return self.json(200, data.localization_types)
+        if kind == "StateTypes":
+            return self.json(200, data.state_types)
+        if kind == "Sections":
+            names = [n.lower() for n in q.get("name", [])]
+            rows = [s for s in data.sections if not names or s["name"].lower() in names]
+            return self.json(200, rows)
+        if kind == "GetFrame":
+            return self._frame(standin, ident, q, head, fault)
+        return self.json(404, {"message": "Not found."})
+
+    def _frame(self, standin: TatorStandin, mid: int, q, head, fault) -> None:
+        fmt = q.get("format", ["png"])[0]
+        media = standin.media_by_id.get(mid)
+        # Errors are a picture in the negotiated format, as the server's renderers send them.
+        if media is None:
+            return self.serve(*error_image(fmt), head, status=404)
+        frames = sorted(_ints(q.get("frames", ["0"])))
+        if not frames or len(frames) > 32 or frames[-1] >= media["num_frames"]:
+            return self.serve(*error_image(fmt), head, status=400)
+        if standin.frame_redirect and len(frames) == 1:
+            target = f"{standin.frame_redirect}/presigned/{mid}/{frames[0]}.{fmt}?sig=abc"
+            return self.simple(302, b"moved\n", head, [("Location", target)])
+        body, ctype = standin.frame_bytes(mid, frames, fmt)
+        if fault and fault[0] == "corrupt":
+            body = body[: len(body) * 6 // 10]
+        return self.serve(body, ctype, head, fault)
+
+    def _presigned(self, path: str, query: str, head: bool) -> None:
+        standin: TatorStandin = self.server.standin
+        try:
+            _, _, mid, name = path.split("/")
+            frame, fmt = name.split(".")
+            body, ctype = standin.frame_bytes(int(mid), [int(frame)], fmt)
+        except (ValueError, KeyError):
+            return self.simple(404, b"not found", head)
+        return self.serve(body, ctype, head)
+
+
+class TatorStandin(Standin):
+    """Local Tator server for one project (id 1) holding `data`, requiring `token`."""
+
+    handler = _TatorHandler
+    name = "tator-standin"
+
+    def __init__(
+        self,
+        data: TatorData | None = None,
+        *,
+        token: str = "standin-token",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        delay: float = 0.0,
+        auth_status: int = 403,
+        frame_redirect: str | None = None,
+        tls=None,
+    ):
+        super().__init__(host=host, port=port, tls=tls)
+        self.data = data or generate()
+        self.token = token
+        self.delay = delay
+        self.auth_status = auth_status
+        self.frame_redirect = frame_redirect
+        self.schema = schema()
+        self.media_by_id = {m["id"]: m for m in self.data.media}
+        self._storm: tuple[float, int, float] | None = None
+        self._frames: dict[tuple, tuple[bytes, str]] = {}
+        self._frames_lock = threading.Lock()
+        self.frames_served = 0
+
+    # -- switches
+
+    def storm(self, status: int = 429, seconds: float = 1.0, retry_after: float = 1.0) -> None:
+        """Answer every /rest request with 429 (Retry-After) or a 5xx for `seconds`."""
+        self._storm = (time.monotonic() + seconds, status, retry_after)
+
+    def storming(self) -> tuple[int, float] | None:
+        """Return (status, retry_after) while a storm lasts."""
+        storm = self._storm
+        if storm is None or time.monotonic() >= storm[0]:
+            return None
+        return storm[1], storm[2]
+
+    # -- queries, with the real server's ordering
+
+    def media_rows(self, q: dict) -> list[dict]:
+        """Filter media (media_id, type, name, section, attribute); order by name, then id."""
+        rows = list(self.data.media)
+        if "media_id" in q:
+            ids = _ints(q["media_id"])
+            rows = [m for m in rows if m["id"] in ids]
+        if "name" in q:  # exact, ignoring case (name__iexact)
+            rows = [m for m in rows if m["name"].lower() == q["name"][0].lower()]
+        if "section" in q:  # a folder section: the media's primary_section
+            sid = int(q["section"][0])
+            if not any(s["id"] == sid for s in self.data.sections):
+                raise NotFound("")
+            rows = [m for m in rows if m.get("primary_section") == sid]
+        if "attribute" in q:
+            rows = _attribute_filter(rows, q["attribute"], {"Camera"})
+        sort = q.get("sort_by", [""])[0]
+        if sort in ("$id", "id"):
+            return sorted(rows, key=lambda m: m["id"])
+        if sort in ("-$id", "-id"):
+            return sorted(rows, key=lambda m: -m["id"])
+        return sorted(rows, key=lambda m: (m["name"], m["id"]))
+
+    def loc_rows(self, q: dict, rows: list[dict]) -> list[dict]:
+        """Filter localizations or states (media_id, type, version, frame, attribute); by id."""
+        if "media_id" in q:
+            ids = _ints(q["media_id"])
+            rows = [
+                r
+                for r in rows
+                if (set(r["media"]) if isinstance(r["media"], list) else {r["media"]}) & ids
+            ]
+        if "type" in q:
+            t = int(q["type"][0])
+            rows = [r for r in rows if r["type"] == t]
+        if "version" in q:
+            versions = _ints(q["version"])
+            rows = [r for r in rows if r["version"] in versions]
+        if "frame" in q:
+            f = int(q["frame"][0])
+            rows = [r for r in rows if r.get("frame") == f]
+        if "attribute" in q:
+            rows = _attribute_filter(rows, q["attribute"], {"ScientificName"})
+        return sorted(rows, key=lambda r: r["id"])
+
+    # -- frames
+
+    def warm(self) -> None:
+        """Render every annotated frame as JPEG and PNG now, so serving costs no rendering."""
+        for mid, frame in sorted({(loc["media"], loc["frame"]) for loc in self.data.localizations}):
+            for fmt in ("jpg", "png"):
+                self.frame_bytes(mid, [frame], fmt)
+        self.frames_served = 0
+
+    def frame_bytes(self, mid: int, frames: list[int], fmt: str) -> tuple[bytes, str]:
+        """Return one frame (or a tile of several) encoded as PNG or JPEG; cached."""
+        key = (mid, tuple(frames), fmt)
+        with self._frames_lock:
+            hit = self._frames.get(key)
+        if hit is None:
+            size = self.data.frame_size[mid]
+            images = []
+            for f in frames:
+                boxes = [
+                    loc
+                    for loc in self.data.localizations
+                    if loc["media"] == mid and loc["frame"] == f and loc["type"] == BOX_TYPE
+                ]
+                images.append(render(mid, f, size, boxes))
+            img = images[0] if len(images) == 1 else tile(images)
+            hit = encode(img, "jpg" if fmt in ("jpg", "jpeg") else "png")
+            with self._frames_lock:
+                self._frames[key] = hit
+        with self._frames_lock:
+            self.frames_served += 1
+        return hit
+
+
+def main(argv=None) -> int:
+    """Run the stand-in from the command line."""
+    parser = argparse.ArgumentParser(prog="python -m standins.tator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a generated project")
+    serve.add_argument("--root", help="unused (the project is generated in memory)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8767)
+    serve.add_argument("--media", type=int, default=4)
+    serve.add_argument("--frames-per-media", type=int, default=6)
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--token", default="standin-token")
+    serve.add_argument("--stream-height", type=int, default=270)
+    serve.add_argument("--plain", action="store_true", help="random boxes only, no edge cases")
+    serve.add_argument("--warm", action="store_true", help="render every annotated frame first")
+    serve.add_argument("--delay", type=float, default=0.0, help="seconds added to responses")
+    args = parser.parse_args(argv)
+    data = generate(
+        args.media, args.frames_per_media, args.seed, args.stream_height, special=not args.plain
+    )
+    server = TatorStandin(data, token=args.token, host=args.host, port=args.port, delay=args.delay)
+    if args.warm:
+        server.warm()
+    serve_until_signalled(server, f"Tator stand-in serving {server.url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
