@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-$(DM_STAMP): Makefile
+$(DM_STAMP): Makefile tests/tools/datumaro-constraints.txt
 	test -x $(DM_VENV)/bin/python || $(PYTHON) -m venv $(DM_VENV)
-	$(DM_VENV)/bin/pip install --quiet --disable-pip-version-check datumaro==1.13.12
+	$(DM_VENV)/bin/pip install --quiet --disable-pip-version-check datumaro==1.13.12 \
+		-c tests/tools/datumaro-constraints.txt
 	touch $(DM_STAMP)
 
 demo: $(STAMP)

@@ -9,7 +9,7 @@ from collections import Counter
 
 from PIL import Image
 
-from stages.core.boxes import pixel_edges, scale_of
+from stages.core.boxes import finite, pixel_edges, scale_of
 from stages.core.config import CleanConf, SourceConf
 from stages.core.metrics import class_counts
 from stages.core.parallel import pmap
@@ -23,6 +23,7 @@ SHARED_COUNTS = (
     "boxes_out",
     "boxes_clamped",
     "boxes_dropped_degenerate",
+    "boxes_dropped_invalid",
     "size_mismatch",
     "labels_unknown",
 )
@@ -41,11 +42,13 @@ def inspect_image(data: bytes, decode: bool) -> tuple[int, int] | None:
 
 
 def clean_boxes(row: Row, width: int, height: int, min_size: float, counts: Counter) -> list[dict]:
-    """Put boxes on the pixel edges of the image received (core.boxes' rule), clamped into
-    it; drop those narrower or shorter than min_size (and at least one pixel)."""
+    """Put boxes on the pixel edges of the image received (core.boxes), dropping tiny ones."""
     sx, sy = scale_of(row, width, height)
     out = []
     for box in row.boxes:
+        if not finite(box):
+            counts["boxes_dropped_invalid"] += 1
+            continue
         (x0, y0, x1, y1), clamped = pixel_edges(box, sx, sy, width, height)
         if clamped:
             counts["boxes_clamped"] += 1
@@ -72,8 +75,7 @@ def keep_whole_clips(rows: list[Row], min_frames: int, dropped: Counter):
 def clean(
     store: Store, source: Source, src_cfg: SourceConf, cfg: CleanConf
 ) -> tuple[list[Row], list[str], dict]:
-    """Return the cleaned rows (payloads unchanged), the class names in id order, and the
-    counts of what was dropped."""
+    """Return the cleaned rows (payloads unchanged), the class names and the metrics."""
     names = source.names(src_cfg, store)
     ids = {n: i for i, n in enumerate(names)}
     decode, min_size = cfg.decode_check, cfg.min_box_size
@@ -108,6 +110,7 @@ def clean(
         row.boxes = [
             b for b in clean_boxes(row, width, height, min_size, counts) if b["label"] in ids
         ]
+        row.meta.pop("box_units", None)  # boxes are now pixels of this image
         counts["boxes_out"] += len(row.boxes)
         row.width, row.height = width, height
         row.labels = known
@@ -129,7 +132,10 @@ def clean(
         "dropped_total": sum(dropped.values()),
         **{k: counts.get(k, 0) for k in SHARED_COUNTS},
         # What a source's clean_row hook counted, under its own names.
-        "source": {k: v for k, v in sorted(counts.items()) if k not in SHARED_COUNTS},
+        "source": {
+            **{k: v for k, v in sorted(counts.items()) if k not in SHARED_COUNTS},
+            **source.clean_stats(src_cfg, store),
+        },
         # Video: classes count clips (each clip's first frame stands for it), not frames.
         "classes": class_counts(kept if clips is None else clips, names),
         **({} if clips is None else {"clips_out": len(clips), "frames_out": len(kept)}),

@@ -16,7 +16,7 @@ from pathlib import Path
 from stages.core.config import Layout
 from stages.core.errors import StoreError
 from stages.core.files import atomic_write
-from stages.core.store import SAFE, Store, file_stem, frames_by_clip, payload_ext
+from stages.core.store import Store, file_stem, frames_by_clip, payload_ext, safe_name
 from stages.formats.coco import coco_instances
 from stages.formats.voc import labelmap, voc_xml
 from stages.pipeline.entry import run_main
@@ -24,12 +24,12 @@ from stages.pipeline.entry import run_main
 # Until splits exist, every item is in one subset with Datumaro's name for it.
 SUBSET = "default"
 # Frame-folder layouts: <label>/<clip>/<prefix><n:05d>.jpg, numbered from 1.
-FRAME_LAYOUTS = {"frames": "image_", "mmaction": "img_"}
+FRAME_LAYOUTS = {Layout.frames.value: "image_", Layout.mmaction.value: "img_"}
 
 
 def safe_dir(name: str) -> str:
     """Return a folder name that cannot escape its parent."""
-    return SAFE.sub("_", name).strip("._") or "unnamed"
+    return safe_name(name, "unnamed")
 
 
 def export_folders(store: Store, dest: Path, layout: str, names: list[str] | None = None) -> int:
@@ -39,6 +39,11 @@ def export_folders(store: Store, dest: Path, layout: str, names: list[str] | Non
     labels found, sorted)."""
     layout = Layout(layout).value
     rows = [r for r in store.rows() if r.status == "ok" and r.shard is not None]
+    if layout in ("voc", "coco") and any(r.meta.get("box_units") == "normalized" for r in rows):
+        raise StoreError(
+            f"{store.root} holds boxes as the source gave them (normalised): export the "
+            "clean store (clean-annotations output), which has them in pixels"
+        )
     if names is None:
         names = store.classes or sorted({lab for r in rows for lab in r.labels})
     dest = Path(dest)

@@ -32,7 +32,13 @@ def fetch(
     creds = Credentials(source.credentials(cfg))
     workers = fetch_cfg.source_workers.get(source.name, fetch_cfg.workers)
     fetch_cfg = dataclasses.replace(fetch_cfg, workers=workers)
-    dl = Downloader(fetch_cfg, cache_dir, ledger_name=f"ledger-{source.name}", credentials=creds)
+    dl = Downloader(
+        fetch_cfg,
+        cache_dir,
+        ledger_name=f"ledger-{source.name}",
+        credentials=creds,
+        throttled=source.throttled,
+    )
     try:
         ctx = Context(downloader=dl, source_name=source.name)
         plan = source.plan(cfg, ctx)

@@ -12,6 +12,7 @@ origin, the way Tator hands out object-store links.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import gzip
 import io
 import json
@@ -141,13 +142,14 @@ class _Builder:
         return lid
 
     def track(self, media, loc_ids, frames, cls=None) -> int:
+        media = media if isinstance(media, list) else [media]
         sid = self.next_state
         self.next_state += 1
         self.data.states.append(
             {
                 "id": sid,
                 "type": TRACK_TYPE,
-                "media": [media],
+                "media": media,
                 "localizations": list(loc_ids),
                 "segments": [[min(frames), max(frames)]],
                 "frame": None,
@@ -196,7 +198,8 @@ def generate(
         )
         frames = max(frames_per_media * 5, 30)
         b.media(mid, name, 1920, 1080, frames, (sw, stream_height),
-                attrs={"Camera": f"cam{i % 2}"}, section=501 if i % 2 == 0 else 502)  # fmt: skip
+                attrs={"Camera": f"cam{i % 2}", "Flag": i % 2 == 1, "Depth": float(100 + i)},
+                section=501 if i % 2 == 0 else 502)  # fmt: skip
         if special and n_media > 2 and i == n_media - 1:
             continue  # media without boxes
         if special and i == 0:
@@ -209,6 +212,15 @@ def generate(
                 x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
                 cls = CLASSES[int(rng.integers(len(CLASSES)))]
                 b.loc(mid, frame, cls=cls, x=float(x), y=float(y), width=float(w), height=float(h))
+    if special and n_media > 2:
+        # A track over two media: listed once per media batch, kept once.
+        first, second = 10 + n_media * 3, 10 + (n_media - 1) * 3
+        ids = [
+            b.loc(first, 20, x=0.2, y=0.2, width=0.3, height=0.3),
+            b.loc(second, 21, x=0.25, y=0.2, width=0.3, height=0.3),
+        ]
+        b.track([first, second], ids, [20, 21], cls=CLASSES[2])
+        b.track(first, [], [0, 29])  # a state for something else: no boxes
     data.media.sort(key=lambda m: m["id"])
     return data
 
@@ -375,60 +387,19 @@ def schema() -> dict:
             None,
         ),
     }
-    components = {
-        "Project": _props("id", "name", "organization"),
-        "Media": _props(
-            "id",
-            "project",
-            "type",
-            "name",
-            "width",
-            "height",
-            "num_frames",
-            "fps",
-            "attributes",
-            "media_files",
-            "archive_state",
-        ),  # fmt: skip
-        "Localization": _props(
-            "id",
-            "project",
-            "media",
-            "frame",
-            "type",
-            "version",
-            "x",
-            "y",
-            "width",
-            "height",
-            "u",
-            "v",
-            "points",
-            "attributes",
-            "elemental_id",
-            "mark",
-            "variant_deleted",
-            "parent",
-        ),  # fmt: skip
-        "State": _props(
-            "id",
-            "project",
-            "type",
-            "media",
-            "localizations",
-            "segments",
-            "frame",
-            "version",
-            "attributes",
-            "elemental_id",
-            "mark",
-            "variant_deleted",
-            "parent",
-        ),  # fmt: skip
-        "LocalizationType": _props("id", "project", "name", "dtype", "media", "attribute_types"),
-        "StateType": _props("id", "project", "name", "association", "interpolation", "media"),
-        "Section": _props("id", "project", "name", "path", "tator_user_sections"),
+    fields = {
+        "Project": "id name organization",
+        "Media": "id project type name width height num_frames fps attributes primary_section "
+        "media_files archive_state",
+        "Localization": "id project media frame type version x y width height u v points "
+        "attributes elemental_id mark variant_deleted parent",
+        "State": "id type media localizations segments frame version attributes elemental_id "
+        "mark variant_deleted parent",
+        "LocalizationType": "id project name dtype media attribute_types",
+        "StateType": "id project name association interpolation media attribute_types",
+        "Section": "id project name path dtype",
     }
+    components = {name: _props(*names.split()) for name, names in fields.items()}
     return {
         "openapi": "3.0.0",
         "info": {"title": "Tator REST API (stand-in)", "version": "1.0"},
@@ -457,16 +428,28 @@ def _ints(values: list[str]) -> set[int]:
 
 
 def _attribute_filter(rows: list[dict], specs: list[str], declared: set[str]) -> list[dict]:
-    """Keep rows whose attributes equal every `Name::value`; undeclared names are ignored,
-    as the real server does (the trap a client must check for itself)."""
+    """Keep rows whose attributes equal every `Name::value`, ignoring undeclared names."""
+    # As the real server does: the trap a client must check for itself.
     for spec in (s for v in specs for s in v.split(",")):
         name, sep, value = spec.partition("::")
         if not sep:
             raise BadRequest(f"attribute filter {spec!r} is not Name::value")
         if name not in declared:
             continue
-        rows = [r for r in rows if str((r.get("attributes") or {}).get(name)) == value]
+        rows = [r for r in rows if _matches((r.get("attributes") or {}).get(name), value)]
     return rows
+
+
+def _matches(value, text: str) -> bool:
+    """Compare an attribute with a filter's text by the attribute's type, as the server does."""
+    if isinstance(value, bool):
+        return text.lower() == str(value).lower()
+    if isinstance(value, int | float):
+        try:
+            return float(text) == value
+        except ValueError:
+            raise BadRequest(f"{text!r} is not a number") from None
+    return str(value) == text
 
 
 def _slice(rows: list[dict], q: dict) -> list[dict]:
@@ -483,8 +466,8 @@ class _TatorHandler(Handler):
     server_version = "tator-standin/1.0"
 
     def json(self, status: int, obj, extra=()) -> None:
-        """Send JSON (gzipped when asked, as the server's list views do), applying a body
-        fault taken for this request: truncate, corrupt (cut, with a matching length), stall."""
+        """Send JSON (gzipped when asked), with this request's body fault if any."""
+        # Faults: truncate, corrupt (cut, with a matching length), stall.
         body = json.dumps(obj).encode()
         kind, arg = (getattr(self, "fault", None) if status == 200 else None) or ("ok", None)
         if kind == "corrupt":
@@ -528,7 +511,7 @@ class _TatorHandler(Handler):
             if standin.auth_status == 400:  # the server's own exception handler
                 return self.json(400, {"message": detail, "details": "None"})
             return self.json(standin.auth_status, {"detail": detail})
-        storm = standin.storming()
+        storm = standin.storming(path.lstrip("/"))
         if storm is not None:
             kind, retry_after = storm
             if kind == 429:  # a proxy or DRF's own handler in front of the views
@@ -647,22 +630,27 @@ class TatorStandin(Standin):
         self.frame_redirect = frame_redirect
         self.schema = schema()
         self.media_by_id = {m["id"]: m for m in self.data.media}
-        self._storm: tuple[float, int, float] | None = None
+        self._storm: tuple[float, int, float, str] | None = None
+        self.storm_hits = 0
         self._frames: dict[tuple, tuple[bytes, str]] = {}
         self._frames_lock = threading.Lock()
         self.frames_served = 0
 
     # -- switches
 
-    def storm(self, status: int = 429, seconds: float = 1.0, retry_after: float = 1.0) -> None:
-        """Answer every /rest request with 429 (Retry-After) or a 5xx for `seconds`."""
-        self._storm = (time.monotonic() + seconds, status, retry_after)
+    def storm(
+        self, status: int = 429, seconds: float = 1.0, retry_after: float = 1.0, paths: str = "*"
+    ) -> None:
+        """Answer /rest requests matching `paths` with 429, a throttle 400 or a 5xx a while."""
+        self._storm = (time.monotonic() + seconds, status, retry_after, paths)
 
-    def storming(self) -> tuple[int, float] | None:
-        """Return (status, retry_after) while a storm lasts."""
+    def storming(self, path: str) -> tuple[int, float] | None:
+        """Return (status, retry_after) while a storm lasts over this path; count the hit."""
         storm = self._storm
-        if storm is None or time.monotonic() >= storm[0]:
+        if storm is None or time.monotonic() >= storm[0] or not fnmatch.fnmatch(path, storm[3]):
             return None
+        with self._lock:
+            self.storm_hits += 1
         return storm[1], storm[2]
 
     # -- queries, with the real server's ordering
@@ -681,7 +669,7 @@ class TatorStandin(Standin):
                 raise NotFound("")
             rows = [m for m in rows if m.get("primary_section") == sid]
         if "attribute" in q:
-            rows = _attribute_filter(rows, q["attribute"], {"Camera"})
+            rows = _attribute_filter(rows, q["attribute"], {"Camera", "Flag", "Depth"})
         sort = q.get("sort_by", [""])[0]
         if sort in ("$id", "id"):
             return sorted(rows, key=lambda m: m["id"])

@@ -105,7 +105,7 @@ def test_one_row_per_annotated_frame_with_tracks_resolved(tator, data, tmp_path)
             (loc["x"], loc["y"], loc["width"], loc["height"]) for loc in locs
         ]
     # The track's boxes carry no class: they take the state's; a box's own class wins.
-    track, own = data.states
+    track, own, across, _ = data.states
     by_loc = {
         lid: b["label"]
         for r in rows
@@ -115,7 +115,11 @@ def test_one_row_per_annotated_frame_with_tracks_resolved(tator, data, tmp_path)
         track["attributes"]["ScientificName"]
     }
     assert by_loc[own["localizations"][0]] != own["attributes"]["ScientificName"]
-    assert m["selection"]["boxes_class_from_track"] == 3
+    assert len(across["media"]) == 2  # a track over two media resolves in both
+    assert {by_loc[lid] for lid in across["localizations"]} == {
+        across["attributes"]["ScientificName"]
+    }
+    assert m["selection"]["boxes_class_from_track"] == 5
     # Only frames with a box are requested, one each, as JPEG, with the token.
     frames = [s for s in tator.seen if s.path.startswith("/rest/GetFrame/")]
     assert sorted(
@@ -126,7 +130,8 @@ def test_one_row_per_annotated_frame_with_tracks_resolved(tator, data, tmp_path)
         "format=jpg" in s.query and s.headers["Authorization"] == f"Token {TOKEN}" for s in frames
     )
     # The schema is read without the token.
-    assert all("Authorization" not in s.headers for s in tator.seen if s.path == "/schema")
+    assert all("Authorization" not in s.headers for s in tator.seen if s.path == "/schema/")
+    assert any(s.path == "/schema/" for s in tator.seen)
     sel = m["selection"]
     assert sel["media_without_boxes"] == 1 and sel["non_box_localizations"] == {
         "dot": 2,
@@ -182,18 +187,28 @@ def test_types_and_versions_select_localizations(tator, data, tmp_path):
         run(tator.url, tmp_path, "typo", localization_types=["Boxs"])
 
 
-@pytest.mark.parametrize("page_size", ["exact", 1])
+@pytest.mark.parametrize("page_size", [2, 1])
 def test_paging_at_an_exact_multiple_of_the_page_size(tator, data, tmp_path, page_size):
     ref, _ = run(tator.url, tmp_path, "ref")
-    n_locs = len(data.localizations)
-    # A page size that divides the count exactly: the last page is full, the next empty.
-    size = max(d for d in range(2, n_locs) if n_locs % d == 0) if page_size == "exact" else 1
-    assert n_locs % size == 0 and len(data.media) % 2 == 0
+    # One query each: 4 media, 3 states and every localization are multiples of 2 (and 1),
+    # so every listing ends on a full page, then an empty one.
+    counts = {
+        "/rest/Medias/1": len(data.media),
+        "/rest/Localizations/1": len(data.localizations),
+        "/rest/States/1": len(data.states),
+    }
+    assert all(n % 2 == 0 for n in counts.values()) or page_size == 1
     tator.seen.clear()
-    store, _ = run(tator.url, tmp_path, "paged", page_size=size, media_per_query=2)
+    store, _ = run(tator.url, tmp_path, "paged", page_size=page_size)
     assert [r.to_record() for r in store.rows()] == [r.to_record() for r in ref.rows()]
-    pages = [s for s in tator.seen if s.path == "/rest/Localizations/1"]
-    assert len(pages) >= n_locs // size
+    for path, n in counts.items():
+        assert sum(s.path == path for s in tator.seen) == n // page_size + 1, path
+
+
+def test_media_batches_list_a_shared_track_once(tator, tmp_path):
+    ref, _ = run(tator.url, tmp_path, "ref")
+    store, _ = run(tator.url, tmp_path, "batched", media_per_query=1)
+    assert [r.to_record() for r in store.rows()] == [r.to_record() for r in ref.rows()]
 
 
 def test_media_filters_names_section_and_attributes(tator, data, tmp_path):
@@ -216,10 +231,15 @@ def test_media_filters_names_section_and_attributes(tator, data, tmp_path):
     cam0 = {m["id"] for m in data.media if m["attributes"]["Camera"] == "cam0"}
     assert {r.meta["media"] for r in store.rows()} == cam0 & annotated
     assert m["selection"]["media"] == len(cam0) < len(data.media)
+    # Values compare by the attribute's type (a bool, a float), as the server compares them.
+    store, m = run(tator.url, tmp_path, "bool", media=media(attributes=["Flag::true"]))
+    assert m["selection"]["media"] == sum(m["attributes"]["Flag"] for m in data.media) > 0
+    store, m = run(tator.url, tmp_path, "float", media=media(attributes=["Depth::101"]))
+    assert m["selection"]["media"] == 1
     # The server ignores a filter on an undeclared attribute and returns every media: the
-    # client checks the value itself.
-    store, m = run(tator.url, tmp_path, "undeclared", media=media(attributes=["Depth::5"]))
-    assert store.rows() == [] and m["selection"]["media"] == 0
+    # client checks the value itself, and no media is an error, not an empty dataset.
+    with pytest.raises(MetadataError, match="no media of project 1 match"):
+        run(tator.url, tmp_path, "undeclared", media=media(attributes=["Kelp::5"]))
 
 
 @pytest.mark.parametrize("status", [401, 403, 400])
@@ -238,12 +258,17 @@ def test_a_wrong_token_stops_with_one_message_and_writes_nothing(
 
 
 @pytest.mark.parametrize("status", [429, 400, 503])
-def test_a_throttling_storm_is_waited_out(tator, tmp_path, status):
-    tator.storm(status, seconds=1.0, retry_after=1)
+@pytest.mark.parametrize("paths", ["rest/*", "rest/GetFrame/*"])
+def test_a_throttling_storm_is_waited_out(tator, tmp_path, status, paths, caplog):
+    # Each attempt has its own deadline: waiting out Retry-After never uses it up.
+    tator.storm(status, seconds=2.0, retry_after=1, paths=paths)
     start = time.monotonic()
-    store, m = run(tator.url, tmp_path, fetch_cfg=fast_fetch(retries=8, backoff=0.3))
-    assert time.monotonic() - start >= 0.9
-    assert m["ok"] == len(store.rows()) > 0
+    cfg = fast_fetch(retries=8, backoff=0.3, backoff_max=1.0, attempt_timeout=1.5)
+    with caplog.at_level("DEBUG"):
+        store, m = run(tator.url, tmp_path, fetch_cfg=cfg)
+    assert time.monotonic() - start >= 1.9
+    assert m["ok"] == len(store.rows()) > 0 and tator.storm_hits > 1
+    assert TOKEN not in caplog.text
 
 
 def test_a_storm_longer_than_the_retries_is_one_clear_error(tator, tmp_path):
@@ -268,6 +293,32 @@ def test_a_hostile_api_response_is_a_clear_error(tator, tmp_path, fault, changes
         run(tator.url, tmp_path, fetch_cfg=fast_fetch(retries=1, **changes))
     assert time.monotonic() - start < 20
     assert not (tmp_path / "fetch").exists()
+
+
+@pytest.mark.parametrize("fault", ["truncate", "reset", "stall:30", 503])
+def test_one_broken_or_stalled_answer_is_retried(tator, tmp_path, fault):
+    tator.faults.add("rest/Localizations/*", [fault])
+    cfg = fast_fetch(retries=2, attempt_timeout=1.0, low_speed_time=1.0)
+    store, m = run(tator.url, tmp_path, fetch_cfg=cfg)
+    assert m["ok"] == len(store.rows()) > 0 and tator.faults.pending() == 0
+
+
+def test_an_endless_error_body_is_bounded_too(tmp_path, monkeypatch):
+    """A 503 whose body never ends (urllib3's Retry would drain it forever) is one error."""
+    from tests.hostile import HostileServer, drip, head, raw
+
+    monkeypatch.setenv("TATOR_TOKEN", TOKEN)
+    with HostileServer() as hostile:
+        hostile.scripts["/schema/"] = drip(b"x" * 10_000, 0.2)  # never done in time
+        start = time.monotonic()
+        with pytest.raises(MetadataError, match="DeadlineExceeded.*after 2 attempt"):
+            run(hostile.url, tmp_path, fetch_cfg=fast_fetch(retries=1, attempt_timeout=1.0))
+        hostile.scripts["/schema/"] = raw(
+            head("503 Busy", "Content-Length: 100000000") + b"x" * 100_000
+        )
+        with pytest.raises(MetadataError, match="ResponseTooLarge"):
+            run(hostile.url, tmp_path, fetch_cfg=fast_fetch(retries=1), max_response_bytes=50_000)
+    assert time.monotonic() - start < 10
 
 
 def test_a_response_over_the_cap_is_refused_while_reading(tator, tmp_path):
@@ -385,7 +436,7 @@ def test_clean_puts_boxes_on_the_pixels_of_the_frame_received(exported, data):
         got = [(b["label"], b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]) for b in row.boxes]
         assert got == want[mid, row.meta["frame"]]
     assert m["boxes_clamped"] == 2 and m["boxes_dropped_degenerate"] == 1
-    assert m["source"]["non_box_dot"] == 1 and m["source"]["non_box_line"] == 1
+    assert m["source"]["non_box_skipped"] == {"dot": 2, "line": 1, "poly": 1}
     assert m["size_mismatch"] == len(rows)
 
 
@@ -425,10 +476,7 @@ def test_voc_xml_matches_the_pixel_rule_box_by_box(exported, data):
             for k in ("pose", "truncated", "difficult")
         )
     labelmap = (voc / "labelmap.txt").read_text().splitlines()
-    assert [line.split(":")[0] for line in labelmap if not line.startswith("#")] == [
-        "background",
-        *store.classes,
-    ]
+    assert [line.split(":")[0] for line in labelmap if not line.startswith("#")] == store.classes
 
 
 def test_coco_json_loads_in_pycocotools_with_the_same_boxes(exported, data):
@@ -480,7 +528,7 @@ def test_voc_and_coco_open_unchanged_in_datumaro(exported, data):
         }
     voc = datumaro_read("voc_detection", tmp / "voc")
     coco = datumaro_read("coco_instances", tmp / "coco")
-    assert voc["labels"] == ["background", *store.classes]
+    assert voc["labels"] == store.classes
     assert coco["labels"] == store.classes
     for found in (voc, coco):  # (readers order a frame's boxes their own way)
         for item in found["items"].values():
@@ -489,3 +537,103 @@ def test_voc_and_coco_open_unchanged_in_datumaro(exported, data):
         item["boxes"].sort()
     assert voc["items"] == want
     assert coco["items"] == want
+
+
+def test_the_pixel_rule_rounds_halves_up_and_clamps():
+    from stages.core.boxes import coco_box, pixel_edges, voc_box
+
+    box = {"x": 0.1, "y": 0.2, "w": 0.25, "h": 0.5}  # the note's example, on 1920x1080
+    assert pixel_edges(box, 1920, 1080, 1920, 1080) == ((192, 216, 672, 756), False)
+    clean = {"x": 192, "y": 216, "w": 480, "h": 540}
+    assert voc_box(clean) == (193, 217, 672, 756) and coco_box(clean) == [192, 216, 480, 540]
+    # Halves go up (Python's round() would give 2 and 4), on both edges.
+    assert pixel_edges({"x": 2.5, "y": 3.5, "w": 2.0, "h": 1.0}, 1, 1, 10, 10) == (
+        (3, 4, 5, 5),
+        False,
+    )
+    # Outside the image: clamped, and said so.
+    assert pixel_edges({"x": -0.05, "y": 0.9, "w": 0.1, "h": 0.2}, 100, 100, 100, 100) == (
+        (0, 90, 5, 100),
+        True,
+    )
+
+
+def mutated(change) -> TatorStandin:
+    """A stand-in whose project has one object changed by `change(data)`."""
+    data = generate()
+    change(data)
+    return TatorStandin(data, token=TOKEN)
+
+
+def first_box(data) -> dict:
+    return next(loc for loc in data.localizations if loc["type"] == BOX_TYPE)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: first_box(d).update(media=[d.media[0]["id"]]), "localization 1: media is list"),
+        (lambda d: first_box(d).update(frame=True), "localization 1: frame is bool"),
+        (lambda d: first_box(d).update(attributes=["x"]), "localization 1: attributes is list"),
+        (lambda d: d.states[0].update(localizations=7), "localizations is int"),
+        (lambda d: d.media[0].update(name=None), "name is NoneType"),
+        (lambda d: d.media[0].update(width="1920"), "width is str"),
+        (lambda d: d.localization_types[0].pop("name"), "localization type 7: name"),
+    ],
+)
+def test_a_wrongly_shaped_answer_is_one_clear_error(tmp_path, monkeypatch, change, message):
+    monkeypatch.setenv("TATOR_TOKEN", TOKEN)
+    with mutated(change) as srv, pytest.raises(MetadataError, match=message):
+        run(srv.url, tmp_path)
+    assert not (tmp_path / "fetch").exists()
+
+
+def test_odd_values_become_counts_not_crashes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TATOR_TOKEN", TOKEN)
+
+    def change(d):
+        boxes = [loc for loc in d.localizations if loc["type"] == BOX_TYPE]
+        boxes[0]["x"] = math.nan
+        boxes[1]["width"] = math.inf
+        boxes[2]["frame"] = 10_000  # beyond num_frames
+        boxes[3]["attributes"] = {"ScientificName": "  Sebastolobus \t"}
+        boxes[4]["attributes"] = {"ScientificName": True}
+        boxes[5]["attributes"] = {"ScientificName": "ctl\x01x"}
+        d.media[1]["attributes"]["Note"] = "\udfff lone surrogate"
+        d.media[2]["num_frames"] = None
+
+    with mutated(change) as srv:
+        store, m = run(srv.url, tmp_path)
+    sel = m["selection"]
+    assert sel["boxes_invalid"] == 3
+    assert "Sebastolobus" in store.classes and "ctl\\x01x" in store.classes
+    assert not any(c != c.strip() or c == "True" for c in store.classes)
+    assert b"\\udfff" in (store.root / "tator/media.json").read_bytes()
+
+
+def test_class_names_voc_readers_choke_on_are_declared_for_them(tmp_path):
+    from stages.core.store import Row, write_store
+    from tests.test_clean_export import jpeg
+
+    src = tmp_path / "x.jpg"
+    src.write_bytes(jpeg(40, 30, (9, 9, 9)))
+    names = ["background", "#hash", "Genus: species", "plain"]
+    rows = [
+        Row(
+            f"t/{i}",
+            "t",
+            str(i),
+            url="http://h/x.jpg",
+            width=40,
+            height=30,
+            labels=[name],
+            boxes=[{"label": name, "x": 2.0, "y": 3.0, "w": 10.0, "h": 8.0}],
+        )
+        for i, name in enumerate(names)
+    ]
+    write_store(tmp_path / "s", rows, lambda r: src, 1 << 20, classes=names)
+    export_folders(Store(tmp_path / "s"), tmp_path / "voc", "voc")
+    assert json.loads((tmp_path / "voc/dataset_meta.json").read_text())["labels"] == names
+    found = datumaro_read("voc_detection", tmp_path / "voc")
+    assert found["labels"] == names
+    assert sorted(b[0] for item in found["items"].values() for b in item["boxes"]) == sorted(names)

@@ -22,8 +22,7 @@ def snap(value: float) -> int:
 def pixel_edges(
     box: dict, scale_x: float, scale_y: float, width: int, height: int
 ) -> tuple[tuple[int, int, int, int], bool]:
-    """Return the box's integer edges (x0, y0, x1, y1) in the image, and whether clamping
-    moved any edge (the box reached outside the image)."""
+    """Return a box's edges in a width x height image, and whether clamping moved one."""
     raw = (
         snap(box["x"] * scale_x),
         snap(box["y"] * scale_y),
@@ -49,17 +48,23 @@ def scale_of(row, width: int, height: int) -> tuple[float, float]:
     return sx, sy
 
 
+def edges(box: dict) -> tuple[int, int, int, int]:
+    """Return a clean box's pixel edges (x0, y0, x1, y1)."""
+    return snap(box["x"]), snap(box["y"]), snap(box["x"] + box["w"]), snap(box["y"] + box["h"])
+
+
 def voc_box(box: dict) -> tuple[int, int, int, int]:
     """Return a clean box as Pascal VOC's 1-based inclusive (xmin, ymin, xmax, ymax)."""
-    x0, y0, x1, y1 = (
-        snap(v) for v in (box["x"], box["y"], box["x"] + box["w"], box["y"] + box["h"])
-    )
+    x0, y0, x1, y1 = edges(box)
     return x0 + 1, y0 + 1, x1, y1
 
 
 def coco_box(box: dict) -> list[int]:
     """Return a clean box as COCO's [x, y, width, height] in pixels (0-based edges)."""
-    x0, y0, x1, y1 = (
-        snap(v) for v in (box["x"], box["y"], box["x"] + box["w"], box["y"] + box["h"])
-    )
+    x0, y0, x1, y1 = edges(box)
     return [x0, y0, x1 - x0, y1 - y0]
+
+
+def finite(box: dict) -> bool:
+    """Tell whether a box's four numbers are finite (no NaN or infinity)."""
+    return all(math.isfinite(box[k]) for k in ("x", "y", "w", "h"))

@@ -186,6 +186,9 @@ class Layout(Enum):
     mmaction = "mmaction"  # video: <label>/<clip>/img_00001.jpg
 
 
+VIDEO_LAYOUTS = (Layout.frames, Layout.mmaction)  # need a frames store (a video source)
+
+
 @dataclass
 class NoSettings:
     """A stage section for which a source has no settings of its own (`{}` in its conf)."""

@@ -98,18 +98,22 @@ def payload_ext(row: Row) -> str:
     return Path(row.url.split("?")[0].split("#")[0]).suffix.lower()
 
 
+def safe_name(text: str, fallback: str) -> str:
+    """Return text with each run of characters unsafe in a file name as `_` (never empty)."""
+    return SAFE.sub("_", text).strip("._") or fallback
+
+
 def member_name(item_id: str, ext: str) -> str:
     """Return a tar member name for an item: readable, unique, within ustar's 100 chars."""
-    safe = SAFE.sub("_", item_id).strip("._") or "item"
+    safe = safe_name(item_id, "item")
     digest = hashlib.sha1(item_id.encode()).hexdigest()[:10]
     ext = SAFE.sub("_", ext)[:10]  # from a remote URL: keep it tame
     return f"{safe[-70:]}-{digest}{ext}"
 
 
 def file_stem(item_id: str) -> str:
-    """Return an export file name (without extension) for an item: the id itself when it is
-    already safe and short, else a readable safe form made unique by a digest."""
-    if SAFE.sub("_", item_id) == item_id and item_id.strip("._") == item_id and len(item_id) <= 100:
+    """Return an item's export file name (no extension): its id if safe, else id + digest."""
+    if safe_name(item_id, "") == item_id and len(item_id) <= 100:
         return item_id
     return member_name(item_id, "")
 

@@ -14,8 +14,7 @@ from stages.core.store import Row
 
 
 def coco_instances(items: list[tuple[Row, str]], names: list[str]) -> bytes:
-    """Return the instances JSON for (row, file name) pairs; boxes of unknown classes are
-    left out (clean keeps only listed ones)."""
+    """Return the instances JSON for (row, file name) pairs (boxes of other classes left out)."""
     category = {name: i for i, name in enumerate(names, 1)}
     images, annotations = [], []
     for image_id, (row, file_name) in enumerate(items, 1):

@@ -83,13 +83,16 @@ def color(index: int) -> tuple[int, int, int]:
 
 
 def labelmap(names: list[str]) -> tuple[str, bytes | None]:
-    """Return labelmap.txt for the class names, and dataset_meta.json if a name needs it."""
-    lines = [LABELMAP_HEADER, "background:0,0,0::\n"]
+    """Return labelmap.txt for the class names, and dataset_meta.json when one needs it."""
+    # No `background` line: readers do not need one, and a class may have that name.
+    lines = [LABELMAP_HEADER]
     shown = [xml_text(n) for n in names]
     for i, name in enumerate(shown, 1):
         r, g, b = color(i)
         lines.append(f"{name}:{r},{g},{b}::\n")
     meta = None
-    if any(":" in n or "\n" in n or "\r" in n or n != n.strip() for n in shown):
-        meta = json.dumps({"labels": ["background", *shown]}, indent=1).encode() + b"\n"
+    if any(
+        ":" in n or "\n" in n or "\r" in n or n != n.strip() or n.startswith("#") for n in shown
+    ):
+        meta = json.dumps({"labels": shown}, indent=1).encode() + b"\n"
     return "".join(lines), meta

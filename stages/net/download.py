@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import random
+import re
 import shutil
 import socket
 import time
@@ -84,6 +85,14 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, when.timestamp() - time.time())
     except (OverflowError, ValueError, OSError):
         return None
+
+
+def backoff_delay(cfg: FetchConf, attempt: int, retry_after: float | None) -> float:
+    """Return the wait before retry `attempt`: Retry-After (capped), else backoff + jitter."""
+    if retry_after is not None:
+        return min(retry_after, cfg.retry_after_max)
+    base = min(cfg.backoff_max, cfg.backoff * (2**attempt))
+    return base * (0.5 + random.random() / 2)
 
 
 HOST = socket.gethostname().replace("-", "_") or "host"
@@ -199,10 +208,13 @@ class Downloader:
         *,
         ledger_name: str = "ledger",
         credentials: Credentials | None = None,
+        throttled: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.cfg = cfg
+        # A 400 whose body matches is a throttle (Tator): retried, after the seconds it names.
+        self.throttled = re.compile(throttled.encode()) if throttled else None
         self.root = Path(cache_dir) if cache_dir else cache_root()
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
@@ -469,10 +481,7 @@ class Downloader:
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         """Return the delay before the next attempt: Retry-After, else exponential + jitter."""
-        if retry_after is not None:
-            return min(retry_after, self.cfg.retry_after_max)
-        base = min(self.cfg.backoff_max, self.cfg.backoff * (2**attempt))
-        return base * (0.5 + random.random() / 2)
+        return backoff_delay(self.cfg, attempt, retry_after)
 
     # ------------------------------------------------------------------ one response
 
@@ -504,6 +513,10 @@ class Downloader:
                 raise Final("missing", f"http {status}", status)
             if status in TRANSIENT_HTTP or status >= 500:
                 raise Retry(f"http {status}", parse_retry_after(ex.header("Retry-After")), status)
+            if status == 400 and self.throttled is not None:
+                found = self.throttled.search(ex.error_head)
+                if found is not None:
+                    raise Retry("throttled (http 400)", float(found.group(1) or 1), status)
             # 401/403 without a credential of ours, 204, 304, other 4xx: a re-run may fix it.
             raise Final("failed", f"http {status}", status)
         finally:

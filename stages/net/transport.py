@@ -21,6 +21,7 @@ PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 # Bodies of non-200 answers are never kept; past this size the transfer is stopped (the
 # connection is then closed rather than reused, which is fine for an error).
 ERROR_BODY_MAX = 64 << 10
+ERROR_HEAD = 4096  # the start of a non-200 body, kept in memory for the caller to read
 BUFFER = 256 << 10  # fewer, larger write callbacks
 
 # libcurl error code (curl.h CURLE_*; pycurl names only some) -> (stable reason, worth
@@ -99,6 +100,7 @@ class Exchange:
     retryable: bool = True
     size: int = 0
     capped: bool = False
+    error_head: bytes = b""  # the start of a non-200 answer's body
     redirect_url: str | None = None
     content_length: int | None = None
     at_start: bool = True  # at the start of a header block: a status line may come next
@@ -314,7 +316,9 @@ def _write_callback(ex: Exchange):
             size = ex.size + len(data)
             ex.size = size
             if ex.status != 200:
-                return 0 if size > ERROR_BODY_MAX else None  # never kept
+                if len(ex.error_head) < ERROR_HEAD:  # enough to tell a throttle by its words
+                    ex.error_head += data[: ERROR_HEAD - len(ex.error_head)]
+                return 0 if size > ERROR_BODY_MAX else None  # never stored
             if size > cap:
                 ex.capped = True  # libcurl checks Content-Length; this covers bodies without
                 return 0

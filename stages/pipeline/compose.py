@@ -13,7 +13,7 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from stages import sources
-from stages.core.config import GROUPS, typed, validate
+from stages.core.config import GROUPS, VIDEO_LAYOUTS, Layout, typed, validate
 from stages.core.errors import ConfigError
 from stages.core.files import atomic_write
 from stages.pipeline.params import conf_digest, hand_edited, render
@@ -21,7 +21,6 @@ from stages.pipeline.params import conf_digest, hand_edited, render
 # Keys whose value would be a secret: conf must name an env var instead (`<key>_env`).
 SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|access_key|private_key)$", re.I)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-VIDEO_LAYOUTS = ("frames", "mmaction")
 
 
 def source_files(conf_dir: Path) -> list[Path]:
@@ -108,6 +107,11 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
             f"clean.min_frames ({out['clean']['min_frames']}) is below export.frames "
             f"({out['export']['frames']}): clips kept by clean would be too short to export"
         )
+    unknown = sorted(set(out["fetch"]["source_workers"]) - set(files))
+    if unknown:
+        raise ConfigError(
+            f"conf/fetch: source_workers names no source: {unknown} (sources: {sorted(files)})"
+        )
     out["sources"] = {}
     video, inputs, exports = {}, {}, {}
     for name, raw in (data.get("sources") or {}).items():
@@ -119,7 +123,7 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
             if source.video:
                 check_frame_counts(name, checked["frames"], out["clean"]["min_frames"])
             for layout in checked["exports"]:
-                if layout in VIDEO_LAYOUTS and not source.video:
+                if Layout(layout) in VIDEO_LAYOUTS and not source.video:
                     raise ConfigError(
                         f"conf/source/{name}.yaml: exports: {layout} needs frames; "
                         f"{name} has no video (use classes, voc or coco)"

@@ -59,6 +59,9 @@ class Source(ABC):
     video: ClassVar[bool] = False
     # Whether fetch reads local files, from data/<name>/input/ (which DVC tracks as its input).
     local_input: ClassVar[bool] = False
+    # A regex that marks a 400 answer's body as the server's throttle (retried after the
+    # seconds in its first group, else backoff), for servers that do not say 429.
+    throttled: ClassVar[str | None] = None
 
     @abstractmethod
     def plan(self, cfg: SourceConf, ctx: Context) -> Plan:
@@ -86,6 +89,10 @@ class Source(ABC):
         Return the row (possibly changed) or None to drop it; count what was done in `counts`.
         """
         return row
+
+    def clean_stats(self, cfg: SourceConf, store: Store) -> dict:
+        """Return source-specific counts for clean's metrics, from its input store (hook)."""
+        return {}
 
     def classes(self, cfg: SourceConf) -> list[str]:
         """Return the configured class names in id order (empty: discovered by fetch)."""

@@ -12,6 +12,7 @@ This module is what every stage imports; `api.py` and `fetch.py` are imported by
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
@@ -22,12 +23,17 @@ from omegaconf import MISSING
 from stages.core.config import NoSettings, SourceConf, positive
 from stages.core.errors import ConfigError
 from stages.core.origins import parse_origins
-from stages.core.store import Row
+from stages.core.store import Row, Store
 from stages.sources import Context, Plan, Source
 
 if TYPE_CHECKING:
     from stages.net.credentials import Credential
     from stages.net.ledger import Result
+
+
+SUMMARY = "tator/summary.json"  # fetch's counts beside its store, for clean's metrics
+# How Tator's views answer a throttled request: a 400 (DRF's Throttled through their handler).
+THROTTLED = r"Request was throttled\.(?: Expected available in (\d+(?:\.\d+)?) second)?"
 
 
 class IfMissing(Enum):
@@ -104,6 +110,7 @@ class Tator(Source):
 
     name = "tator"
     schema = TatorConf
+    throttled = THROTTLED
 
     def credentials(self, cfg: TatorConf) -> list[Credential]:
         """Return the API token, sent as `Authorization: Token` to the Tator host only."""
@@ -125,9 +132,6 @@ class Tator(Source):
 
     def clean_row(self, cfg: TatorConf, row: Row, counts: Counter) -> Row | None:
         """Keep the classes of the boxes that survived; drop a frame left without boxes."""
-        counts["frames_in"] += 1
-        for dtype, n in sorted(row.meta.get("non_box", {}).items()):
-            counts[f"non_box_{dtype}"] += n
         counts["boxes_unknown_class"] += sum(
             b["label"] == cfg.fetch.unknown_class for b in row.boxes
         )
@@ -136,6 +140,14 @@ class Tator(Source):
             return None
         row.labels = sorted({b["label"] for b in row.boxes})
         return row
+
+    def clean_stats(self, cfg: TatorConf, store: Store) -> dict:
+        """Return what fetch skipped that is not a box: dot, line and poly localizations."""
+        path = store.root / SUMMARY
+        if not path.is_file():
+            return {}
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        return {"non_box_skipped": summary.get("non_box_localizations", {})}
 
 
 SOURCE = Tator()

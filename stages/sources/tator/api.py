@@ -1,11 +1,12 @@
-"""The real `tator` client with what it lacks: a deadline, a size cap and retries on every call.
+"""The real `tator` client with what it lacks: a timeout, a deadline, a size cap and retries.
 
 tator 1.8 builds its methods from the server's /schema and sends every request through one
-`requests.Session` with no timeout and no retries. Here that session gets an adapter that
-retries 429/5xx and connection errors with backoff, honouring Retry-After up to a cap
-(urllib3's `Retry`), gives every attempt a connect/read timeout and an overall deadline, and
-stops reading a body at a size cap. The schema download, which `tator.get_api` makes with a
-bare `requests.get`, goes through the same session.
+`requests.Session` with no timeout and no retries. Here that session's adapter gives every
+attempt a connect/read timeout and a deadline, and reads each body under a size cap; `Api`
+retries 429, 5xx, Tator's "Request was throttled" 400 and broken or stalled bodies with
+backoff (honouring Retry-After up to fetch.retry_after_max), each retry a fresh attempt.
+urllib3's `Retry` is not used for statuses: before retrying it drains the refused answer's
+body with no cap and no deadline, so an endless 503 would hang the stage.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import requests
 import requests.auth
@@ -25,18 +26,18 @@ from requests.adapters import HTTPAdapter
 from tator.exceptions import ApiException
 from tator.openapi.client import OpenAPIClient, _ApiClientShim
 from tator.openapi.models import ModelFactory
-from urllib3.util.retry import Retry
 
 from stages.core.config import FetchConf
 from stages.core.errors import MetadataError, StageError
 from stages.core.origins import origin_of, redact
+from stages.net.download import backoff_delay, parse_retry_after
+from stages.sources.tator import THROTTLED
 
 log = logging.getLogger("stages.sources.tator")
 
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-RETRY_STATUS = (429, 500, 502, 503, 504)
-# How Tator's own exception handler words a throttle and an auth failure (both as 400).
-THROTTLED = re.compile(r"Request was throttled\.(?: Expected available in (\d+(?:\.\d+)?) second)?")
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# How Tator's own exception handler words an auth failure (a 400, like a throttle).
 AUTH_400 = re.compile(r"Invalid token\.|Authentication credentials were not provided\.")
 CHUNK = 1 << 16
 
@@ -46,19 +47,19 @@ class TokenRejected(StageError):
 
 
 class ResponseTooLarge(requests.exceptions.RequestException):
-    """A response body passed the configured cap."""
+    """Raise when a response body passes the configured cap."""
 
 
 class DeadlineExceeded(requests.exceptions.Timeout):
-    """A response took longer than the attempt deadline, however fast it trickled."""
+    """Raise when a response takes longer than the attempt deadline, however it trickles."""
 
 
 class BoundedAdapter(HTTPAdapter):
-    """An adapter whose every request has a timeout, a deadline and a body-size cap."""
+    """Give every request a timeout and a deadline, and read its body under a size cap."""
 
-    def __init__(self, *, timeout: tuple[float, float], deadline: float, max_bytes: int, retry):
+    def __init__(self, *, timeout: tuple[float, float], deadline: float, max_bytes: int):
         self.timeout, self.deadline, self.max_bytes = timeout, deadline, max_bytes
-        super().__init__(max_retries=retry, pool_connections=1, pool_maxsize=4)
+        super().__init__(max_retries=0, pool_connections=1, pool_maxsize=4)
 
     def send(self, request, stream=False, timeout=None, **kwargs):
         """Send with the default timeout; read the body here, under the cap and deadline."""
@@ -91,7 +92,7 @@ class BoundedAdapter(HTTPAdapter):
 
 
 def _read1(raw) -> bytes:
-    """Read the next decoded bytes of a body; urllib3's errors as requests' (as iter_content)."""
+    """Read the next decoded bytes of a body, with urllib3's errors as requests' errors."""
     try:
         return raw.read1(CHUNK, decode_content=True)
     except urllib3.exceptions.ReadTimeoutError as exc:
@@ -101,31 +102,14 @@ def _read1(raw) -> bytes:
 
 
 def session_for(cfg: FetchConf, max_bytes: int) -> requests.Session:
-    """Return a session with bounded retries, timeouts, a deadline and a size cap."""
-    retry = Retry(
-        total=cfg.retries,
-        connect=cfg.retries,
-        read=cfg.retries,
-        status=cfg.retries,
-        other=0,
-        allowed_methods=frozenset({"GET"}),
-        status_forcelist=RETRY_STATUS,
-        backoff_factor=cfg.backoff,
-        backoff_max=cfg.backoff_max,
-        backoff_jitter=cfg.backoff / 2,
-        respect_retry_after_header=True,
-        retry_after_max=int(cfg.retry_after_max),
-        raise_on_status=False,  # the last 429/5xx reaches the client, which raises ApiException
-        redirect=0,  # a token must never follow a redirect anywhere
-    )
+    """Return a session whose requests are bounded in time and size and never redirected."""
     adapter = BoundedAdapter(
         timeout=(cfg.connect_timeout, cfg.low_speed_time),
         deadline=cfg.attempt_timeout,
         max_bytes=max_bytes,
-        retry=retry,
     )
     session = requests.Session()
-    session.max_redirects = 0
+    session.max_redirects = 0  # a token must never follow a redirect anywhere
     for prefix in ("https://", "http://"):
         session.mount(prefix, adapter)
     return session
@@ -146,28 +130,20 @@ class TokenAuth(requests.auth.AuthBase):
         return request
 
 
-class Client(OpenAPIClient):
-    """tator's dynamic client, built from a schema fetched through our bounded session."""
+def _no_auth(request):
+    """Send a request without credentials (and keep requests from reading ~/.netrc)."""
+    return request
 
-    def __init__(self, host: str, token: str, session: requests.Session):
-        # tator.get_api does the same with a bare requests.get and a fresh session.
-        url = f"{host}/schema/"  # the server's route (/schema answers a 301 to it)
-        resp = session.get(url)
-        if resp.status_code != 200:
-            raise MetadataError(f"Tator schema {redact(url)}: HTTP {resp.status_code}")
-        # What OpenAPIClient._load_schema does, with libyaml's parser: Tator's schema is about
-        # 1 MB of YAML, which the pure-Python parser takes seconds over.
-        try:
-            self.schema = yaml.load(resp.text, Loader=SafeLoader) or {}
-        except yaml.YAMLError as exc:
-            raise MetadataError(f"Tator schema {redact(url)} is not YAML/JSON: {exc}") from None
-        if not isinstance(self.schema, dict) or not isinstance(self.schema.get("paths"), dict):
-            raise MetadataError(
-                f"Tator schema {redact(url)} has no `paths`: not an OpenAPI document"
-            )
+
+class Client(OpenAPIClient):
+    """Build tator's dynamic client from a schema fetched through our bounded session."""
+
+    def __init__(self, host: str, schema: dict, session: requests.Session, token: str):
+        # What tator.get_api and OpenAPIClient.__init__ do, minus their bare requests.get.
+        self.schema = schema
         self._endpoints = self._parse_schema()
         self._factory = ModelFactory(self.schema)
-        self.base_url = host.rstrip("/")
+        self.base_url = host
         self.session = session
         self._cache = {}
         self._debug = False
@@ -179,7 +155,7 @@ class Client(OpenAPIClient):
 
 
 class Api:
-    """The calls fetch@tator makes, with errors turned into one clear message each."""
+    """Make the calls fetch@tator needs, each retried and bounded, failing with one message."""
 
     def __init__(
         self,
@@ -188,64 +164,101 @@ class Api:
         token_env: str,
         cfg: FetchConf,
         max_bytes: int,
-        sleep=time.sleep,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.host, self.token_env, self.cfg, self.sleep = host, token_env, cfg, sleep
         self.session = session_for(cfg, max_bytes)
         self.calls = 0  # API calls made (retries not counted)
         self._lock = threading.Lock()
-        self.client = self._guard("/schema", lambda: Client(host, token, self.session))
+        try:
+            schema = self._retrying("/schema/", self._schema)
+            self.client = Client(host, schema, self.session, token)
+        except BaseException:
+            self.session.close()
+            raise
 
     def close(self) -> None:
         """Close pooled connections."""
         self.session.close()
 
-    def _guard(self, what: str, call):
+    def _schema(self) -> dict:
+        """Fetch and parse the OpenAPI document (YAML; JSON parses too)."""
+        url = f"{self.host}/schema/"  # the server's route (/schema answers a 301 to it)
+        resp = self.session.get(url, auth=_no_auth)
+        if resp.status_code != 200:
+            raise ApiException(status=resp.status_code, reason="schema", http_resp=resp)
+        # libyaml's parser: Tator's schema is about 1 MB of YAML, which pure Python takes
+        # seconds over.
         try:
-            return self._throttled(call)
-        except ApiException as exc:
-            status = exc.status
-            if status in (401, 403) or (status == 400 and AUTH_400.search(exc.body or "")):
-                raise TokenRejected(
-                    f"Tator at {self.host} refused the token in ${self.token_env} "
-                    f"(HTTP {status} on {what}): check that it is current and has access "
-                    "to the project"
-                ) from None
-            raise MetadataError(f"Tator {what}: HTTP {status}{_detail(exc)}") from None
-        except ValueError as exc:  # a body that is not JSON (requests' JSONDecodeError too)
-            raise MetadataError(f"Tator {what}: malformed response ({_short(exc)})") from None
-        except requests.exceptions.RequestException as exc:
-            raise MetadataError(f"Tator {what}: {type(exc).__name__}: {_short(exc)}") from None
-
-    def _throttled(self, call):
-        """Run a call, waiting out Tator's throttle, which its views answer with a 400
-        ("Request was throttled. Expected available in N seconds.") that urllib3 cannot
-        tell from a real 400; 429s and 5xx are retried by the session's adapter."""
-        for attempt in range(self.cfg.retries + 1):
-            try:
-                return call()
-            except ApiException as exc:
-                found = THROTTLED.search(exc.body or "") if exc.status == 400 else None
-                if found is None or attempt == self.cfg.retries:
-                    raise
-                wait = float(found.group(1) or 1)
-                backoff = min(self.cfg.backoff * 2**attempt, self.cfg.backoff_max)
-                self.sleep(min(max(wait, backoff), self.cfg.retry_after_max))
-        raise AssertionError("unreachable")
+            schema = yaml.load(resp.text, Loader=SafeLoader)
+        except yaml.YAMLError as exc:
+            raise MetadataError(f"Tator schema {redact(url)} is not YAML/JSON: {exc}") from None
+        if not isinstance(schema, dict) or not isinstance(schema.get("paths"), dict):
+            raise MetadataError(f"Tator schema {redact(url)} has no `paths`: not OpenAPI")
+        if not all(isinstance(v, dict) for v in schema["paths"].values()):
+            raise MetadataError(f"Tator schema {redact(url)}: a path item is not a mapping")
+        return schema
 
     def call(self, op: str, /, *args, **kwargs):
         """Call one API method by name; raise a clear error for any failure."""
         with self._lock:
             self.calls += 1
         what = f"{op}{tuple(args)}"
-        return self._guard(what, lambda: getattr(self.client, op)(*args, **kwargs))
+        try:
+            method = getattr(self.client, op)
+        except AttributeError:
+            raise MetadataError(
+                f"Tator's schema has no operation {op}: not a Tator server?"
+            ) from None
+        return self._retrying(what, lambda: method(*args, **kwargs))
+
+    def _retrying(self, what: str, call):
+        """Run a call; retry what a new attempt may fix; turn failures into one message."""
+        retries = self.cfg.retries
+        for attempt in range(retries + 1):
+            try:
+                return call()
+            except ApiException as exc:
+                wait, error = self._refusal(what, exc)
+            except (
+                requests.exceptions.ConnectionError,
+                requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.Timeout,  # DeadlineExceeded too
+            ) as exc:
+                wait, error = None, f"{type(exc).__name__}: {_short(exc)}"
+            except ValueError as exc:  # a body that is not JSON (requests' JSONDecodeError too)
+                raise MetadataError(f"Tator {what}: malformed response ({_short(exc)})") from None
+            except requests.exceptions.RequestException as exc:  # too large, redirected
+                raise MetadataError(f"Tator {what}: {type(exc).__name__}: {_short(exc)}") from None
+            except TypeError as exc:  # the client refused an argument its schema lacks
+                raise MetadataError(f"Tator {what}: the server's schema differs: {exc}") from None
+            if attempt == retries:
+                raise MetadataError(f"Tator {what}: {error} (after {attempt + 1} attempt(s))")
+            delay = backoff_delay(self.cfg, attempt, wait)
+            log.info("Tator %s: %s; retrying in %.1f s", what, error, delay)
+            self.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _refusal(self, what: str, exc: ApiException) -> tuple[float | None, str]:
+        """Return (Retry-After, description) of a refusal worth retrying; raise otherwise."""
+        status, body = exc.status, exc.body if isinstance(exc.body, str) else ""
+        if status in (401, 403) or (status == 400 and AUTH_400.search(body)):
+            raise TokenRejected(
+                f"Tator at {self.host} refused the token in ${self.token_env} "
+                f"(HTTP {status} on {what}): check that it is current and has access "
+                "to the project"
+            ) from None
+        throttled = re.search(THROTTLED, body) if status == 400 else None
+        if throttled is not None:
+            return float(throttled.group(1) or 1), "throttled (HTTP 400)"
+        if status in RETRY_STATUS:
+            return parse_retry_after((exc.headers or {}).get("Retry-After")), f"HTTP {status}"
+        raise MetadataError(f"Tator {what}: HTTP {status}: {_quote(body)}") from None
 
     def by_id(self, op: str, /, *args, page_size: int, **filters) -> Iterator[dict]:
-        """Yield every object of a list sorted by id, paging with `after` (never the paginator).
-
-        Localizations and states come sorted by id, so `after=<last id>` with an explicit
-        page size never skips or repeats; a short (or empty) page ends the listing.
-        """
+        """Yield every object of a list sorted by id, paging with `after` (not the paginator)."""
+        # `after=<last id>` with an explicit page size never skips or repeats when the list
+        # is ordered by id; a short (or empty) page ends it.
         after = None
         while True:
             page = self.call(
@@ -262,41 +275,23 @@ class Api:
                 return
             after = page[-1]["id"]
 
-    def by_window(self, op: str, /, *args, page_size: int, **filters) -> list[dict]:
-        """Return every object of a list ordered by something other than id (media: name),
-        in start/stop windows, sorted by id; a changed listing is refused, not half-read."""
-        out, start = [], 0
-        while True:
-            page = self.call(op, *args, **filters, start=start, stop=start + page_size)
-            _check_page(op, page, None, ordered=False)
-            out.extend(page)
-            if len(page) < page_size:
-                break
-            start += page_size
-        ids = [obj["id"] for obj in out]
-        if len(set(ids)) != len(ids):
-            raise MetadataError(f"Tator {op}: the listing changed while it was read; re-run")
-        return sorted(out, key=lambda obj: obj["id"])
 
-
-def _check_page(name: str, page, after, *, ordered: bool = True) -> None:
+def _check_page(op: str, page, after) -> None:
+    """Refuse a page that is not a list of objects with increasing integer ids."""
     if not isinstance(page, list) or not all(
-        isinstance(obj, dict) and isinstance(obj.get("id"), int) for obj in page
+        isinstance(obj, dict) and type(obj.get("id")) is int for obj in page
     ):
-        raise MetadataError(f"Tator {name}: expected a list of objects with integer ids")
-    if ordered:
-        ids = [obj["id"] for obj in page]
-        if ids != sorted(set(ids)) or (after is not None and ids and ids[0] <= after):
-            raise MetadataError(f"Tator {name}: ids are not increasing; cannot page by id")
+        raise MetadataError(f"Tator {op}: expected a list of objects with integer ids")
+    ids = [obj["id"] for obj in page]
+    if ids != sorted(set(ids)) or (after is not None and ids and ids[0] <= after):
+        raise MetadataError(f"Tator {op}: ids are not increasing; cannot page by id")
+
+
+def _quote(text: str) -> str:
+    """Return server text safe to print: escaped, and short."""
+    return ascii(text[:200])
 
 
 def _short(exc: BaseException) -> str:
-    return redact(str(exc).splitlines()[0] if str(exc) else "")[:200]
-
-
-def _detail(exc: ApiException) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, bytes | str) and body:
-        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-        return f": {text[:200]}"
-    return ""
+    """Return an exception's first line, escaped and short (URLs here hold no secret)."""
+    return _quote(str(exc).splitlines()[0] if str(exc) else "")
