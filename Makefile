@@ -37,6 +37,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/dvc_transfer.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/frames.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/tator_frames.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/clean.py
 
 clean-demo:
 	rm -rf .demo data/videodir/input
