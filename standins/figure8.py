@@ -8,6 +8,11 @@ module with the source's fetch stage.)
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import zipfile
+
 import numpy as np
 
 from stages.sources.figure8.montage import Geometry
@@ -75,3 +80,41 @@ def make_montage(frames: np.ndarray, geometry: Geometry, fill: int = 0) -> np.nd
         y0, y1, x0, x1 = geometry.tile_box(i, h, w)
         out[y0:y1, x0:x1] = frames[i]
     return out
+
+
+REPORT_COLUMNS = (
+    "_unit_id", "_created_at", "_golden", "_id", "_trust", "_worker_id",
+    "annotation", "broken_link", "identifier", "image_url",
+)  # fmt: skip
+
+
+def report_zip(rows: list[dict], member: str = "f1363594.csv", columns=REPORT_COLUMNS) -> bytes:
+    """Return a job report as Figure Eight sends it: a zip holding one CSV."""
+    text = io.StringIO()
+    writer = csv.DictWriter(
+        text, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
+        zf.writestr(info, text.getvalue())
+    return buf.getvalue()
+
+
+def report_row(n: int, image_url: str, annotation_url: str | None, broken="false") -> dict:
+    """Return one report row (a judgment) for an uploaded montage."""
+    annotation = json.dumps({"url": annotation_url}) if annotation_url else ""
+    return {
+        "_unit_id": 1000 + n,
+        "_created_at": "2019-06-01 12:00:00",
+        "_golden": "false",
+        "_id": 5000 + n,
+        "_trust": "0.9",
+        "_worker_id": 42,
+        "annotation": annotation,
+        "broken_link": broken,
+        "identifier": "3D_example",
+        "image_url": image_url,
+    }
