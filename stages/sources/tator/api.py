@@ -29,7 +29,8 @@ from tator.openapi.models import ModelFactory
 
 from stages.core.config import FetchConf
 from stages.core.errors import MetadataError, StageError
-from stages.core.origins import origin_of, redact
+from stages.core.origins import redact
+from stages.net.credentials import Credentials
 from stages.net.download import backoff_delay, parse_retry_after
 from stages.sources.tator import THROTTLED
 
@@ -115,18 +116,21 @@ def session_for(cfg: FetchConf, max_bytes: int) -> requests.Session:
     return session
 
 
-class TokenAuth(requests.auth.AuthBase):
-    """Attach `Authorization: Token` to requests for one origin, and to no other."""
+class ScopedAuth(requests.auth.AuthBase):
+    """Attach the run's credentials that belong to a request's origin, and no others."""
 
-    def __init__(self, token: str, host: str):
-        self.header, self.origin = f"Token {token}", origin_of(host)
+    def __init__(self, creds: Credentials):
+        self.creds = creds
 
     def __repr__(self) -> str:
-        return f"TokenAuth({self.origin[0]}://{self.origin[1]}:{self.origin[2]})"
+        return f"ScopedAuth({self.creds!r})"
 
     def __call__(self, request):
-        if origin_of(request.url) == self.origin:
-            request.headers["Authorization"] = self.header
+        # The downloader's own scoping (stages.net.credentials): https only, loopback aside.
+        request.url, lines = self.creds.apply(request.url)
+        for line in lines:
+            name, _, value = line.partition(": ")
+            request.headers[name] = value
         return request
 
 
@@ -138,7 +142,7 @@ def _no_auth(request):
 class Client(OpenAPIClient):
     """Build tator's dynamic client from a schema fetched through our bounded session."""
 
-    def __init__(self, host: str, schema: dict, session: requests.Session, token: str):
+    def __init__(self, host: str, schema: dict, session: requests.Session, creds: Credentials):
         # What tator.get_api and OpenAPIClient.__init__ do, minus their bare requests.get.
         self.schema = schema
         self._endpoints = self._parse_schema()
@@ -148,9 +152,9 @@ class Client(OpenAPIClient):
         self._cache = {}
         self._debug = False
         self.api_client = _ApiClientShim(self)
-        # An auth object rather than a session header: it goes to Tator's origin only, and it
-        # keeps requests from reading ~/.netrc credentials instead.
-        session.auth = TokenAuth(token, host)
+        # An auth object rather than a session header: each credential goes to its own
+        # origins only, and requests does not read ~/.netrc credentials instead.
+        session.auth = ScopedAuth(creds)
         tator.models._set_factory(self._factory)
 
 
@@ -160,7 +164,7 @@ class Api:
     def __init__(
         self,
         host: str,
-        token: str,
+        creds: Credentials,
         token_env: str,
         cfg: FetchConf,
         max_bytes: int,
@@ -172,7 +176,7 @@ class Api:
         self._lock = threading.Lock()
         try:
             schema = self._retrying("/schema/", self._schema)
-            self.client = Client(host, schema, self.session, token)
+            self.client = Client(host, schema, self.session, creds)
         except BaseException:
             self.session.close()
             raise

@@ -6,7 +6,6 @@ import difflib
 import json
 import logging
 import math
-import os
 from collections import Counter, defaultdict
 from urllib.parse import urlencode
 
@@ -51,8 +50,9 @@ FIELDS = {
 def plan(cfg, ctx: Context) -> Plan:
     """Read the project's metadata through the tator client; return rows and statistics."""
     f = cfg.fetch
-    token = os.environ.get(f.token_env, "")  # checked present by the source's credentials()
-    api = Api(f.host, token, f.token_env, ctx.downloader.cfg, f.max_response_bytes)
+    # The token the fetch stage read from the environment, scoped to the host (credentials()).
+    dl = ctx.downloader
+    api = Api(f.host, dl.creds, f.token_env, dl.cfg, f.max_response_bytes)
     try:
         # Independent calls go out together: each costs a round trip to the server.
         _, loc_types, state_types, (media, missing) = together(
