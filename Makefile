@@ -40,4 +40,4 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/clean.py
 
 clean-demo:
-	rm -rf .demo data/videodir/input
+	rm -rf .demo data/videodir/input data/figure8/input

@@ -150,10 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run clean-annotations for one source."""
     run = start(argv, "stages.clean_annotations", __doc__)
     args = run.args
-    rows, names, metrics = clean(Store(args.inp), run.source, run.cfg, run.section("clean"))
-    args.out.mkdir(parents=True)
-    # Payloads are unchanged: the manifest points into the upstream shards.
-    write_manifest(args.out, rebase(rows, args.inp, args.out), names)
+    store = Store(args.inp)
+    if "clean-annotations" in run.source.own_stages:  # e.g. label images cleaned pixel by pixel
+        shard_bytes = run.section("store").shard_bytes
+        _, metrics = run.source.clean_store(
+            run.cfg, run.section("clean"), store, args.out, shard_bytes
+        )
+    else:
+        rows, names, metrics = clean(store, run.source, run.cfg, run.section("clean"))
+        args.out.mkdir(parents=True)
+        # Payloads are unchanged: the manifest points into the upstream shards.
+        write_manifest(args.out, rebase(rows, args.inp, args.out), names)
     run.finish(metrics)
     log.info(
         "clean@%s: kept %d of %d (%s)",

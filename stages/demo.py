@@ -19,6 +19,7 @@ N_IMAGES = 120
 # The Tator stand-in accepts this token; the demo exports it as TATOR_TOKEN for its own run
 # (a real token in your environment is never sent to the stand-in).
 DEMO_TATOR_TOKEN = "demo-token"
+DEMO_FIGURE8_KEY = "demo-key"  # likewise, as FIGURE_EIGHT_KEY for the Figure Eight stand-in
 
 
 # Stand-ins the demo starts: module, the conf file and key whose URL names its port, and
@@ -27,6 +28,7 @@ STANDINS = (
     ("standins.lila", "lila", ("fetch", "index_url"), ["--generate", str(N_IMAGES)]),
     ("standins.kinetics", "kinetics", ("fetch", "annotations"), ["--generate"]),
     ("standins.tator", "tator", ("fetch", "host"), ["--token", DEMO_TATOR_TOKEN, "--media", "6"]),
+    ("standins.figure8", "figure8", ("fetch", "api"), ["--key", DEMO_FIGURE8_KEY]),
 )
 
 
@@ -111,12 +113,16 @@ def main() -> int:
     DEMO.mkdir(exist_ok=True)
     os.environ.setdefault("DSREPO_CACHE_DIR", str(DEMO / "cache"))
     os.environ["TATOR_TOKEN"] = DEMO_TATOR_TOKEN
-    # The video-folder source reads data/videodir/input: a generated camera folder here.
-    subprocess.run(
-        [sys.executable, "-m", "standins.video", "folder", "--root", "data/videodir/input"],
-        cwd=ROOT,
-        check=True,
-    )
+    os.environ["FIGURE_EIGHT_KEY"] = DEMO_FIGURE8_KEY
+    # Sources of local files read data/<source>/input: the video folder's cameras, and the
+    # raw frames and pre-annotation logs of the Figure Eight job.
+    for module, command, folder in (
+        ("standins.video", "folder", "data/videodir/input"),
+        ("standins.figure8", "input", "data/figure8/input"),
+    ):
+        subprocess.run(
+            [sys.executable, "-m", module, command, "--root", folder], cwd=ROOT, check=True
+        )
     servers = []
     try:
         for spec in STANDINS:

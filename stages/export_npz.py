@@ -170,10 +170,13 @@ def export_clips(store: Store, names: list[str], cfg: ExportConf, out_dir: Path)
 def main(argv: list[str] | None = None) -> int:
     """Run export-npz for one source."""
     run = start(argv, "stages.export_npz", __doc__)
-    run_export = export_clips if run.source.video else export
     store = Store(run.args.inp)
-    names = run.source.names(run.cfg, store)
-    metrics = run_export(store, names, run.section("export"), run.args.out)
+    if "export-npz" in run.source.own_stages:  # e.g. movies with label images
+        metrics = run.source.export_store(run.cfg, run.section("export"), store, run.args.out)
+    else:
+        run_export = export_clips if run.source.video else export
+        names = run.source.names(run.cfg, store)
+        metrics = run_export(store, names, run.section("export"), run.args.out)
     run.finish(metrics)
     log.info(
         "export@%s: %d items in %d shards", run.args.source, metrics["items"], metrics["shards"]

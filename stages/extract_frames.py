@@ -251,10 +251,16 @@ def _failed(clip: Row, reason: str) -> Row:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run extract-frames for one video source."""
+    """Run extract-frames for one source with frames (video, or the source's own)."""
     run = start(argv, "stages.extract_frames", __doc__)
     args = run.args
-    rows, metrics = extract_frames(
+    make = extract_frames
+    if "extract-frames" in run.source.own_stages:  # frames that are not decoded video
+
+        def make(store, source, cfg, out_dir, shard_bytes):
+            return source.extract(cfg, store, out_dir, shard_bytes)
+
+    rows, metrics = make(
         Store(args.inp), run.source, run.cfg, args.out, run.section("store").shard_bytes
     )
     run.finish(metrics)

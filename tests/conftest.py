@@ -137,13 +137,15 @@ def make_project(
     *,
     kinetics_url: str | None = None,
     tator_url: str | None = None,
+    figure8_url: str | None = None,
     disable: tuple[str, ...] = (),
 ) -> Project:
     """Copy the project to dest, point its LILA config at index_url, commit it.
 
     The video sources stay enabled only with `kinetics_url` (a Kinetics stand-in), which also
     writes the demo's video folder into data/videodir/input; the Tator source only with
-    `tator_url` (a Tator stand-in)."""
+    `tator_url` (a Tator stand-in); the Figure Eight source only with `figure8_url` (its
+    stand-in serving the default generated job, whose input folder is written here)."""
     for rel in tracked_files():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +171,13 @@ def make_project(
         proj.set_conf("conf/source/tator.yaml", "enabled: true", "enabled: false")
     else:
         proj.set_conf("conf/source/tator.yaml", "http://127.0.0.1:8767", tator_url)
+    if figure8_url is None:
+        proj.set_conf("conf/source/figure8.yaml", "enabled: true", "enabled: false")
+    else:
+        proj.set_conf("conf/source/figure8.yaml", "http://127.0.0.1:8768", figure8_url)
+        from standins.figure8 import generate_job
+
+        generate_job().write_inputs(dest / "data" / "figure8" / "input")
     for name in disable:
         proj.set_conf(f"conf/source/{name}.yaml", "enabled: true", "enabled: false")
     # A changed set of sources makes compose ask for a second run (DVC re-expands stages).

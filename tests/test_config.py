@@ -41,7 +41,9 @@ def test_every_source_composes_and_has_a_package(path):
     if yaml.safe_load(path.read_text())["enabled"]:
         cfg = data["sources"][path.stem]
         assert source.classes(typed(source.schema, cfg)) or source.schema.allow_no_classes
-        assert data["pipeline"][path.stem]["clean_input"] == ("frames" if source.video else "fetch")
+        assert data["pipeline"][path.stem]["clean_input"] == (
+            "frames" if source.has_frames else "fetch"
+        )
         assert set(cfg) >= {"classes", "fetch", "clean", "export"}
 
 

@@ -113,6 +113,7 @@ STAGES = list(stage_instances())
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory, standin_root):
     """Run every stage command once on a small build; return the modules each one imported."""
+    from standins.figure8 import Figure8Standin
     from standins.kinetics import KineticsStandin, generate
     from standins.lila import LilaStandin
     from standins.tator import TatorStandin
@@ -124,11 +125,17 @@ def traced(tmp_path_factory, standin_root):
         LilaStandin(standin_root) as srv,
         KineticsStandin(tmp / "kinetics") as kin,
         TatorStandin(token="traced") as tator,
+        Figure8Standin(key="traced") as f8,
     ):
         proj = make_project(
-            tmp / "repo", tmp / "cache", srv.index_url, kinetics_url=kin.url, tator_url=tator.url
+            tmp / "repo",
+            tmp / "cache",
+            srv.index_url,
+            kinetics_url=kin.url,
+            tator_url=tator.url,
+            figure8_url=f8.url,
         )
-        proj.env["TATOR_TOKEN"] = "traced"
+        proj.env["TATOR_TOKEN"] = proj.env["FIGURE_EIGHT_KEY"] = "traced"
         for name, cmd, _, _ in STAGES:
             argv = cmd.split()
             assert argv[0] == "python"

@@ -16,7 +16,7 @@ from stages.extract_frames import extract_frames
 from stages.fetch import fetch
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.sources.videodir import SOURCE
-from stages.sources.videodir.scan import import_file, parse_timestamp
+from stages.sources.videodir.scan import parse_timestamp
 from standins.video import make_clip
 
 REGEX = r"(?P<camera>[^/]+)/(?:(?P<label>[^/]+)/)?(?P<timestamp>\d{8}_\d{6})\.\w+"
@@ -163,12 +163,12 @@ def test_the_bytes_hashed_are_the_bytes_kept(tmp_path):
     try:
         src = tmp_path / "a.mp4"
         src.write_bytes(b"first" * 100_000)
-        first, size = import_file(dl, str(src))
+        first, size = dl.import_file(str(src))
         assert first == sha(src.read_bytes()) and size == 500_000
         # The input is replaced by another file: a new item; the cached one keeps its bytes.
         (tmp_path / "b.mp4").write_bytes(b"second" * 100_000)
         (tmp_path / "b.mp4").replace(src)
-        second, _ = import_file(dl, str(src))
+        second, _ = dl.import_file(str(src))
         assert second == sha(src.read_bytes()) != first
         assert sha(dl.object_path(first).read_bytes()) == first
         assert not list((tmp_path / "cache" / "tmp").iterdir())

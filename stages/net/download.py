@@ -267,6 +267,24 @@ class Downloader:
         os.replace(path, self.object_file(sha256))
         return sha256, size
 
+    def import_file(self, src: str | Path) -> tuple[str, int]:
+        """Put a local file into the object cache under its hash; return (sha256, size).
+
+        The file is linked (or, across file systems, copied) first and the link is hashed: the
+        bytes hashed are the bytes kept, even if the input is replaced meanwhile.
+        """
+        tmp = self.work_path()
+        try:
+            try:
+                os.link(src, tmp)  # no copy when the cache shares the file system
+            except OSError:
+                shutil.copyfile(src, tmp)
+            return self.adopt(tmp)  # an object already there is replaced by equal bytes
+        except OSError as exc:
+            raise StageError(f"cannot import {src} into the cache: {exc.strerror}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def reusable(self, res: Result | None) -> Result | None:
         """Return a recorded result if it stands (object present, or a permanent failure)."""
         if res is None:
@@ -511,6 +529,10 @@ class Downloader:
                 raise _Redirect(self._next_hop(job, ex))
             if status in MISSING_HTTP:
                 raise Final("missing", f"http {status}", status)
+            if status == 202:  # accepted, not ready (a report being generated): ask again
+                raise Retry(
+                    "http 202 (not ready)", parse_retry_after(ex.header("Retry-After")), 202
+                )
             if status in TRANSIENT_HTTP or status >= 500:
                 raise Retry(f"http {status}", parse_retry_after(ex.header("Retry-After")), status)
             if status == 400 and self.throttled is not None:

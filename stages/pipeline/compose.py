@@ -113,13 +113,21 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
             f"conf/fetch: source_workers names no source: {unknown} (sources: {sorted(files)})"
         )
     out["sources"] = {}
-    video, inputs, exports = {}, {}, {}
+    video, framed, inputs, exports, plots = {}, {}, {}, {}, {}
     for name, raw in (data.get("sources") or {}).items():
         source = sources.load(name)
         checked = validate(source.schema, raw, f"conf/source/{name}.yaml", f"sources.{name}")
         if checked["enabled"]:  # disabled sources are validated too, so typos show early
             out["sources"][name] = checked
             video[name] = source.video
+            framed[name] = source.has_frames
+            if source.plots is not None:
+                plots[name] = {
+                    "template": source.plots.template,
+                    "x": source.plots.x,
+                    "y": source.plots.y,
+                    "title": source.plots.title,
+                }
             if source.video:
                 check_frame_counts(name, checked["frames"], out["clean"]["min_frames"])
             for layout in checked["exports"]:
@@ -140,10 +148,16 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
                         "DVC tracks as this source's input (move or link the files there, or "
                         f"`dvc import` them to it), not {checked['fetch'].get('root')!r}"
                     )
-    # extract-frames runs only for sources with video; dvc.yaml iterates over these maps.
-    out["video_sources"] = {k: {} for k, v in video.items() if v}
+    # extract-frames runs only for sources with frames (video, or montage tiles); dvc.yaml
+    # iterates over these maps.
+    out["frame_sources"] = {k: {} for k, v in framed.items() if v}
     out["pipeline"] = {
-        k: {"clean_input": "frames" if v else "fetch", "input": inputs[k]} for k, v in video.items()
+        k: {"clean_input": "frames" if v else "fetch", "input": inputs[k]}
+        for k, v in framed.items()
+    }
+    # The plots stage runs for sources that draw their clean store (a picture and a series).
+    out["plot_sources"] = {
+        k: {**v, "clean_input": out["pipeline"][k]["clean_input"]} for k, v in sorted(plots.items())
     }
     # export-folders runs per (source, layout) listed under a source's `exports:`.
     out["exports"] = {
@@ -175,7 +189,11 @@ def write_params(conf_dir: Path, params_path: Path, *, force: bool = False) -> b
     if old is not None:
         before = yaml.safe_load(old) or {}
         after = yaml.safe_load(text)
-        for key, what in (("pipeline", "enabled sources"), ("exports", "folder exports")):
+        for key, what in (
+            ("pipeline", "enabled sources"),
+            ("exports", "folder exports"),
+            ("plot_sources", "sources with plots"),
+        ):
             if before.get(key) != after.get(key):
                 # dvc.yaml's stage list was expanded from the old params.yaml in this run.
                 raise ConfigError(

@@ -14,9 +14,10 @@ import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from stages.core.config import FramesConf, SourceConf
+from stages.core.config import CleanConf, ExportConf, FramesConf, SourceConf
 from stages.core.errors import ConfigError
 from stages.core.store import Row, Store
 
@@ -62,6 +63,17 @@ class Source(ABC):
     # A regex that marks a 400 answer's body as the server's throttle (retried after the
     # seconds in its first group, else backoff), for servers that do not say 429.
     throttled: ClassVar[str | None] = None
+    # Stage families that run this source's own code (its hooks below) instead of the shared
+    # code: "extract-frames" for frames that are not decoded video (montage tiles),
+    # "clean-annotations" and "export-npz" for items that are not boxed images.
+    own_stages: ClassVar[frozenset[str]] = frozenset()
+    # What the plots stage draws from the clean store (a PNG and a series), or None: no stage.
+    plots: ClassVar[PlotSpec | None] = None
+
+    @property
+    def has_frames(self) -> bool:
+        """Return whether an extract-frames stage runs between fetch and clean."""
+        return self.video or "extract-frames" in self.own_stages
 
     @abstractmethod
     def plan(self, cfg: SourceConf, ctx: Context) -> Plan:
@@ -101,6 +113,41 @@ class Source(ABC):
     def names(self, cfg: SourceConf, store: Store) -> list[str]:
         """Return the class names in id order as the input store recorded them."""
         return store.classes or self.classes(cfg)
+
+    # Hooks of the stages in `own_stages`: each gets the stage's input store and output dir,
+    # writes a store (or, for export-npz, npz files) there and returns its metrics.
+
+    def extract(
+        self, cfg: SourceConf, store: Store, out_dir: Path, shard_bytes: int
+    ) -> tuple[list[Row], dict]:
+        """Write the extract-frames store; return its rows and metrics (own stage hook)."""
+        raise NotImplementedError(f"{self.name} has no extract-frames stage of its own")
+
+    def clean_store(
+        self, cfg: SourceConf, clean: CleanConf, store: Store, out_dir: Path, shard_bytes: int
+    ) -> tuple[list[Row], dict]:
+        """Write the clean-annotations store; return its rows and metrics (own stage hook)."""
+        raise NotImplementedError(f"{self.name} has no clean-annotations stage of its own")
+
+    def export_store(
+        self, cfg: SourceConf, export: ExportConf, store: Store, out_dir: Path
+    ) -> dict:
+        """Write the export-npz files; return the metrics (own stage hook)."""
+        raise NotImplementedError(f"{self.name} has no export-npz stage of its own")
+
+    def draw(self, cfg: SourceConf, store: Store) -> tuple[bytes, list[dict]]:
+        """Return the plots stage's PNG and series rows for the clean store (hook)."""
+        raise NotImplementedError(f"{self.name} has no plots")
+
+
+@dataclass(frozen=True)
+class PlotSpec:
+    """How DVC shows a source's series (a vega template and its fields) beside its picture."""
+
+    template: str
+    x: str
+    y: str
+    title: str
 
 
 def load(name: str) -> Source:

@@ -1,7 +1,242 @@
-"""Figure Eight / DeepCell crowd-annotated montages (in progress: issue 8).
+"""Figure Eight / DeepCell: crowd-annotated montages to cleaned label movies and npz data.
 
-Built so far: the job report's reading and broken links (`report.py`), label cleaning
-(`labels.py`) and montage geometry (`montage.py`), what the source's fetch, extract-frames and
-clean-annotations stages will run. The source itself (conf, stand-in API, stage wiring) is
-not registered yet: there is no conf/source/figure8.yaml.
+The pre-annotation step (caliban-toolbox) cut each raw movie's frames into overlapping
+positions (`x_XX_y_YY`), laid each position's frames out in montages of `montage_len`
+frames (parts) and uploaded them to a Figure Eight job; its two JSON logs and the raw frames
+are this source's input folder (`fetch.root`, tracked by DVC). The stages:
+
+- fetch: the job report (a zipped CSV) from the API, with the key from the environment in an
+  `Authorization` header; then every annotation image the report points to. Broken links are
+  written out (`job_<id>_<type>_report_broken_links.csv`, `job_<id>_reupload.csv`). The raw
+  frames and the logs are taken into the store.
+- extract-frames: each annotation montage cut into its frames (`{identifier}_x_XX_y_YY_part_P`
+  movies) read as label images, with the raw frames cut to the same pieces (`chop_raw`), or
+  the positions stitched back into full frames (`recombine`).
+- clean-annotations: holes filled, specks removed, labels made sequential (`labels.py`).
+- export-npz: DeepCell's `X` (B,T,H,W,C float32) and `y` (B,T,H,W,1 int32), one file per part.
+- plots: a contact sheet of label frames over their raw images, and cells per frame.
+
+This module is what every stage imports (settings, hooks); the work is in the modules named
+for each stage, imported when that stage runs.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+from urllib.parse import urlsplit
+
+from omegaconf import MISSING
+
+from stages.core.config import CleanConf, ExportConf, SourceConf, non_negative, positive
+from stages.core.errors import ConfigError
+from stages.core.origins import parse_origins
+from stages.core.store import Row, Store
+from stages.sources import Context, Plan, PlotSpec, Source
+
+if TYPE_CHECKING:
+    from stages.net.credentials import Credential
+
+# Report types whose CSV has one row per image with its `annotation` (the others hold
+# contributors, test questions or the uploaded source rows: nothing to build labels from).
+ANNOTATED_REPORTS = ("full", "aggregated")
+
+
+class ReportType(Enum):
+    """The report types Figure Eight's API serves (`/v1/jobs/<id>.csv?type=`)."""
+
+    full = "full"
+    aggregated = "aggregated"
+    json = "json"
+    gold_report = "gold_report"
+    workset = "workset"
+    source = "source"
+
+
+class FramesMode(Enum):
+    """How extract-frames matches annotations and raw frames in size."""
+
+    chop_raw = "chop_raw"  # raw frames cut into the annotated positions (movies per position)
+    recombine = "recombine"  # positions stitched into full frames (one movie per part)
+
+
+@dataclass
+class Figure8Fetch:
+    """What fetch@figure8 reads: the API, the job, the input folder."""
+
+    api: str = MISSING
+    job_id: int = MISSING
+    report_type: ReportType = MISSING
+    key_env: str = MISSING
+    identifier: str = MISSING
+    root: str = MISSING
+    raw_dir: str = MISSING
+    logs_dir: str = MISSING
+    raw_extensions: list[str] = MISSING
+    max_report_bytes: int = MISSING
+
+    def __post_init__(self) -> None:
+        where = "sources.figure8.fetch"
+        positive(where, job_id=self.job_id, max_report_bytes=self.max_report_bytes)
+        parts = urlsplit(self.api)
+        if parts.query or parts.fragment or parts.username or not parts.netloc:
+            raise ConfigError(f"{where}.api must be scheme://host[:port][/path], not {self.api!r}")
+        # The key goes to this origin: https only (loopback aside), checked before it is read.
+        parse_origins([self.origin], f"{where}.api", secret=True)
+        self.api = self.api.rstrip("/")
+        if self.report_type.value not in ANNOTATED_REPORTS:
+            raise ConfigError(
+                f"{where}.report_type {self.report_type.value!r} holds no annotation per "
+                f"image; use one of {', '.join(ANNOTATED_REPORTS)}"
+            )
+        if not self.identifier.strip() or "/" in self.identifier:
+            raise ConfigError(f"{where}.identifier must be the pre-annotation identifier")
+        for key in ("raw_dir", "logs_dir"):
+            value = getattr(self, key)
+            if not value or Path(value).is_absolute() or ".." in Path(value).parts:
+                raise ConfigError(f"{where}.{key} must be a folder inside root, not {value!r}")
+        exts = sorted({e.strip().lower() for e in self.raw_extensions})
+        if not exts or any(len(e) < 2 or not e.startswith(".") for e in exts):
+            raise ConfigError(f"{where}.raw_extensions must list extensions like .tif")
+        self.raw_extensions = exts
+
+    @property
+    def origin(self) -> str:
+        """Return the API's origin (scheme://host[:port]), where the key may go."""
+        parts = urlsplit(self.api)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def log_name(self, kind: str) -> str:
+        """Return a pre-annotation log's file name (`montage_maker` or `overlapping_chopper`)."""
+        return f"{self.identifier}_{kind}_log.json"
+
+
+@dataclass
+class Figure8Frames:
+    """extract-frames@figure8: how annotations are read and matched to raw frames."""
+
+    mode: FramesMode = MISSING
+    # Colour -> label (`"#rrggbb": n`); empty: the label is the red channel (the original).
+    colours: dict[str, int] = MISSING
+
+    def __post_init__(self) -> None:
+        for key, value in self.colours.items():
+            rgb(key)
+            if value < 1:
+                raise ConfigError(f"sources.figure8.frames.colours[{key!r}] must be a label >= 1")
+
+
+def rgb(text: str) -> tuple[int, int, int]:
+    """Return `#rrggbb` as (r, g, b)."""
+    value = text.strip().lower()
+    if len(value) != 7 or value[0] != "#" or any(c not in "0123456789abcdef" for c in value[1:]):
+        raise ConfigError(f"sources.figure8.frames.colours: {text!r} is not #rrggbb")
+    if value == "#000000":
+        raise ConfigError("sources.figure8.frames.colours: #000000 is the background")
+    return int(value[1:3], 16), int(value[3:5], 16), int(value[5:7], 16)
+
+
+@dataclass
+class Figure8Clean:
+    """clean-annotations@figure8 (scikit-image 0.26 `max_size`: at most, inclusive)."""
+
+    hole_max: int = MISSING
+    object_max: int = MISSING
+    connectivity: int = MISSING
+
+    def __post_init__(self) -> None:
+        non_negative("sources.figure8.clean", hole_max=self.hole_max, object_max=self.object_max)
+        if self.connectivity not in (1, 2):
+            raise ConfigError("sources.figure8.clean.connectivity must be 1 (4-way) or 2 (8-way)")
+
+
+@dataclass
+class Figure8Export:
+    """export-npz@figure8: tiles and movies left out."""
+
+    reshape_size: Optional[int] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
+    samples_to_drop: list[str] = MISSING
+
+    def __post_init__(self) -> None:
+        if self.reshape_size is not None:
+            positive("sources.figure8.export", reshape_size=self.reshape_size)
+
+
+@dataclass
+class Figure8Conf(SourceConf):
+    """conf/source/figure8.yaml."""
+
+    fetch: Figure8Fetch = MISSING
+    frames: Figure8Frames = MISSING
+    clean: Figure8Clean = MISSING
+    export: Figure8Export = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.classes) != 1:
+            raise ConfigError(
+                "sources.figure8.classes must name the one class of the labelled objects "
+                f"(e.g. [cell]), not {self.classes}"
+            )
+        if self.exports:
+            raise ConfigError(
+                "sources.figure8.exports must be []: label movies have no folder layout "
+                "(export-npz writes DeepCell's npz)"
+            )
+
+
+class Figure8(Source):
+    """A Figure Eight job's annotated montages, with the raw frames they were made from."""
+
+    name = "figure8"
+    schema = Figure8Conf
+    local_input = True  # data/figure8/input: raw frames and the pre-annotation logs
+    own_stages = frozenset({"extract-frames", "clean-annotations", "export-npz"})
+    plots = PlotSpec(template="bar_horizontal", x="frames", y="cells", title="cells per frame")
+
+    def credentials(self, cfg: Figure8Conf) -> list[Credential]:
+        """Return the API key, sent as `Authorization: Token token=<key>` to the API only."""
+        from stages.net.credentials import from_env
+
+        f = cfg.fetch
+        where = "sources.figure8.fetch.key_env"
+        return [
+            from_env(f.key_env, [f.origin], where, header="Authorization", prefix="Token token=")
+        ]
+
+    def plan(self, cfg: Figure8Conf, ctx: Context) -> Plan:
+        """Read the report, the logs and the raw frames; return the annotations to download."""
+        from stages.sources.figure8.fetch import plan
+
+        return plan(cfg, ctx)
+
+    def extract(self, cfg: Figure8Conf, store: Store, out_dir: Path, shard_bytes: int):
+        """Cut montages into label movies with their raw frames."""
+        from stages.sources.figure8.movies import extract
+
+        return extract(cfg, store, out_dir, shard_bytes)
+
+    def clean_store(
+        self, cfg: Figure8Conf, clean: CleanConf, store: Store, out_dir: Path, shard_bytes: int
+    ) -> tuple[list[Row], dict]:
+        """Clean every label frame; raw frames pass through."""
+        from stages.sources.figure8.clean import clean_store
+
+        return clean_store(cfg, store, out_dir, shard_bytes)
+
+    def export_store(self, cfg: Figure8Conf, export: ExportConf, store: Store, out_dir: Path):
+        """Write DeepCell npz files, one per part."""
+        from stages.sources.figure8.export import export as write
+
+        return write(cfg, export, store, out_dir)
+
+    def draw(self, cfg: Figure8Conf, store: Store) -> tuple[bytes, list[dict]]:
+        """Return a contact sheet of label frames over raw frames, and cells per frame."""
+        from stages.sources.figure8.sheet import draw
+
+        return draw(cfg, store)
+
+
+SOURCE = Figure8()

@@ -32,8 +32,11 @@ class Report:
     """The report's columns, its rows to download, and its rows still broken."""
 
     columns: list[str]
-    good: list[dict]
+    good: list[dict]  # each with `_annotation_url` and `_row` (its line in the CSV) added
     broken: list[dict]
+    rows: int = 0  # rows in the report
+    cleared: int = 0  # broken rows whose image a later row annotated
+    text: str = ""  # the CSV as served
 
 
 def is_broken(value, row: int) -> bool:
@@ -82,7 +85,7 @@ def read_report(path: Path, max_bytes: int) -> Report:
             f"{Path(path).name}: the report lacks the column(s) {missing} (found {columns}): "
             "is this a full report of an annotation job?"
         )
-    good, broken, annotated = [], {}, set()
+    good, broken, annotated, cleared = [], {}, set(), 0
     for number, row in enumerate(rows, 2):  # row 1 is the header
         if None in row or any(v is None for v in row.values()):
             raise MetadataError(f"{Path(path).name}: report row {number} has the wrong length")
@@ -92,9 +95,11 @@ def read_report(path: Path, max_bytes: int) -> Report:
                 broken.setdefault(image, row)
             continue
         annotated.add(image)
-        broken.pop(image, None)  # re-uploaded and annotated later: no longer broken
-        good.append({**row, "_annotation_url": annotation_url(row["annotation"], number)})
-    return Report(columns, good, list(broken.values()))
+        if broken.pop(image, None) is not None:  # re-uploaded and annotated: no longer broken
+            cleared += 1
+        url = annotation_url(row["annotation"], number)
+        good.append({**row, "_annotation_url": url, "_row": number})
+    return Report(columns, good, list(broken.values()), len(rows), cleared, text)
 
 
 def broken_csvs(report: Report) -> tuple[bytes, bytes]:

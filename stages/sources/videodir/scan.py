@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import stat
 from collections import Counter
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from pathlib import Path, PurePath
 from stages.core.errors import ConfigError, MetadataError, StageError
 from stages.core.parallel import default_workers, pmap, progress
 from stages.core.store import Row
-from stages.net.download import Downloader
 from stages.sources import Context, Plan
 from stages.sources.videodir import (
     EPOCH,
@@ -199,25 +197,6 @@ def read_paths(videos: list[Found], cfg: VideodirConf) -> tuple[list[Matched], d
     return matched, unmatched
 
 
-def import_file(dl: Downloader, src: str) -> tuple[str, int]:
-    """Put a file into the object cache under its hash; return (sha256, size).
-
-    The file is linked (or, across file systems, copied) first and the link is hashed: the
-    bytes hashed are the bytes kept, even if the input is replaced meanwhile.
-    """
-    tmp = dl.work_path()
-    try:
-        try:
-            os.link(src, tmp)  # no copy when the cache shares the file system
-        except OSError:
-            shutil.copyfile(src, tmp)
-        return dl.adopt(tmp)  # hashes the link: an object already there is replaced by equal bytes
-    except OSError as exc:
-        raise StageError(f"cannot import {src} into the cache: {exc.strerror}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def labels_of(match: Matched, cfg: VideodirConf, names: dict[str, str]) -> tuple[list, str]:
     """Return a path's labels and, when it has none, why (`unlabeled` or the unknown value)."""
     f = cfg.fetch
@@ -268,7 +247,7 @@ def plan(cfg: VideodirConf, ctx: Context) -> Plan:
             excluded[match.camera] += 1
 
     def digest(match: Matched) -> tuple[str, int]:
-        return import_file(ctx.downloader, match.found.real)
+        return ctx.downloader.import_file(match.found.real)
 
     workers = min(HASH_WORKERS, default_workers())
     groups: dict[str, list[Matched]] = {}

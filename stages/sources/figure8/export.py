@@ -1,0 +1,144 @@
+"""export-npz@figure8: DeepCell training data, one npz per part.
+
+Each entry is a movie (or, with `reshape_size`, a square tile of one): `X` (B,T,H,W,C float32,
+the raw frames) and `y` (B,T,H,W,1 int32, the cleaned labels), the keys DeepCell's
+`make_training_data` saved, plus `ids` (the entry's movie, and tile) and `positions` (B,5
+int32: part, x, y, tile row, tile column). Tiles are cut at multiples of `reshape_size`, the
+last one anchored to the far edge (so tiles overlap there, and never pad unless the movie is
+smaller than a tile); each tile's labels are renumbered 1..N across its frames, so a cell keeps
+one label through the movie.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from stages.core.config import ExportConf
+from stages.core.errors import ConfigError, StoreError
+from stages.core.store import Row, Store, frames_by_clip
+from stages.formats.images import decode_array
+from stages.formats.npz import write_npz
+from stages.sources.figure8 import Figure8Conf
+
+
+def tile_starts(size: int, tile: int) -> list[int]:
+    """Return tile origins along one axis: multiples of `tile`, the last flush with the edge."""
+    if size <= tile:
+        return [0]
+    n = math.ceil(size / tile)
+    return sorted({*(i * tile for i in range(n - 1)), size - tile})
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Return labels renumbered 1..N in ascending order (0 stays background), as int32."""
+    values, inverse = np.unique(labels, return_inverse=True)
+    ranks = np.arange(len(values), dtype=np.int32) + (0 if values[0] == 0 else 1)
+    return ranks[inverse.reshape(labels.shape)]
+
+
+def movie_arrays(store: Store, frames: list[Row]) -> tuple[np.ndarray, np.ndarray]:
+    """Return a movie's X (T,H,W,C float32) and y (T,H,W,1 int32) from its frame rows."""
+    raws, labels = [], []
+    for row in frames:
+        arr = decode_array(store.read(row))
+        (raws if row.meta["role"] == "raw" else labels).append(arr)
+    X = np.stack(raws).astype(np.float32)
+    if X.ndim == 3:
+        X = X[..., None]
+    y = np.stack(labels).astype(np.int32)[..., None]
+    if X.shape[:3] != y.shape[:3]:
+        raise StoreError(f"{frames[0].meta['movie']}: raw and label frames differ in size")
+    return X, y
+
+
+def tiles(X: np.ndarray, y: np.ndarray, size: int | None):
+    """Yield (tile row, tile column, X tile, y tile) of a movie (the whole movie: None)."""
+    if size is None:
+        yield 0, 0, X, y
+        return
+    T, H, W = X.shape[:3]
+    for y0 in tile_starts(H, size):
+        for x0 in tile_starts(W, size):
+            xt = np.zeros((T, size, size, X.shape[3]), X.dtype)
+            yt = np.zeros((T, size, size, 1), y.dtype)
+            h, w = min(size, H - y0), min(size, W - x0)
+            xt[:, :h, :w] = X[:, y0 : y0 + h, x0 : x0 + w]
+            yt[:, :h, :w] = y[:, y0 : y0 + h, x0 : x0 + w]
+            yield y0, x0, xt, relabel(yt)
+
+
+def check_drops(drop: list[str], movies: dict[str, list[Row]]) -> set[str]:
+    """Return the movies samples_to_drop names (by id or position); refuse unknown names."""
+    positions = {}
+    for movie, frames in movies.items():
+        meta = frames[0].meta
+        if "x" in meta:
+            positions.setdefault(f"x_{meta['x']:02d}_y_{meta['y']:02d}", set()).add(movie)
+    out, unknown = set(), []
+    for name in drop:
+        if name in movies:
+            out.add(name)
+        elif name in positions:
+            out |= positions[name]
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ConfigError(
+            f"sources.figure8.export.samples_to_drop: {unknown} name no movie or position "
+            f"(positions: {', '.join(sorted(positions)) or 'none'}; movies: "
+            f"{', '.join(sorted(movies)[:5])}{', ...' if len(movies) > 5 else ''})"
+        )
+    return out
+
+
+def export(cfg: Figure8Conf, shared: ExportConf, store: Store, out_dir: Path) -> dict:
+    """Write one npz per part; return the metrics."""
+    rows = [r for r in store.rows() if r.status == "ok" and r.shard is not None]
+    movies = frames_by_clip(r for r in rows if r.meta.get("role") == "annotated")
+    raws = frames_by_clip(r for r in rows if r.meta.get("role") == "raw")
+    dropped = check_drops(cfg.export.samples_to_drop, movies)
+    by_part: dict[int, list[str]] = {}
+    for movie in sorted(movies):
+        if movie not in dropped:
+            by_part.setdefault(movies[movie][0].meta["part"], []).append(movie)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files, entries, nbytes, shape = 0, 0, 0, None
+    for part, names in sorted(by_part.items()):
+        X_all, y_all, ids, where = [], [], [], []
+        for movie in names:
+            frames = [r for pair in zip(raws[movie], movies[movie], strict=True) for r in pair]
+            X, y = movie_arrays(store, frames)
+            meta = movies[movie][0].meta
+            for y0, x0, xt, yt in tiles(X, y, cfg.export.reshape_size):
+                X_all.append(xt)
+                y_all.append(yt)
+                tile = "" if cfg.export.reshape_size is None else f"_tile_{y0:04d}_{x0:04d}"
+                ids.append(movie + tile)
+                where.append([part, meta.get("x", -1), meta.get("y", -1), y0, x0])
+        shapes = {a.shape for a in X_all}
+        if len(shapes) != 1:
+            raise StoreError(f"part {part}: movies differ in shape {sorted(shapes)}")
+        path = out_dir / f"{cfg.fetch.identifier}_part_{part}.npz"
+        arrays = {
+            "X": np.stack(X_all),
+            "y": np.stack(y_all),
+            "ids": np.array(ids, dtype=str),
+            "positions": np.array(where, dtype=np.int32),
+        }
+        write_npz(path, arrays, shared.compress)
+        shape = list(arrays["X"].shape[1:])
+        files += 1
+        entries += len(ids)
+        nbytes += path.stat().st_size
+    return {
+        "items": entries,
+        "movies": sum(len(n) for n in by_part.values()),
+        "movies_dropped": len(dropped),
+        "shards": files,
+        "bytes": nbytes,
+        "entry_shape": shape,
+        "classes": {cfg.classes[0]: entries},
+    }

@@ -1,0 +1,171 @@
+"""fetch@figure8: the job report, its annotation images, the raw frames and the logs."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote, unquote, urlsplit
+
+from stages.core.errors import MetadataError, StageError
+from stages.core.parallel import default_workers, pmap
+from stages.core.store import Row
+from stages.sources import Context, Plan
+from stages.sources.figure8 import Figure8Conf
+from stages.sources.figure8.montage import natural_key, read_chopper_log, read_montage_log
+from stages.sources.figure8.report import Report, broken_csvs, read_report
+
+log = logging.getLogger("stages.sources.figure8")
+# An uploaded montage's file name, as the montage maker wrote it (x, y padded or not).
+MONTAGE_NAME = re.compile(r"(?P<id>.+)_x_(?P<x>\d+)_y_(?P<y>\d+)_montage_(?P<part>\d+)\.\w+")
+LOGS = "json_logs"  # where the store keeps the pre-annotation logs
+
+
+def report_url(cfg: Figure8Conf) -> str:
+    """Return the report's URL (the key goes in a header, never in the URL)."""
+    f = cfg.fetch
+    return f"{f.api}/jobs/{f.job_id}.csv?type={quote(f.report_type.value)}"
+
+
+def download_report(cfg: Figure8Conf, ctx: Context) -> Report:
+    """Download the report afresh (it grows as judgments come in); return it and its CSV."""
+    f = cfg.fetch
+    url = report_url(cfg)
+    res = ctx.downloader.fetch(url, refresh=True, max_bytes=f.max_report_bytes)
+    if res.status != "ok":
+        hint = {"missing": ": check fetch.job_id"}.get(res.status, "")
+        raise StageError(
+            f"the report of job {f.job_id} could not be downloaded ({res.status}: "
+            f"{res.reason}){hint}"
+        )
+    path = ctx.downloader.object_path(res.sha256)
+    try:
+        return read_report(path, f.max_report_bytes)
+    except MetadataError as exc:  # name the report, not its file in the download cache
+        raise type(exc)(str(exc).replace(path.name, f"the report of job {f.job_id}")) from None
+
+
+def montage_of(image_url: str, identifier: str, row: int) -> tuple[str, dict]:
+    """Return a montage's name (its file name's stem) and position from its image URL."""
+    name = PurePosixPath(unquote(urlsplit(image_url).path)).name
+    found = MONTAGE_NAME.fullmatch(name)
+    if found is None or found["id"] != identifier:
+        raise MetadataError(
+            f"report row {row}: image_url {image_url!r} is not a montage of {identifier!r} "
+            f"({identifier}_x_<x>_y_<y>_montage_<part>.png)"
+        )
+    where = {"x": int(found["x"]), "y": int(found["y"]), "part": int(found["part"])}
+    return name.rsplit(".", 1)[0], where
+
+
+def montage_rows(cfg: Figure8Conf, report: Report, source: str) -> tuple[list[Row], dict]:
+    """Return one row per annotated montage (its last judgment wins, as the original's
+    overwriting did) and counts."""
+    ident = cfg.fetch.identifier
+    latest: dict[str, Row] = {}
+    counts: Counter = Counter()
+    for row in report.good:
+        if row["identifier"] != ident:
+            counts["rows_of_other_identifiers"] += 1
+            continue
+        stem, where = montage_of(row["image_url"], ident, row["_row"])
+        if stem in latest:
+            counts["judgments_superseded"] += 1
+        latest[stem] = Row(
+            item_id=f"{stem}_annotation",
+            source=source,
+            source_id=row["image_url"],
+            url=row["_annotation_url"],
+            labels=list(cfg.classes),
+            status="pending",
+            meta={"role": "montage", **where, "ext": ".png"},
+        )
+    return [latest[k] for k in sorted(latest)], dict(counts)
+
+
+def raw_rows(cfg: Figure8Conf, ctx: Context) -> list[Row]:
+    """Take the raw frames into the object cache; return one ok row per frame, in order."""
+    f = cfg.fetch
+    folder = Path(f.root) / f.raw_dir
+    if not folder.is_dir():
+        raise StageError(f"{folder} is not a folder: put the raw frames there (fetch.raw_dir)")
+    files = sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in f.raw_extensions and p.is_file()),
+        key=lambda p: natural_key(p.name),
+    )
+    if not files:
+        raise StageError(f"{folder} holds no raw frames ({', '.join(f.raw_extensions)})")
+    workers = min(4, default_workers())
+    rows = []
+    digests = pmap(lambda p: ctx.downloader.import_file(p), files, kind="thread", workers=workers)
+    for frame, (path, (sha, size)) in enumerate(zip(files, digests, strict=True)):
+        rel = f"{f.raw_dir}/{path.name}"
+        rows.append(
+            Row(
+                item_id=f"raw/{frame:06d}",
+                source=ctx.source_name,
+                source_id=rel,
+                url=f"file:{rel}",
+                sha256=sha,
+                bytes=size,
+                status="ok",
+                meta={"role": "raw", "frame": frame, "ext": path.suffix.lower()},
+            )
+        )
+    return rows
+
+
+def read_logs(cfg: Figure8Conf) -> dict[str, bytes]:
+    """Check both pre-annotation logs; return them as files for the store."""
+    f = cfg.fetch
+    files = {}
+    for kind, reader in (
+        ("montage_maker", read_montage_log),
+        ("overlapping_chopper", read_chopper_log),
+    ):
+        path = Path(f.root) / f.logs_dir / f.log_name(kind)
+        if not path.is_file():
+            raise StageError(
+                f"{path} not found: the pre-annotation step writes it (fetch.logs_dir)"
+            )
+        reader(path)
+        files[f"{LOGS}/{kind}.json"] = path.read_bytes()
+    return files
+
+
+def plan(cfg: Figure8Conf, ctx: Context) -> Plan:
+    """Read the logs, the report and the raw frames; return the annotations to download."""
+    f = cfg.fetch
+    files = read_logs(cfg)  # a missing log fails before anything is downloaded
+    report = download_report(cfg, ctx)
+    rows, counts = montage_rows(cfg, report, ctx.source_name)
+    raws = raw_rows(cfg, ctx)
+    full, reupload = broken_csvs(report)
+    stem = f"job_{f.job_id}_{f.report_type.value}_report"
+    files.update(
+        {
+            f"{stem}.csv": report.text.encode(),
+            f"{stem}_broken_links.csv": full,
+            f"job_{f.job_id}_reupload.csv": reupload,
+        }
+    )
+    stats = {
+        "report_rows": report.rows,
+        "annotated_rows": len(report.good),
+        "montages": len(rows),
+        "broken_links": len(report.broken),
+        "broken_links_cleared": report.cleared,
+        "judgments_superseded": counts.get("judgments_superseded", 0),
+        "rows_of_other_identifiers": counts.get("rows_of_other_identifiers", 0),
+        "raw_frames": len(raws),
+    }
+    log.info(
+        "figure8: job %d: %d report rows, %d montages, %d broken link(s), %d raw frames",
+        f.job_id,
+        report.rows,
+        len(rows),
+        len(report.broken),
+        len(raws),
+    )
+    return Plan(rows=rows + raws, stats=stats, files=files)

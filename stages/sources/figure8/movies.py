@@ -1,0 +1,291 @@
+"""extract-frames@figure8: annotation montages cut into label movies beside their raw frames.
+
+A movie is `{identifier}_x_XX_y_YY_part_P` (`chop_raw`: one position of one part, raw frames
+cut to that position) or `{identifier}_part_P` (`recombine`: every position stitched back
+into full frames). Each of its frames is two items, `<movie>_frame_TT/annotated` (a label
+image: the annotation's red channel, or `frames.colours` mapped) and `<movie>_frame_TT/raw`.
+A movie that cannot be made (its montage not fetched or undecodable, raw frames missing, a
+size that does not match the logs) is one `corrupt` row with the reason; the rest go on.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages.core.errors import MetadataError, StoreError
+from stages.core.metrics import class_counts
+from stages.core.parallel import default_workers, pmap, progress
+from stages.core.store import Row, ShardWriter, Store, member_name, write_manifest
+from stages.formats.images import decode_array, encode_array
+from stages.sources.figure8 import Figure8Conf, FramesMode, rgb
+from stages.sources.figure8.fetch import LOGS
+from stages.sources.figure8.labels import label_dtype, to_labels
+from stages.sources.figure8.montage import (
+    Chopper,
+    Geometry,
+    chop,
+    read_chopper_log,
+    read_montage_log,
+    stitch,
+)
+
+log = logging.getLogger("stages.sources.figure8")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Where one payload lies (picklable, for worker processes)."""
+
+    path: str
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        """Return the payload's bytes."""
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read(self.size)
+        if len(data) != self.size:
+            raise StoreError(f"{self.path} is truncated: run the fetch stage again")
+        return data
+
+
+@dataclass(frozen=True)
+class Movie:
+    """One movie to make: its montages by position, its raw frames, the geometry."""
+
+    movie: str
+    part: int
+    position: tuple[int, int] | None  # None: every position, stitched (recombine)
+    montages: dict[tuple[int, int], Ref]
+    raws: list[Ref]
+    geometry: Geometry
+    chopper: Chopper
+    colours: dict[tuple[int, int, int], int] | None
+
+
+@dataclass(frozen=True)
+class Made:
+    """A movie's frames as (label image, ext, raw image, ext), and pixels no colour mapped."""
+
+    frames: list[tuple[bytes, str, bytes, str, tuple[int, int]]]
+    unmapped: int
+
+
+def ref(store: Store, row: Row) -> Ref:
+    """Return where a row's payload lies."""
+    return Ref(str(store.shard_path(row)), row.offset, row.bytes)
+
+
+def label_frames(movie: Movie, xy: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """Return one position's montage cut into label frames (T, h, w), and unmapped pixels."""
+    data = movie.montages[xy].read()
+    try:
+        image = decode_array(data)
+    except Exception as exc:  # Pillow raises many types for hostile data (bombs included)
+        raise MetadataError(f"undecodable annotation montage: {type(exc).__name__}") from None
+    labels, unmapped = to_labels(image, movie.colours)
+    frames = chop(labels, movie.geometry)
+    if frames.shape[1:3] != movie.chopper.piece_shape:
+        raise MetadataError(
+            f"montage tiles are {frames.shape[2]}x{frames.shape[1]}, the chopper log's "
+            f"positions {movie.chopper.piece_shape[1]}x{movie.chopper.piece_shape[0]}"
+        )
+    return frames, unmapped
+
+
+def raw_frame(data: bytes) -> np.ndarray:
+    """Return a raw frame's pixels (one channel, or RGB)."""
+    try:
+        arr = decode_array(data)
+    except Exception as exc:  # Pillow raises many types for bad data
+        raise MetadataError(f"undecodable raw frame: {type(exc).__name__}") from None
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    return arr
+
+
+def make(movie: Movie) -> Made | str:
+    """Make one movie's frames (in a worker process); return them or why it failed."""
+    try:
+        T = movie.geometry.montage_len
+        if len(movie.raws) < T:
+            return f"raw frames of part {movie.part} missing from the input"
+        unmapped = 0
+        if movie.position is not None:
+            labels, unmapped = label_frames(movie, movie.position)
+        else:
+            pieces = {}
+            for xy in movie.chopper.positions():
+                pieces[xy], n = label_frames(movie, xy)
+                unmapped += n
+            labels = np.stack(
+                [stitch({xy: p[t] for xy, p in pieces.items()}, movie.chopper) for t in range(T)]
+            )
+        labels = labels.astype(label_dtype(int(labels.max(initial=0))))
+        out = []
+        for t in range(T):
+            raw = raw_frame(movie.raws[t].read())
+            if movie.position is not None:
+                raw = movie.chopper.piece(raw, *movie.position)
+            elif raw.shape[:2] != labels.shape[1:3]:
+                raise MetadataError(
+                    f"a raw frame is {raw.shape[1]}x{raw.shape[0]}, the chopper log says "
+                    f"{labels.shape[2]}x{labels.shape[1]}"
+                )
+            label_bytes, label_ext = encode_array(labels[t])
+            raw_bytes, raw_ext = encode_array(raw)
+            out.append((label_bytes, label_ext, raw_bytes, raw_ext, labels.shape[1:3]))
+        return Made(out, unmapped)
+    except MetadataError as exc:
+        return str(exc)
+
+
+def plan_movies(cfg: Figure8Conf, store: Store) -> tuple[list[Movie], list[tuple[Row, str]]]:
+    """Return the movies to make, and the ones that cannot be (a row and a reason)."""
+    geometry = read_montage_log(store.root / LOGS / "montage_maker.json")
+    chopper = read_chopper_log(store.root / LOGS / "overlapping_chopper.json")
+    colours = {rgb(k): v for k, v in cfg.frames.colours.items()} or None
+    rows = store.rows()
+    raws = sorted(
+        (r for r in rows if r.meta.get("role") == "raw" and r.status == "ok"),
+        key=lambda r: r.meta["frame"],
+    )
+    T = geometry.montage_len
+    montages = [r for r in rows if r.meta.get("role") == "montage"]
+    by_part: dict[int, dict[tuple[int, int], Row]] = {}
+    for r in montages:
+        by_part.setdefault(r.meta["part"], {})[(r.meta["x"], r.meta["y"])] = r
+    ident = cfg.fetch.identifier
+    movies, failed = [], []
+
+    def raw_refs(part: int) -> list[Ref]:
+        return [ref(store, r) for r in raws[part * T : (part + 1) * T]]
+
+    for part, found in sorted(by_part.items()):
+        if cfg.frames.mode is FramesMode.recombine:
+            name = f"{ident}_part_{part}"
+            lacking = [xy for xy in chopper.positions() if xy not in found]
+            bad = [xy for xy, r in found.items() if r.status != "ok"]
+            if lacking or bad:
+                x, y = sorted(lacking + bad)[0]
+                why = (
+                    "not in the report"
+                    if (x, y) in lacking
+                    else f"not fetched ({found[(x, y)].status})"
+                )
+                failed.append(
+                    (_movie_row(name, part, None, ident), f"montage x_{x:02d}_y_{y:02d} {why}")
+                )
+                continue
+            refs = {xy: ref(store, r) for xy, r in found.items() if xy in set(chopper.positions())}
+            movies.append(Movie(name, part, None, refs, raw_refs(part), geometry, chopper, colours))
+            continue
+        for (x, y), r in sorted(found.items()):
+            name = f"{ident}_x_{x:02d}_y_{y:02d}_part_{part}"
+            if (x, y) not in set(chopper.positions()):
+                failed.append(
+                    (_movie_row(name, part, (x, y), ident), "position outside the chopper log")
+                )
+            elif r.status != "ok":
+                failed.append(
+                    (
+                        _movie_row(name, part, (x, y), ident),
+                        f"montage not fetched ({r.status}: {r.reason})",
+                    )
+                )
+            else:
+                refs = {(x, y): ref(store, r)}
+                movies.append(
+                    Movie(name, part, (x, y), refs, raw_refs(part), geometry, chopper, colours)
+                )
+    return movies, failed
+
+
+def _movie_row(name: str, part: int, position: tuple[int, int] | None, ident: str) -> Row:
+    """Return the row standing for a movie that could not be made."""
+    meta = {"movie": name, "clip": name, "part": part}
+    if position is not None:
+        meta.update(x=position[0], y=position[1])
+    return Row(item_id=name, source="figure8", source_id=ident, status="corrupt", meta=meta)
+
+
+def extract(
+    cfg: Figure8Conf, store: Store, out_dir: Path, shard_bytes: int, workers: int | None = None
+):
+    """Write the label movies and their raw frames as a store; return rows and metrics."""
+    movies, failed = plan_movies(cfg, store)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(out_dir, shard_bytes)
+    rows: list[Row] = []
+    reasons: Counter = Counter()
+    for row, reason in failed:
+        row.reason = reason
+        reasons[reason] += 1
+        rows.append(row)
+    unmapped, n_frames, n_bytes, ok = 0, 0, 0, []
+    workers = workers or default_workers()
+    try:
+        made = pmap(make, movies, kind="process", workers=workers, window=2 * workers)
+        bar = progress(made, total=len(movies), desc="frames@figure8", unit="movie")
+        for movie, res in zip(movies, bar, strict=True):
+            meta = {"movie": movie.movie, "clip": movie.movie, "part": movie.part}
+            if movie.position is not None:
+                meta.update(x=movie.position[0], y=movie.position[1])
+            if isinstance(res, str):
+                reasons[res] += 1
+                bad = _movie_row(movie.movie, movie.part, movie.position, cfg.fetch.identifier)
+                bad.reason = res
+                rows.append(bad)
+                continue
+            unmapped += res.unmapped
+            ok.append(movie.movie)
+            T = movie.geometry.montage_len
+            for t, (lab, lab_ext, raw, raw_ext, (h, w)) in enumerate(res.frames):
+                frame_id = f"{movie.movie}_frame_{t:02d}"
+                frame_meta = {**meta, "frame": t, "raw_frame": movie.part * T + t}
+                for role, data, ext in (("annotated", lab, lab_ext), ("raw", raw, raw_ext)):
+                    item_id = f"{frame_id}/{role}"
+                    shard, offset = writer.add(
+                        member_name(item_id, ext), io.BytesIO(data), len(data)
+                    )
+                    rows.append(
+                        Row(
+                            item_id=item_id,
+                            source="figure8",
+                            source_id=movie.movie,
+                            width=w,
+                            height=h,
+                            bytes=len(data),
+                            labels=list(cfg.classes) if role == "annotated" else [],
+                            shard=shard,
+                            offset=offset,
+                            meta={**frame_meta, "role": role, "ext": ext},
+                        )
+                    )
+                    n_bytes += len(data)
+                n_frames += 1
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    write_manifest(out_dir, rows, list(cfg.classes))
+    labelled = [r for r in rows if r.meta.get("role") == "annotated" and r.meta["frame"] == 0]
+    metrics = {
+        "mode": cfg.frames.mode.value,
+        "clips": len(movies) + len(failed),
+        "clips_ok": len(ok),
+        "clips_failed": sum(reasons.values()),
+        "reasons": dict(sorted(reasons.items())),
+        "frames": n_frames,
+        "bytes": n_bytes,
+        "unmapped_pixels": unmapped,
+        "classes": class_counts(labelled, list(cfg.classes)),
+    }
+    return rows, metrics
