@@ -254,15 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run extract-frames for one source with frames (video, or the source's own)."""
     run = start(argv, "stages.extract_frames", __doc__)
     args = run.args
-    make = extract_frames
+    store, shard_bytes = Store(args.inp), run.section("store").shard_bytes
     if "extract-frames" in run.source.own_stages:  # frames that are not decoded video
-
-        def make(store, source, cfg, out_dir, shard_bytes):
-            return source.extract(cfg, store, out_dir, shard_bytes)
-
-    rows, metrics = make(
-        Store(args.inp), run.source, run.cfg, args.out, run.section("store").shard_bytes
-    )
+        rows, metrics = run.source.extract(run.cfg, store, args.out, shard_bytes)
+    else:
+        rows, metrics = extract_frames(store, run.source, run.cfg, args.out, shard_bytes)
     run.finish(metrics)
     log.info(
         "frames@%s: %d frames from %d clips, %d failed (%s)",

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from stages import sources
+from stages.core.config import typed
 from stages.core.files import atomic_write
 from stages.core.metrics import write_json
 from stages.core.store import Store
@@ -25,8 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("series", type=Path)
     args = ap.parse_args(argv)
     source = sources.load(args.source)
-    from stages.core.config import typed
-
     where = f"sources.{args.source}"
     cfg = typed(source.schema, source_params(load_params(), args.source), "params.yaml", where)
     png, rows = source.draw(cfg, Store(args.inp))

@@ -232,7 +232,9 @@ def test_recombine_stitches_positions_with_unique_labels(built, job, tmp_path):
     )
     cfg.frames.mode = type(built.cfg.frames.mode)("recombine")
     _, m = SOURCE.extract(cfg, Store(built.tmp / "fetch"), tmp_path / "frames", 1 << 20)
-    assert m["clips_ok"] == 1 and m["reasons"] == {"montage x_01_y_01 not fetched (missing)": 1}
+    assert m["clips_ok"] == 1 and m["reasons"] == {
+        "montage x_01_y_01 not fetched (missing: http 404)": 1
+    }
     store = Store(tmp_path / "frames")
     chopper = chopper_of(job)
     for t in range(4):

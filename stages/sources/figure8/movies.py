@@ -163,49 +163,39 @@ def plan_movies(cfg: Figure8Conf, store: Store) -> tuple[list[Movie], list[tuple
     for r in montages:
         by_part.setdefault(r.meta["part"], {})[(r.meta["x"], r.meta["y"])] = r
     ident = cfg.fetch.identifier
+    positions = chopper.positions()
     movies, failed = [], []
-
-    def raw_refs(part: int) -> list[Ref]:
-        return [ref(store, r) for r in raws[part * T : (part + 1) * T]]
-
     for part, found in sorted(by_part.items()):
         if cfg.frames.mode is FramesMode.recombine:
-            name = f"{ident}_part_{part}"
-            lacking = [xy for xy in chopper.positions() if xy not in found]
-            bad = [xy for xy, r in found.items() if r.status != "ok"]
-            if lacking or bad:
-                x, y = sorted(lacking + bad)[0]
-                why = (
-                    "not in the report"
-                    if (x, y) in lacking
-                    else f"not fetched ({found[(x, y)].status})"
-                )
-                failed.append(
-                    (_movie_row(name, part, None, ident), f"montage x_{x:02d}_y_{y:02d} {why}")
-                )
+            wanted = [(f"{ident}_part_{part}", None, {xy: found.get(xy) for xy in positions})]
+        else:
+            wanted = [
+                (f"{ident}_x_{x:02d}_y_{y:02d}_part_{part}", (x, y), {(x, y): r})
+                for (x, y), r in sorted(found.items())
+            ]
+        raw_refs = [ref(store, r) for r in raws[part * T : (part + 1) * T]]
+        for name, position, needed in wanted:
+            reason = unusable(needed, positions)
+            if reason is not None:
+                failed.append((_movie_row(name, part, position, ident), reason))
                 continue
-            refs = {xy: ref(store, r) for xy, r in found.items() if xy in set(chopper.positions())}
-            movies.append(Movie(name, part, None, refs, raw_refs(part), geometry, chopper, colours))
-            continue
-        for (x, y), r in sorted(found.items()):
-            name = f"{ident}_x_{x:02d}_y_{y:02d}_part_{part}"
-            if (x, y) not in set(chopper.positions()):
-                failed.append(
-                    (_movie_row(name, part, (x, y), ident), "position outside the chopper log")
-                )
-            elif r.status != "ok":
-                failed.append(
-                    (
-                        _movie_row(name, part, (x, y), ident),
-                        f"montage not fetched ({r.status}: {r.reason})",
-                    )
-                )
-            else:
-                refs = {(x, y): ref(store, r)}
-                movies.append(
-                    Movie(name, part, (x, y), refs, raw_refs(part), geometry, chopper, colours)
-                )
+            refs = {xy: ref(store, r) for xy, r in needed.items()}
+            movies.append(Movie(name, part, position, refs, raw_refs, geometry, chopper, colours))
     return movies, failed
+
+
+def unusable(needed: dict[tuple[int, int], Row | None], positions) -> str | None:
+    """Return why a movie's montages cannot make it (None: they can)."""
+    for (x, y), row in sorted(needed.items()):
+        # One montage: the movie's id names it; several (recombine): say which.
+        what = "montage" if len(needed) == 1 else f"montage x_{x:02d}_y_{y:02d}"
+        if (x, y) not in positions:
+            return f"{what} lies outside the chopper log's positions"
+        if row is None:
+            return f"{what} is not in the report"
+        if row.status != "ok":
+            return f"{what} not fetched ({row.status}: {row.reason})"
+    return None
 
 
 def _movie_row(name: str, part: int, position: tuple[int, int] | None, ident: str) -> Row:
