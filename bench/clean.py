@@ -4,8 +4,10 @@
 by standins/figure8.py), chopped into frames. In the same run:
 - reference: per frame, scikit-image's `remove_small_holes` and `remove_small_objects` on
   the foreground, then a loop per filled hole for the majority relabel (over the hole's
-  bounding box) and a loop per label for the sequential relabel;
-- ours: `clean_labels` on every frame through the shared executor (`pmap`, processes).
+  bounding box); per montage, a loop per label for the sequential relabel of its frames
+  together (the stage renumbers a movie's frames together, so a cell keeps its label);
+- ours: what clean-annotations@figure8 runs, `clean_movie_labels` per montage, through the
+  shared executor (`pmap`, processes).
 Outputs must be equal frame by frame. The last line is reference time / our time.
 """
 
@@ -22,7 +24,7 @@ from scipy import ndimage as ndi
 from skimage import morphology
 
 from stages.core.parallel import pmap
-from stages.sources.figure8.labels import clean_labels, label_dtype
+from stages.sources.figure8.labels import clean_movie_labels, label_dtype
 from stages.sources.figure8.montage import Geometry, chop
 from standins.figure8 import add_artefacts, label_movie, make_montage
 
@@ -30,8 +32,8 @@ HOLE_MAX, OBJECT_MAX, CONNECTIVITY = 64, 10, 1
 GEOMETRY = Geometry(montage_len=8, row_length=4, x_buffer=10, y_buffer=10)
 
 
-def reference(labels: np.ndarray) -> np.ndarray:
-    """Clean one frame the straightforward way: scikit-image calls and Python loops."""
+def reference_frame(labels: np.ndarray) -> np.ndarray:
+    """Clean one frame the straightforward way: scikit-image calls and a Python loop."""
     fg = labels > 0
     filled = morphology.remove_small_holes(fg, max_size=HOLE_MAX, connectivity=CONNECTIVITY)
     kept = morphology.remove_small_objects(filled, max_size=OBJECT_MAX, connectivity=CONNECTIVITY)
@@ -47,6 +49,12 @@ def reference(labels: np.ndarray) -> np.ndarray:
         votes = votes[votes > 0]
         if votes.size:
             out[box][hole] = np.bincount(votes).argmax()  # ties: the smaller label
+    return out
+
+
+def reference(movie: list[np.ndarray]) -> np.ndarray:
+    """Clean a montage's frames one by one, then relabel them together, label by label."""
+    out = np.stack([reference_frame(f) for f in movie])
     result = np.zeros_like(out)
     values = np.unique(out)
     for new, old in enumerate(values[values > 0], 1):
@@ -54,18 +62,18 @@ def reference(labels: np.ndarray) -> np.ndarray:
     return result.astype(label_dtype(int(result.max())))
 
 
-def ours(frame: np.ndarray) -> np.ndarray:
-    """Clean one frame with the product's function."""
-    return clean_labels(frame, HOLE_MAX, OBJECT_MAX, CONNECTIVITY).labels
+def ours(movie: list[np.ndarray]) -> np.ndarray:
+    """Clean a montage's frames with the product's function."""
+    return clean_movie_labels(movie, HOLE_MAX, OBJECT_MAX, CONNECTIVITY)[0]
 
 
-def make_frames(n_montages: int) -> list[np.ndarray]:
+def make_movies(n_montages: int) -> list[list[np.ndarray]]:
     """Generate montages from synthetic movies and chop them into frames (not timed)."""
-    frames = []
+    movies = []
     for m in range(n_montages):
         movie = add_artefacts(label_movie(8, 512, 512, 150, seed=m), seed=10_000 + m)
-        frames.extend(chop(make_montage(movie, GEOMETRY), GEOMETRY))
-    return frames
+        movies.append(list(chop(make_montage(movie, GEOMETRY), GEOMETRY)))
+    return movies
 
 
 def main() -> None:
@@ -73,16 +81,17 @@ def main() -> None:
     ap.add_argument("--montages", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    frames = make_frames(args.montages)
+    movies = make_movies(args.montages)
+    frames = [f for movie in movies for f in movie]  # for the rates
     print(f"{len(frames)} frames of 512x512 from {args.montages} montages")
     times: dict[str, list[float]] = {"reference": [], "ours": []}
     for r in range(args.rounds):
         for name in ("reference", "ours") if r % 2 == 0 else ("ours", "reference"):
             start = time.perf_counter()
             if name == "reference":
-                got = [reference(f) for f in frames]
+                got = [reference(m) for m in movies]
             else:
-                got = list(pmap(ours, frames, kind="process", window=64))
+                got = list(pmap(ours, movies, kind="process", window=16))
             times[name].append(time.perf_counter() - start)
             print(f"round {r} {name:9s} {times[name][-1]:6.2f} s", flush=True)
             if name == "reference":
@@ -94,8 +103,8 @@ def main() -> None:
                 raise SystemExit("outputs differ between ours and the reference")
     # For the record: ours on one core (the gain without the executor's processes).
     start = time.perf_counter()
-    for f in frames:
-        ours(f)
+    for m in movies:
+        ours(m)
     single = time.perf_counter() - start
     print(f"ours, one process {single:6.2f} s ({len(frames) / single:6.1f} frames/s)")
     ref, our = median(times["reference"]), median(times["ours"])

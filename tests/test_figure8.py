@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from stages.formats.images import decode_array, encode_array
 from stages.net.download import CredentialRejected
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.sources import load
-from stages.sources.figure8.clean import clean_one
+from stages.sources.figure8.clean import clean_movie
 from stages.sources.figure8.export import tile_starts
 from stages.sources.figure8.labels import clean_labels
 from stages.sources.figure8.montage import Chopper, natural_key, stitch
@@ -158,7 +160,6 @@ def test_cleaning_undoes_the_annotators_holes_and_specks(built, job):
             row = store.row(f"{movie}_frame_{t:02d}/annotated")
             cleaned = decode_array(store.read(row))
             assert row.meta["cells"] == len(np.unique(cleaned)) - 1
-            assert sorted(np.unique(cleaned))[1:] == list(range(1, row.meta["cells"] + 1))
             # Cleaning the true labels too: cells cut to a few pixels at a position's edge are
             # specks, and small gaps between cells and the edge are holes (as skimage's).
             expected = clean_labels(truth[t], 63, 9).labels
@@ -180,9 +181,40 @@ def test_label_frames_above_255_cells_keep_their_labels(tmp_path):
     data, _ = encode_array(labels)
     (tmp_path / "f.png").write_bytes(data)
     cfg = source_defaults("figure8", clean={"object_max": 0}).clean
-    out, ext, counts = clean_one((Ref(str(tmp_path / "f.png"), 0, len(data)), cfg))
+    [(out, ext, counts)] = clean_movie(([Ref(str(tmp_path / "f.png"), 0, len(data))], cfg))
     back = decode_array(out)
     assert counts["cells"] == 300 and back.max() == 300 and back.dtype == np.uint16
+
+
+def test_a_cell_keeps_its_label_through_the_movie(built, job):
+    """Frames are renumbered together: a cell leaving the view shifts no other cell's label."""
+    store = Store(built.tmp / "clean")
+    checked = 0
+    for (x, y, part), truth in job.clean.items():
+        if (x, y, part) == job.montages[-1]:
+            continue
+        movie = f"3D_example_x_{x:02d}_y_{y:02d}_part_{part}"
+        frames = [decode_array(store.read(f"{movie}_frame_{t:02d}/annotated")) for t in range(4)]
+        for cell in set(np.unique(truth).tolist()) - {0}:
+            seen = set()
+            for t in range(4):
+                inside = frames[t][truth[t] == cell]
+                if inside.size > 30:  # whole enough not to be a speck at the edge
+                    seen.add(int(np.bincount(inside).argmax()))
+            assert len(seen) <= 1, (movie, cell, seen)
+            checked += len(seen)
+    assert checked > 50
+
+
+def test_the_cleaned_movies_labels_run_1_to_n(built):
+    store = Store(built.tmp / "clean")
+    movie = "3D_example_x_00_y_00_part_0"
+    values = set()
+    for t in range(4):
+        values |= set(
+            np.unique(decode_array(store.read(f"{movie}_frame_{t:02d}/annotated"))).tolist()
+        )
+    assert sorted(values) == list(range(len(values)))
 
 
 def test_export_writes_deepcell_npz_per_part(built):
@@ -207,11 +239,11 @@ def test_export_writes_deepcell_npz_per_part(built):
 def test_tiles_are_anchored_to_the_far_edge_and_relabelled(built, tmp_path):
     assert tile_starts(56, 32) == [0, 24] and tile_starts(76, 32) == [0, 32, 44]
     assert tile_starts(64, 32) == [0, 32] and tile_starts(20, 32) == [0]
+    # A position (both parts), and a movie that failed upstream (its montage 404'd).
+    drop = ["x_01_y_00", "3D_example_x_01_y_01_part_1"]
     cfg = dataclasses.replace(
         built.cfg,
-        export=dataclasses.replace(
-            built.cfg.export, reshape_size=32, samples_to_drop=["x_01_y_00"]
-        ),
+        export=dataclasses.replace(built.cfg.export, reshape_size=32, samples_to_drop=drop),
     )
     m = SOURCE.export_store(cfg, group_defaults("export"), Store(built.tmp / "clean"), tmp_path)
     assert m["movies_dropped"] == 2 and m["entry_shape"] == [4, 32, 32, 1]
@@ -257,21 +289,33 @@ def test_recombine_stitches_positions_with_unique_labels(built, job, tmp_path):
             seen |= values
 
 
-def test_stitching_covers_the_frame_when_segments_do_not_divide_it():
-    chopper = Chopper(97, 130, 2, 3, 4, 4)
-    frame = np.arange(1, 97 * 130 + 1).reshape(97, 130)
-    pieces = {xy: chopper.piece(frame, *xy) for xy in chopper.positions()}
-    full = stitch(pieces, chopper)
+@pytest.mark.parametrize(
+    "chopper, covered",
+    [
+        (Chopper(97, 130, 2, 3, 4, 4), (97, 130)),  # the last overlap reaches the edge
+        (Chopper(100, 100, 3, 3, 0, 0), (99, 99)),  # it cannot: row and column 99 never shown
+    ],
+)
+def test_stitching_covers_what_the_positions_cover(chopper, covered):
+    assert chopper.covered == covered
+    frame = np.arange(1, chopper.original_y * chopper.original_x + 1).reshape(
+        chopper.original_y, chopper.original_x
+    )
+    pieces = {xy: chopper.piece(frame, *xy)[None] for xy in chopper.positions()}
+    full = stitch(pieces, chopper)[0]
+    assert full.shape == covered
     assert (full > 0).all() and len(np.unique(full)) == full.size
 
 
 def test_raw_frames_are_taken_in_natural_order():
-    names = ["raw_frame_10.tif", "raw_frame_9.tif", "raw_frame_1.tif"]
+    names = ["raw_frame_10.tif", "raw_frame_9.tif", "raw_frame_1.tif", "raw_frame_01.tif"]
     assert sorted(names, key=natural_key) == [
+        "raw_frame_01.tif",  # equal numbers: the name decides, never the disk's order
         "raw_frame_1.tif",
         "raw_frame_9.tif",
         "raw_frame_10.tif",
     ]
+    assert sorted(["f²2", "f1"], key=natural_key) == ["f1", "f²2"]  # no ASCII digits: text
 
 
 def test_the_sheet_and_series_are_deterministic(built):
@@ -335,23 +379,57 @@ def test_bad_settings_fail_at_compose(changes, message):
         source_defaults("figure8", **changes)
 
 
+def png16_rgb(arr: np.ndarray) -> bytes:
+    """Return a 16-bit RGB PNG (Pillow cannot write one)."""
+    h, w, _ = arr.shape
+    raw = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
 def test_hostile_annotations_are_each_one_movies_failure(tmp_path, job, monkeypatch):
     job.write_inputs(tmp_path / "input")
     monkeypatch.setenv("FIGURE_EIGHT_KEY", KEY)
     hostile = dataclasses.replace(job, annotations=dict(job.annotations))
+    name = "3D_example_x_{}_y_{}_montage_{}_annotation.png".format
     small = Image.new("RGB", (40, 30))
     buf = io.BytesIO()
     small.save(buf, format="PNG")
-    hostile.annotations["3D_example_x_1_y_0_montage_0_annotation.png"] = buf.getvalue()
+    hostile.annotations[name(1, 0, 0)] = buf.getvalue()  # too small for the logged geometry
+    wide = np.asarray(Image.open(io.BytesIO(job.annotations[name(0, 1, 0)])))
+    hostile.annotations[name(0, 1, 0)] = png16_rgb(wide)  # 16-bit RGB: Pillow would lose bits
+    # RGBA with a white but transparent background: still background.
+    rgb = np.asarray(Image.open(io.BytesIO(job.annotations[name(1, 1, 0)])).convert("RGB"))
+    alpha = np.where(rgb.any(axis=2), 255, 0).astype(np.uint8)
+    rgba = np.dstack([np.where(alpha[..., None] > 0, rgb, 255), alpha]).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    hostile.annotations[name(1, 1, 0)] = buf.getvalue()
     with Figure8Standin(hostile, key=KEY, queued=0) as srv:
-        srv.faults.set_default("annotations/3D_example_x_0_y_0_montage_1_annotation.png", "corrupt")
+        srv.faults.set_default(f"annotations/{name(0, 0, 1)}", "corrupt")
         cfg = conf(srv.url, tmp_path / "input")
         run_fetch(cfg, tmp_path / "fetch", tmp_path / "cache")
     _, m = SOURCE.extract(cfg, Store(tmp_path / "fetch"), tmp_path / "frames", 1 << 20)
     reasons = m["reasons"]
-    assert m["clips_ok"] == 5 and sum(reasons.values()) == 3
+    assert m["clips_ok"] == 4 and sum(reasons.values()) == 4
     assert any(r.startswith("montage not fetched (corrupt: truncated PNG") for r in reasons)
     assert "montage tiles are 8x9, the chopper log's positions 76x56" in reasons
+    assert any(
+        r.startswith("annotation montage: 16-bit RGB PNGs are not read exactly") for r in reasons
+    )
+    store = Store(tmp_path / "frames")
+    labels = decode_array(store.read("3D_example_x_01_y_01_part_0_frame_01/annotated"))
+    assert np.array_equal(labels, job.dirty[(1, 1, 0)][1])
 
 
 def test_an_oversized_report_is_refused_while_it_downloads(tmp_path, job, monkeypatch):

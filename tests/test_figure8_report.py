@@ -27,7 +27,7 @@ def write(tmp_path, data: bytes, name="job_1_full_report.zip"):
     [
         (True, True), (False, False), ("true", True), ("TRUE", True), ("True", True),
         ("false", False), ("FALSE", False), ("1", True), ("0", False), ("", False),
-        (" true ", True), (None, False),
+        (" true ", True), (None, False), ("1.0", True), ("0.0", False),
     ],
 )  # fmt: skip
 def test_broken_link_is_parsed_in_every_spelling(value, broken):
@@ -85,3 +85,15 @@ def test_a_bad_report_is_one_clear_error(tmp_path):
             read_report(write(tmp_path, data), 1 << 20)
     with pytest.raises(MetadataError, match="over the configured limit"):
         read_report(write(tmp_path, report_zip([good] * 50)), 1000)
+
+
+def test_rows_of_other_identifiers_are_skipped_before_they_are_checked(tmp_path):
+    mine = report_row(0, IMG.format(0), ANN.format(0))
+    theirs = {**report_row(1, IMG.format(1), None, broken="true"), "identifier": "other"}
+    unchecked = {**report_row(2, IMG.format(2), None), "identifier": "other"}  # no annotation
+    report = read_report(
+        write(tmp_path, report_zip([mine, theirs, unchecked])), 1 << 20, "3D_example"
+    )
+    assert len(report.good) == 1 and report.broken == [] and report.other == 2
+    with pytest.raises(MetadataError, match="row 4: the annotation cell is not JSON"):
+        read_report(write(tmp_path, report_zip([mine, theirs, unchecked])), 1 << 20)

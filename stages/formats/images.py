@@ -7,6 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_KINDS = {(np.dtype(np.uint8), 2), (np.dtype(np.uint8), 3), (np.dtype(np.uint16), 2)}
 
 
@@ -33,8 +34,17 @@ def encode_array(arr: np.ndarray) -> tuple[bytes, str]:
     return buf.getvalue(), ".tif"
 
 
+def refuse_lossy(data: bytes) -> None:
+    """Raise ValueError for images Pillow would read with lost bits: 16-bit RGB(A) PNGs, of
+    which it keeps the high bytes only (labels below 256 would turn into background)."""
+    # IHDR's bit depth and colour type sit at fixed offsets after the signature.
+    if data[:8] == PNG_SIGNATURE and len(data) > 25 and data[24] == 16 and data[25] in (2, 6):
+        raise ValueError("16-bit RGB PNGs are not read exactly; save them as 8-bit RGB")
+
+
 def decode_array(data: bytes) -> np.ndarray:
     """Return an image file's pixels as an array (16-bit and 32-bit kept as such)."""
+    refuse_lossy(data)
     with Image.open(io.BytesIO(data)) as im:
         if im.mode == "I;16" or im.mode.startswith("I;16"):
             return np.asarray(im, dtype=np.uint16)

@@ -38,6 +38,7 @@ from stages.sources import Context, Plan, PlotSpec, Source
 
 if TYPE_CHECKING:
     from stages.net.credentials import Credential
+    from stages.net.ledger import Result
 
 # Report types whose CSV has one row per image with its `annotation` (the others hold
 # contributors, test questions or the uploaded source rows: nothing to build labels from).
@@ -211,6 +212,11 @@ class Figure8(Source):
         from stages.sources.figure8.fetch import plan
 
         return plan(cfg, ctx)
+
+    def download(self, cfg: Figure8Conf, rows: list[Row], ctx: Context) -> dict[str, Result]:
+        """Download the annotations, checked as PNG whatever their URLs look like (signed
+        storage URLs often have no extension)."""
+        return ctx.downloader.fetch_all([r.url for r in rows], desc="fetch@figure8", kind="png")
 
     def extract(self, cfg: Figure8Conf, store: Store, out_dir: Path, shard_bytes: int):
         """Cut montages into label movies with their raw frames."""

@@ -1,8 +1,10 @@
 """clean-annotations@figure8: every label frame cleaned (`labels.py`); raw frames pass through.
 
-Cleaned label frames are new payloads in this stage's shards; raw frames stay in the
-extract-frames shards (the manifest points there). Each label frame's meta records its cell
-count and what cleaning changed; movies extract-frames could not make are dropped and counted.
+Each frame is cleaned on its own; then a movie's frames are renumbered 1..N together, so a
+cell keeps one label through the movie. Cleaned label frames are new payloads in this stage's
+shards; raw frames stay in the extract-frames shards (the manifest points there). Each label
+frame's meta records its cell count and what cleaning changed; movies extract-frames could
+not make stay in the manifest without payload (so export knows their ids) and are counted.
 """
 
 from __future__ import annotations
@@ -14,29 +16,44 @@ from pathlib import Path
 
 from stages.core.errors import StoreError
 from stages.core.parallel import default_workers, pmap, progress
-from stages.core.store import Row, ShardWriter, Store, member_name, rebase, write_manifest
+from stages.core.store import (
+    Row,
+    ShardWriter,
+    Store,
+    frames_by_clip,
+    member_name,
+    rebase,
+    write_manifest,
+)
 from stages.formats.images import decode_array, encode_array
 from stages.sources.figure8 import Figure8Clean, Figure8Conf
-from stages.sources.figure8.labels import clean_labels
+from stages.sources.figure8.labels import clean_movie_labels
 from stages.sources.figure8.movies import Ref, ref
 
 
-def clean_one(job: tuple[Ref, Figure8Clean]) -> tuple[bytes, str, dict]:
-    """Clean one label frame (in a worker process); return its image and counts."""
+def clean_movie(job: tuple[list[Ref], Figure8Clean]) -> list[tuple[bytes, str, dict]]:
+    """Clean one movie's label frames (in a worker process), renumbering them together;
+    return each frame's image and counts."""
     where, cfg = job
-    try:
-        labels = decode_array(where.read())
-    except (OSError, ValueError) as exc:  # written by extract-frames: damage is the store's
-        raise StoreError(f"{where.path}: undecodable label frame ({exc}): run it again") from None
-    done = clean_labels(labels, cfg.hole_max, cfg.object_max, cfg.connectivity)
-    data, ext = encode_array(done.labels)
-    counts = {
-        "cells": done.cells,
-        "holes_filled": done.holes_filled,
-        "hole_pixels": done.hole_pixels,
-        "objects_removed": done.objects_removed,
-    }
-    return data, ext, counts
+    frames = []
+    for ref_ in where:
+        try:
+            frames.append(decode_array(ref_.read()))
+        except Exception as exc:  # written by extract-frames: damage is the store's
+            raise StoreError(
+                f"{ref_.path}: undecodable label frame ({exc}): run it again"
+            ) from None
+    movie, done = clean_movie_labels(frames, cfg.hole_max, cfg.object_max, cfg.connectivity)
+    out = []
+    for frame, d in zip(movie, done, strict=True):
+        counts = {
+            "cells": d.cells,
+            "holes_filled": d.holes_filled,
+            "hole_pixels": d.hole_pixels,
+            "objects_removed": d.objects_removed,
+        }
+        out.append((*encode_array(frame), counts))
+    return out
 
 
 def spread(values: list[int]) -> dict:
@@ -56,33 +73,38 @@ def clean_store(
 ) -> tuple[list[Row], dict]:
     """Write the cleaned store; return its rows and metrics."""
     rows = store.rows()
-    labels = [r for r in rows if r.status == "ok" and r.meta.get("role") == "annotated"]
+    movies = frames_by_clip(
+        r for r in rows if r.status == "ok" and r.meta.get("role") == "annotated"
+    )
     raws = [r for r in rows if r.status == "ok" and r.meta.get("role") == "raw"]
-    dropped = Counter(f"movie_{r.status}" for r in rows if r.status != "ok")
+    failed = [r for r in rows if r.status != "ok"]  # kept (no payload): export knows their ids
+    dropped = Counter(f"movie_{r.status}" for r in failed)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out_dir, shard_bytes)
     totals: Counter = Counter()
     cells = []
     workers = workers or default_workers()
+    names = sorted(movies)
+    labels = [r for name in names for r in movies[name]]
     try:
-        jobs = [(ref(store, r), cfg.clean) for r in labels]
-        done = pmap(clean_one, jobs, kind="process", workers=workers, window=4 * workers)
-        bar = progress(done, total=len(jobs), desc="clean@figure8", unit="frame")
-        for row, (data, ext, counts) in zip(labels, bar, strict=True):
-            row.shard, row.offset = writer.add(
-                member_name(row.item_id, ext), io.BytesIO(data), len(data)
-            )
-            row.bytes, row.sha256 = len(data), None
-            row.meta = {**row.meta, **counts, "ext": ext}
-            totals.update(counts)
-            cells.append(counts["cells"])
+        jobs = [([ref(store, r) for r in movies[name]], cfg.clean) for name in names]
+        done = pmap(clean_movie, jobs, kind="process", workers=workers, window=2 * workers)
+        bar = progress(done, total=len(jobs), desc="clean@figure8", unit="movie")
+        for name, frames in zip(names, bar, strict=True):
+            for row, (data, ext, counts) in zip(movies[name], frames, strict=True):
+                row.shard, row.offset = writer.add(
+                    member_name(row.item_id, ext), io.BytesIO(data), len(data)
+                )
+                row.bytes, row.sha256 = len(data), None
+                row.meta = {**row.meta, **counts, "ext": ext}
+                totals.update(counts)
+                cells.append(counts["cells"])
         writer.close()
     except BaseException:
         writer.abort()
         raise
     kept = labels + rebase(raws, store.root, out_dir)
-    write_manifest(out_dir, kept, list(cfg.classes))
-    movies = {r.meta["movie"] for r in labels}
+    write_manifest(out_dir, kept + failed, list(cfg.classes))
     metrics = {
         "items_in": len(rows),
         "items_out": len(kept),

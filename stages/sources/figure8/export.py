@@ -3,10 +3,10 @@
 Each entry is a movie (or, with `reshape_size`, a square tile of one): `X` (B,T,H,W,C float32,
 the raw frames) and `y` (B,T,H,W,1 int32, the cleaned labels), the keys DeepCell's
 `make_training_data` saved, plus `ids` (the entry's movie, and tile) and `positions` (B,5
-int32: part, x, y, tile row, tile column). Tiles are cut at multiples of `reshape_size`, the
-last one anchored to the far edge (so tiles overlap there, and never pad unless the movie is
-smaller than a tile); each tile's labels are renumbered 1..N across its frames, so a cell keeps
-one label through the movie.
+int32: part, x, y, and the tile's top and left pixel in the movie). Tiles are cut at multiples
+of `reshape_size`, the last one anchored to the far edge (so tiles overlap there, and never
+pad unless the movie is smaller than a tile); each tile's labels are renumbered 1..N across
+its frames, so a cell keeps one label through the movie.
 """
 
 from __future__ import annotations
@@ -70,11 +70,12 @@ def tiles(X: np.ndarray, y: np.ndarray, size: int | None):
             yield y0, x0, xt, relabel(yt)
 
 
-def check_drops(drop: list[str], movies: dict[str, list[Row]]) -> set[str]:
-    """Return the movies samples_to_drop names (by id or position); refuse unknown names."""
-    positions = {}
-    for movie, frames in movies.items():
-        meta = frames[0].meta
+def check_drops(drop: list[str], movies: dict[str, dict]) -> set[str]:
+    """Return the movies samples_to_drop names (by id or position); refuse unknown names.
+
+    `movies` maps every movie id the store knows (failed ones too) to its meta."""
+    positions: dict[str, set[str]] = {}
+    for movie, meta in movies.items():
         if "x" in meta:
             positions.setdefault(f"x_{meta['x']:02d}_y_{meta['y']:02d}", set()).add(movie)
     out, unknown = set(), []
@@ -96,10 +97,11 @@ def check_drops(drop: list[str], movies: dict[str, list[Row]]) -> set[str]:
 
 def export(cfg: Figure8Conf, shared: ExportConf, store: Store, out_dir: Path) -> dict:
     """Write one npz per part; return the metrics."""
+    known = {r.meta["movie"]: r.meta for r in store.rows() if "movie" in r.meta}
     rows = [r for r in store.rows() if r.status == "ok" and r.shard is not None]
     movies = frames_by_clip(r for r in rows if r.meta.get("role") == "annotated")
     raws = frames_by_clip(r for r in rows if r.meta.get("role") == "raw")
-    dropped = check_drops(cfg.export.samples_to_drop, movies)
+    dropped = check_drops(cfg.export.samples_to_drop, known) & set(movies)
     by_part: dict[int, list[str]] = {}
     for movie in sorted(movies):
         if movie not in dropped:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote, urlsplit
 
@@ -41,13 +40,13 @@ def download_report(cfg: Figure8Conf, ctx: Context) -> Report:
         )
     path = ctx.downloader.object_path(res.sha256)
     try:
-        return read_report(path, f.max_report_bytes)
+        return read_report(path, f.max_report_bytes, f.identifier)
     except MetadataError as exc:  # name the report, not its file in the download cache
         raise type(exc)(str(exc).replace(path.name, f"the report of job {f.job_id}")) from None
 
 
-def montage_of(image_url: str, identifier: str, row: int) -> tuple[str, dict]:
-    """Return a montage's name (its file name's stem) and position from its image URL."""
+def montage_of(image_url: str, identifier: str, row: int) -> dict:
+    """Return a montage's position and part from its image URL's file name."""
     name = PurePosixPath(unquote(urlsplit(image_url).path)).name
     found = MONTAGE_NAME.fullmatch(name)
     if found is None or found["id"] != identifier:
@@ -55,25 +54,22 @@ def montage_of(image_url: str, identifier: str, row: int) -> tuple[str, dict]:
             f"report row {row}: image_url {image_url!r} is not a montage of {identifier!r} "
             f"({identifier}_x_<x>_y_<y>_montage_<part>.png)"
         )
-    where = {"x": int(found["x"]), "y": int(found["y"]), "part": int(found["part"])}
-    return name.rsplit(".", 1)[0], where
+    return {"x": int(found["x"]), "y": int(found["y"]), "part": int(found["part"])}
 
 
-def montage_rows(cfg: Figure8Conf, report: Report, source: str) -> tuple[list[Row], dict]:
-    """Return one row per annotated montage (its last judgment wins, as the original's
-    overwriting did) and counts."""
+def montage_rows(cfg: Figure8Conf, report: Report, source: str) -> tuple[list[Row], int]:
+    """Return one row per annotated montage position and part, and how many judgments were
+    superseded: the last judgment in report order wins (the original overwrote earlier
+    downloads), whatever spelling of the file name it came with."""
     ident = cfg.fetch.identifier
-    latest: dict[str, Row] = {}
-    counts: Counter = Counter()
+    latest: dict[tuple[int, int, int], Row] = {}
+    superseded = 0
     for row in report.good:
-        if row["identifier"] != ident:
-            counts["rows_of_other_identifiers"] += 1
-            continue
-        stem, where = montage_of(row["image_url"], ident, row["_row"])
-        if stem in latest:
-            counts["judgments_superseded"] += 1
-        latest[stem] = Row(
-            item_id=f"{stem}_annotation",
+        where = montage_of(row["image_url"], ident, row["_row"])
+        key = (where["part"], where["x"], where["y"])
+        superseded += key in latest
+        latest[key] = Row(
+            item_id=f"{ident}_x_{where['x']}_y_{where['y']}_montage_{where['part']}_annotation",
             source=source,
             source_id=row["image_url"],
             url=row["_annotation_url"],
@@ -81,7 +77,7 @@ def montage_rows(cfg: Figure8Conf, report: Report, source: str) -> tuple[list[Ro
             status="pending",
             meta={"role": "montage", **where, "ext": ".png"},
         )
-    return [latest[k] for k in sorted(latest)], dict(counts)
+    return [latest[k] for k in sorted(latest)], superseded
 
 
 def raw_rows(cfg: Figure8Conf, ctx: Context) -> list[Row]:
@@ -119,7 +115,7 @@ def raw_rows(cfg: Figure8Conf, ctx: Context) -> list[Row]:
 def read_logs(cfg: Figure8Conf) -> dict[str, bytes]:
     """Check both pre-annotation logs; return them as files for the store."""
     f = cfg.fetch
-    files = {}
+    files, logs = {}, []
     for kind, reader in (
         ("montage_maker", read_montage_log),
         ("overlapping_chopper", read_chopper_log),
@@ -129,8 +125,15 @@ def read_logs(cfg: Figure8Conf) -> dict[str, bytes]:
             raise StageError(
                 f"{path} not found: the pre-annotation step writes it (fetch.logs_dir)"
             )
-        reader(path)
+        logs.append(reader(path))
         files[f"{LOGS}/{kind}.json"] = path.read_bytes()
+    geometry, chopper = logs
+    segments = (geometry.num_x_segments, geometry.num_y_segments)
+    if segments != (chopper.num_x_segments, chopper.num_y_segments):
+        raise MetadataError(
+            f"the logs disagree: the montage maker had {segments[0]} x {segments[1]} positions, "
+            f"the chopper {chopper.num_x_segments} x {chopper.num_y_segments}"
+        )
     return files
 
 
@@ -139,7 +142,7 @@ def plan(cfg: Figure8Conf, ctx: Context) -> Plan:
     f = cfg.fetch
     files = read_logs(cfg)  # a missing log fails before anything is downloaded
     report = download_report(cfg, ctx)
-    rows, counts = montage_rows(cfg, report, ctx.source_name)
+    rows, superseded = montage_rows(cfg, report, ctx.source_name)
     raws = raw_rows(cfg, ctx)
     full, reupload = broken_csvs(report)
     stem = f"job_{f.job_id}_{f.report_type.value}_report"
@@ -156,8 +159,8 @@ def plan(cfg: Figure8Conf, ctx: Context) -> Plan:
         "montages": len(rows),
         "broken_links": len(report.broken),
         "broken_links_cleared": report.cleared,
-        "judgments_superseded": counts.get("judgments_superseded", 0),
-        "rows_of_other_identifiers": counts.get("rows_of_other_identifiers", 0),
+        "judgments_superseded": superseded,
+        "rows_of_other_identifiers": report.other,
         "raw_frames": len(raws),
     }
     log.info(

@@ -12,7 +12,9 @@ figure8-camio.md):
   neighbourhood (its ring of 8-neighbours, as labelled before any hole is filled; each ring
   pixel counted once; ties: the smaller label), not the original's off-by-one 2x2 window;
 - labels are renumbered 1..N in ascending order of their values, in the narrowest unsigned
-  dtype that holds N (the original's uint8 wrapped above 255 cells).
+  dtype that holds N (the original's uint8 wrapped above 255 cells); a movie's frames are
+  renumbered together, so a cell keeps its label from frame to frame (the original relabelled
+  whole montages).
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ def label_dtype(n: int) -> np.dtype:
 def to_labels(image: np.ndarray, colours: dict[tuple[int, int, int], int] | None = None):
     """Return (labels, unmapped pixels): the red channel, or colours mapped (others: 0)."""
     if image.ndim == 2:
-        return image, 0
+        if colours is None:
+            return image, 0
+        image = np.repeat(image[..., None], 3, axis=2)  # grey v is the colour (v, v, v)
     rgb = image[..., :3].astype(np.uint32)
     if colours is None:
         return image[..., 0], 0
@@ -63,8 +67,15 @@ def to_labels(image: np.ndarray, colours: dict[tuple[int, int, int], int] | None
     return labels.astype(label_dtype(int(values.max(initial=0)))), int((~hit & ~black).sum())
 
 
-def clean_labels(labels: np.ndarray, hole_max: int, object_max: int, connectivity: int = 1):
-    """Fill small holes, remove small objects, relabel holes by majority, then sequentially."""
+def clean_labels(
+    labels: np.ndarray,
+    hole_max: int,
+    object_max: int,
+    connectivity: int = 1,
+    sequential: bool = True,
+):
+    """Fill small holes, remove small objects, relabel holes by majority, then sequentially
+    (unless `sequential` is off: a movie's frames are renumbered together, `relabel_movie`)."""
     structure = ndi.generate_binary_structure(2, connectivity)
     fg = labels > 0
     # Holes: background components of at most hole_max pixels (border ones too, as skimage).
@@ -85,18 +96,39 @@ def clean_labels(labels: np.ndarray, hole_max: int, object_max: int, connectivit
     if holes.size:
         out = out.astype(np.int64)
         out[hole] = _majority(out, bg, hole)
-    # Sequential relabel through a lookup table (labels are small non-negative ints).
-    present = np.bincount(out.ravel()) > 0
-    present[0] = False
-    lut = np.cumsum(present) * present
-    n = int(present.sum())
+    if sequential:
+        out, n = relabel_movie(out[None])
+        out = out[0]
+    else:
+        n = int(np.count_nonzero(np.bincount(out.ravel())[1:]))
     return Cleaned(
-        labels=lut[out].astype(label_dtype(n)),
+        labels=out,
         cells=n,
         holes_filled=int(holes.size),
         hole_pixels=int(hole.sum()),
         objects_removed=objects_removed,
     )
+
+
+def clean_movie_labels(
+    frames: list[np.ndarray], hole_max: int, object_max: int, connectivity: int = 1
+) -> tuple[np.ndarray, list[Cleaned]]:
+    """Clean a movie's label frames one by one, then renumber them together 1..N; return
+    the frames (T, h, w) and what cleaning did to each (`cells`: labels in that frame)."""
+    done = [clean_labels(f, hole_max, object_max, connectivity, sequential=False) for f in frames]
+    movie, _ = relabel_movie(np.stack([d.labels for d in done]))
+    return movie, done
+
+
+def relabel_movie(frames: np.ndarray) -> tuple[np.ndarray, int]:
+    """Return frames (T, h, w) renumbered 1..N in ascending order of their values, together,
+    so a cell keeps one label through the movie; and N."""
+    # Through a lookup table: labels are small non-negative ints.
+    present = np.bincount(frames.ravel()) > 0
+    present[0] = False
+    lut = np.cumsum(present) * present
+    n = int(present.sum())
+    return lut[frames].astype(label_dtype(n)), n
 
 
 def _label(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:

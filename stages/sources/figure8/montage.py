@@ -148,15 +148,24 @@ class Chopper:
         out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = frame[sy0:sy1, sx0:sx1]
         return out
 
+    @property
+    def covered(self) -> tuple[int, int]:
+        """Return (h, w) of the part of a frame the positions cover (from the top left): when
+        a frame's size leaves a remainder beyond the last position's overlap, those rows and
+        columns were never shown to annotators."""
+        return (
+            min(self.original_y, self.num_y_segments * self.step_y + self.overlapping_y_pix),
+            min(self.original_x, self.num_x_segments * self.step_x + self.overlapping_x_pix),
+        )
+
     def owned(self, x: int, y: int) -> tuple[int, int, int, int]:
         """Return the (y0, y1, x0, x1) of the full frame that position (x, y) fills when
-        stitching: its step, the last row and column reaching on to the frame's edge as far
-        as the piece covers."""
-        oy, ox = self.overlapping_y_pix, self.overlapping_x_pix
+        stitching: its step, the last row and column reaching on to the covered edge."""
+        h, w = self.covered
         y0, x0 = y * self.step_y, x * self.step_x
-        y1 = y0 + self.step_y if y < self.num_y_segments - 1 else self.original_y
-        x1 = x0 + self.step_x if x < self.num_x_segments - 1 else self.original_x
-        return y0, min(y1, y0 + self.step_y + oy), x0, min(x1, x0 + self.step_x + ox)
+        y1 = y0 + self.step_y if y < self.num_y_segments - 1 else h
+        x1 = x0 + self.step_x if x < self.num_x_segments - 1 else w
+        return y0, y1, x0, x1
 
 
 CHOPPER_KEYS = ("original_y", "original_x", "num_y_segments", "num_x_segments")
@@ -188,31 +197,35 @@ def read_chopper_log(path: Path) -> Chopper:
 
 
 def stitch(pieces: dict[tuple[int, int], np.ndarray], chopper: Chopper) -> np.ndarray:
-    """Return a full label frame from each position's label piece; labels stay unique.
+    """Return full label frames (T, covered h, covered w) from each position's label frames
+    (T, piece h, piece w); labels stay unique across positions and fixed across frames.
 
-    Each position fills the part of the frame it owns (`Chopper.owned`); its labels there
-    are renumbered after the previous positions' (x first), so equal values from two
-    positions never merge. A cell cut by a seam keeps one label per side.
+    Each position fills the part of the frames it owns (`Chopper.owned`); its labels there are
+    renumbered, over all frames together, after the previous positions' (x first), so equal
+    values from two positions never merge and a cell keeps its label from frame to frame. A
+    cell cut by a seam keeps one label per side.
     """
     oy, ox = chopper.overlapping_y_pix, chopper.overlapping_x_pix
-    dtype = np.uint32
-    out = np.zeros((chopper.original_y, chopper.original_x), dtype)
+    frames = next(iter(pieces.values())).shape[0]
+    out = np.zeros((frames, *chopper.covered), np.uint32)
     offset = 0
     for x, y in chopper.positions():
         y0, y1, x0, x1 = chopper.owned(x, y)
         py0, px0 = y0 - y * chopper.step_y + oy, x0 - x * chopper.step_x + ox
-        part = pieces[(x, y)][py0 : py0 + (y1 - y0), px0 : px0 + (x1 - x0)].astype(np.int64)
+        part = pieces[(x, y)][:, py0 : py0 + (y1 - y0), px0 : px0 + (x1 - x0)].astype(np.int64)
         values, inverse = np.unique(part, return_inverse=True)
         ranks = np.arange(len(values)) + offset + (0 if values[0] == 0 else 1)
         ranks[values == 0] = 0
-        out[y0:y1, x0:x1] = ranks[inverse.reshape(part.shape)]
+        out[:, y0:y1, x0:x1] = ranks[inverse.reshape(part.shape)]
         offset = max(offset, int(ranks.max(initial=0)))
     return out
 
 
-NUMBER = re.compile(r"(\d+)")
+NUMBER = re.compile(r"([0-9]+)")
 
 
-def natural_key(name: str) -> list:
-    """Return a sort key that orders `frame_2` before `frame_10` (the original's order)."""
-    return [int(part) if part.isdigit() else part.lower() for part in NUMBER.split(name)]
+def natural_key(name: str) -> tuple[list, str]:
+    """Return a sort key that orders `frame_2` before `frame_10` (the original's order); names
+    equal but for case or leading zeros are ordered by the name itself, never by the disk."""
+    parts = NUMBER.split(name)  # text at even positions, ASCII digits at odd ones
+    return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)], name

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from stages.core.errors import MetadataError, StoreError
 from stages.core.metrics import class_counts
 from stages.core.parallel import default_workers, pmap, progress
 from stages.core.store import Row, ShardWriter, Store, member_name, write_manifest
-from stages.formats.images import decode_array, encode_array
+from stages.formats.images import decode_array, encode_array, refuse_lossy
 from stages.sources.figure8 import Figure8Conf, FramesMode, rgb
 from stages.sources.figure8.fetch import LOGS
 from stages.sources.figure8.labels import label_dtype, to_labels
@@ -85,11 +86,7 @@ def ref(store: Store, row: Row) -> Ref:
 
 def label_frames(movie: Movie, xy: tuple[int, int]) -> tuple[np.ndarray, int]:
     """Return one position's montage cut into label frames (T, h, w), and unmapped pixels."""
-    data = movie.montages[xy].read()
-    try:
-        image = decode_array(data)
-    except Exception as exc:  # Pillow raises many types for hostile data (bombs included)
-        raise MetadataError(f"undecodable annotation montage: {type(exc).__name__}") from None
+    image = annotation_pixels(movie.montages[xy].read())
     labels, unmapped = to_labels(image, movie.colours)
     frames = chop(labels, movie.geometry)
     if frames.shape[1:3] != movie.chopper.piece_shape:
@@ -100,10 +97,30 @@ def label_frames(movie: Movie, xy: tuple[int, int]) -> tuple[np.ndarray, int]:
     return frames, unmapped
 
 
+def annotation_pixels(data: bytes) -> np.ndarray:
+    """Return an annotation's pixels; transparent ones are background (whatever their colour)."""
+    try:
+        refuse_lossy(data)
+    except ValueError as exc:
+        raise MetadataError(f"annotation montage: {exc}") from None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if "A" in im.getbands() or "transparency" in im.info:
+                rgba = np.asarray(im.convert("RGBA"))
+                image = rgba[..., :3].copy()
+                image[rgba[..., 3] == 0] = 0
+                return image
+        return decode_array(data)
+    except Exception as exc:  # Pillow raises many types for hostile data (bombs included)
+        raise MetadataError(f"undecodable annotation montage: {type(exc).__name__}") from None
+
+
 def raw_frame(data: bytes) -> np.ndarray:
     """Return a raw frame's pixels (one channel, or RGB)."""
     try:
         arr = decode_array(data)
+    except ValueError as exc:
+        raise MetadataError(f"raw frame: {exc}") from None
     except Exception as exc:  # Pillow raises many types for bad data
         raise MetadataError(f"undecodable raw frame: {type(exc).__name__}") from None
     if arr.ndim == 3 and arr.shape[2] == 4:
@@ -125,26 +142,32 @@ def make(movie: Movie) -> Made | str:
             for xy in movie.chopper.positions():
                 pieces[xy], n = label_frames(movie, xy)
                 unmapped += n
-            labels = np.stack(
-                [stitch({xy: p[t] for xy, p in pieces.items()}, movie.chopper) for t in range(T)]
-            )
+            labels = stitch(pieces, movie.chopper)
         labels = labels.astype(label_dtype(int(labels.max(initial=0))))
-        out = []
+        out, channels = [], set()
         for t in range(T):
             raw = raw_frame(movie.raws[t].read())
+            channels.add(raw.shape[2:])
+            if len(channels) > 1:
+                raise MetadataError("raw frames differ in channels within a part")
             if movie.position is not None:
                 raw = movie.chopper.piece(raw, *movie.position)
-            elif raw.shape[:2] != labels.shape[1:3]:
-                raise MetadataError(
-                    f"a raw frame is {raw.shape[1]}x{raw.shape[0]}, the chopper log says "
-                    f"{labels.shape[2]}x{labels.shape[1]}"
-                )
+            else:  # the whole frame, as far as the positions cover it
+                chopper = movie.chopper
+                if raw.shape[:2] != (chopper.original_y, chopper.original_x):
+                    raise MetadataError(
+                        f"a raw frame is {raw.shape[1]}x{raw.shape[0]}, the chopper log says "
+                        f"{chopper.original_x}x{chopper.original_y}"
+                    )
+                raw = raw[: labels.shape[1], : labels.shape[2]]
             label_bytes, label_ext = encode_array(labels[t])
             raw_bytes, raw_ext = encode_array(raw)
             out.append((label_bytes, label_ext, raw_bytes, raw_ext, labels.shape[1:3]))
         return Made(out, unmapped)
     except MetadataError as exc:
         return str(exc)
+    except ValueError as exc:  # e.g. a raw frame's pixels no lossless image format holds
+        return f"unstorable frame: {exc}"
 
 
 def plan_movies(cfg: Figure8Conf, store: Store) -> tuple[list[Movie], list[tuple[Row, str]]]:

@@ -2,8 +2,8 @@
 
 Rules (the original's intent, without its bugs; ../shared/notes/deepcell-figure8-camio.md):
 - the zip holds exactly one CSV, read by column name; the columns fetch uses must be there;
-- `broken_link` is parsed robustly (booleans, "true"/"false" in any case, 1/0, empty or
-  missing: not broken); any other value is an error naming the row;
+- `broken_link` is parsed robustly (booleans, "true"/"false" in any case, 1/0 and 1.0/0.0,
+  empty or missing: not broken); any other value is an error naming the row;
 - a broken row is dropped when another row for the same `image_url` succeeds (the image was
   re-uploaded and annotated); the rest are written out with every column
   (`job_<id>_<type>_report_broken_links.csv`) and as `identifier,image_url`
@@ -23,8 +23,8 @@ from stages.core.errors import CorruptMetadata, MetadataError
 from stages.formats.archives import ZIP_READ_ERRORS, open_member, single_member
 
 REQUIRED = ("annotation", "image_url", "identifier")
-TRUE = {"true", "1"}
-FALSE = {"false", "0", ""}
+TRUE = {"true", "1", "1.0"}  # 1.0 and 0.0: the column after a round trip through pandas
+FALSE = {"false", "0", "0.0", ""}
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Report:
     broken: list[dict]
     rows: int = 0  # rows in the report
     cleared: int = 0  # broken rows whose image a later row annotated
+    other: int = 0  # rows of other identifiers, skipped
     text: str = ""  # the CSV as served
 
 
@@ -63,8 +64,10 @@ def annotation_url(cell: str, row: int) -> str:
     return url
 
 
-def read_report(path: Path, max_bytes: int) -> Report:
-    """Read a downloaded report (a zip holding one CSV, or the CSV itself)."""
+def read_report(path: Path, max_bytes: int, identifier: str | None = None) -> Report:
+    """Read a downloaded report (a zip holding one CSV, or the CSV itself); with an
+    identifier, rows of other identifiers (other uploads to the job) are counted and skipped
+    before anything else is checked."""
     member, _ = single_member(Path(path), ".csv", max_bytes)
     try:
         with open_member(Path(path), member) as fh:
@@ -85,10 +88,13 @@ def read_report(path: Path, max_bytes: int) -> Report:
             f"{Path(path).name}: the report lacks the column(s) {missing} (found {columns}): "
             "is this a full report of an annotation job?"
         )
-    good, broken, annotated, cleared = [], {}, set(), 0
+    good, broken, annotated, cleared, other = [], {}, set(), 0, 0
     for number, row in enumerate(rows, 2):  # row 1 is the header
         if None in row or any(v is None for v in row.values()):
             raise MetadataError(f"{Path(path).name}: report row {number} has the wrong length")
+        if identifier is not None and row["identifier"] != identifier:
+            other += 1
+            continue
         image = row["image_url"]
         if is_broken(row.get("broken_link"), number):
             if image not in annotated:
@@ -99,7 +105,7 @@ def read_report(path: Path, max_bytes: int) -> Report:
             cleared += 1
         url = annotation_url(row["annotation"], number)
         good.append({**row, "_annotation_url": url, "_row": number})
-    return Report(columns, good, list(broken.values()), len(rows), cleared, text)
+    return Report(columns, good, list(broken.values()), len(rows), cleared, other, text)
 
 
 def broken_csvs(report: Report) -> tuple[bytes, bytes]:
