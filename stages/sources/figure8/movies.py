@@ -11,7 +11,6 @@ size that does not match the logs) is one `corrupt` row with the reason; the res
 from __future__ import annotations
 
 import io
-import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,6 @@ from stages.sources.figure8.montage import (
     read_montage_log,
     stitch,
 )
-
-log = logging.getLogger("stages.sources.figure8")
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,8 @@ class Movie:
 
 @dataclass(frozen=True)
 class Made:
-    """A movie's frames as (label image, ext, raw image, ext), and pixels no colour mapped."""
+    """A movie's frames as (label image, ext, raw image, ext, (h, w)), and the pixels no
+    colour mapped."""
 
     frames: list[tuple[bytes, str, bytes, str, tuple[int, int]]]
     unmapped: int
