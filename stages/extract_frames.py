@@ -7,7 +7,6 @@ decoded is one row with status `corrupt` and the reason; the stage goes on with 
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
@@ -24,7 +23,7 @@ from stages.core.config import FramesConf, SourceConf
 from stages.core.errors import StoreError
 from stages.core.metrics import class_counts
 from stages.core.parallel import default_workers, pmap, progress
-from stages.core.store import Row, ShardWriter, Store, member_name, write_manifest
+from stages.core.store import Row, Segment, ShardWriter, Store, member_name, write_manifest
 from stages.formats.video import FrameSpec, VideoError, extract
 from stages.pipeline.entry import run_main, start
 from stages.sources import Source
@@ -63,36 +62,6 @@ def task_for(store: Store, row: Row, cfg: FramesConf, threads: str, spool: Path,
         spool=str(spool),
         hold_bytes=hold,
     )
-
-
-class Segment(io.RawIOBase):
-    """A read-only, seekable view of one payload inside a shard file."""
-
-    def __init__(self, fh, offset: int, size: int):
-        self.fh, self.start, self.size, self.pos = fh, offset, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = min(max(base + pos, 0), self.size)
-        return self.pos
-
-    def readinto(self, buf) -> int:
-        n = min(len(buf), self.size - self.pos)
-        if n <= 0:
-            return 0
-        self.fh.seek(self.start + self.pos)
-        got = self.fh.readinto(memoryview(buf)[:n])
-        self.pos += got
-        return got
 
 
 def run_task(task: Task):

@@ -92,6 +92,8 @@ def stage_instances():
     for name, stage in DVC["stages"].items():
         if "foreach" in stage:
             over = PARAMS[stage["foreach"].strip("${}")]
+            if name == "import" and not over:  # off in the shipped conf; traced switched on
+                over = {"videodir": {}}
             body = stage["do"]
             for key, item in over.items():
 
@@ -136,6 +138,10 @@ def traced(tmp_path_factory, standin_root):
             figure8_url=f8.url,
         )
         proj.env["TATOR_TOKEN"] = proj.env["FIGURE_EIGHT_KEY"] = "traced"
+        # The import stage too (off in the shipped conf), to a folder target.
+        proj.set_conf("conf/source/videodir.yaml", "  enabled: false ", "  enabled: true ")
+        proj.run(sys.executable, "-m", "stages.compose", "params.yaml", "--force", check=False)
+        proj.compose()
         for name, cmd, _, _ in STAGES:
             argv = cmd.split()
             assert argv[0] == "python"

@@ -168,6 +168,54 @@ def check_frames(where: str, frames) -> None:
         raise ConfigError(f"{where}.quality must be 1..100, not {frames.quality}")
 
 
+class TargetKind(Enum):
+    """Where import@<source> sends files (stages/targets/)."""
+
+    folder = "folder"  # a directory tree (tests, air-gapped use)
+
+
+@dataclass
+class CameraImport:
+    """Per-camera import settings: null keeps the global value (Camio's hook data)."""
+
+    section: Optional[str] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
+    short_side: Optional[int] = MISSING  # noqa: UP045
+
+
+@dataclass
+class ImportConf:
+    """import@<source>: a video folder sent to an annotation platform (`import_to:`)."""
+
+    enabled: bool = MISSING
+    target: TargetKind = MISSING
+    folder: str = MISSING  # the folder target's root, relative to the repository
+    shard_size: int = MISSING
+    workers: int = MISSING
+    section: Optional[str] = MISSING  # noqa: UP045 - null: the camera's name
+    short_side: Optional[int] = MISSING  # noqa: UP045 - what the target should transcode to
+    cameras: dict[str, CameraImport] = MISSING
+
+    def __post_init__(self) -> None:
+        positive("import_to", shard_size=self.shard_size, workers=self.workers)
+        for name, cam in [("", self), *self.cameras.items()]:
+            where = f"import_to.cameras.{name}" if name else "import_to"
+            if cam.short_side is not None:
+                positive(where, short_side=cam.short_side)
+            if cam.section is not None and not cam.section.strip():
+                raise ConfigError(f"{where}.section is blank: name a section, or null")
+
+    def for_camera(self, camera: str) -> dict:
+        """Return one camera's settings: its values over the global ones."""
+        over = self.cameras.get(camera)
+        out = {}
+        for key in ("section", "short_side"):
+            value = getattr(over, key) if over is not None else None
+            out[key] = getattr(self, key) if value is None else value
+        if out["section"] is None:
+            out["section"] = camera
+        return out
+
+
 GROUPS: dict[str, type] = {
     "fetch": FetchConf,
     "store": StoreConf,

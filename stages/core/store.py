@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -232,6 +233,43 @@ def write_store(
     return rows
 
 
+class Segment(io.RawIOBase):
+    """A read-only, seekable view of one payload inside a shard file."""
+
+    def __init__(self, fh, offset: int, size: int, owns: bool = False):
+        super().__init__()
+        self.fh, self.start, self.size, self.pos = fh, offset, size, 0
+        self.owns = owns  # close the shard file with this view
+
+    def close(self) -> None:
+        if self.owns and not self.closed:
+            self.fh.close()
+        super().close()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = min(max(base + pos, 0), self.size)
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self.size - self.pos)
+        if n <= 0:
+            return 0
+        self.fh.seek(self.start + self.pos)
+        got = self.fh.readinto(memoryview(buf)[:n])
+        self.pos += got
+        return got
+
+
 class Store:
     """Read a store: rows from the manifest, single payloads by id via shard offsets."""
 
@@ -288,6 +326,16 @@ class Store:
         if len(data) != row.bytes:
             raise StoreError(f"{row.shard} is truncated at item {row.item_id}")
         return data
+
+    def open(self, row: Row) -> io.BufferedReader:
+        """Return a reader of one item's payload, read in place from its shard."""
+        if row.shard is None:
+            raise KeyError(f"{row.item_id} has no payload (status {row.status})")
+        try:
+            fh = open(self.shard_path(row), "rb")
+        except OSError as exc:
+            raise StoreError(f"cannot read {row.shard}: {exc.strerror}") from None
+        return io.BufferedReader(Segment(fh, row.offset, row.bytes, owns=True))
 
     def iter_payloads(self, rows: Iterable[Row] | None = None) -> Iterator[tuple[Row, bytes]]:
         """Yield (row, bytes) for rows with payloads, reading each shard sequentially."""

@@ -113,7 +113,7 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
             f"conf/fetch: source_workers names no source: {unknown} (sources: {sorted(files)})"
         )
     out["sources"] = {}
-    video, framed, inputs, exports, plots = {}, {}, {}, {}, {}
+    video, framed, inputs, exports, plots, imports = {}, {}, {}, {}, {}, {}
     for name, raw in (data.get("sources") or {}).items():
         source = sources.load(name)
         checked = validate(source.schema, raw, f"conf/source/{name}.yaml", f"sources.{name}")
@@ -121,6 +121,8 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
             out["sources"][name] = checked
             video[name] = source.video
             framed[name] = source.has_frames
+            if (checked.get("import_to") or {}).get("enabled"):
+                imports[name] = {}
             if source.plots is not None:
                 plots[name] = {
                     "template": source.plots.template,
@@ -156,6 +158,8 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
         for k, v in framed.items()
     }
     # The plots stage runs for sources that draw their clean store (a picture and a series).
+    # import@<source> runs for sources whose `import_to:` is enabled.
+    out["import_sources"] = dict(sorted(imports.items()))
     out["plot_sources"] = {
         k: {**v, "clean_input": out["pipeline"][k]["clean_input"]} for k, v in sorted(plots.items())
     }
@@ -193,13 +197,14 @@ def write_params(conf_dir: Path, params_path: Path, *, force: bool = False) -> b
             ("pipeline", "enabled sources"),
             ("exports", "folder exports"),
             ("plot_sources", "sources with plots"),
+            ("import_sources", "sources with imports"),
         ):
-            if before.get(key) != after.get(key):
+            if (before.get(key) or {}) != (after.get(key) or {}):
                 # dvc.yaml's stage list was expanded from the old params.yaml in this run.
                 raise ConfigError(
                     f"the set of {what} changed ({sorted(before.get(key) or {})} -> "
-                    f"{sorted(after[key])}); {params_path} is updated: run `dvc repro` again "
-                    "so DVC expands the new stages"
+                    f"{sorted(after.get(key) or {})}); {params_path} is updated: run `dvc repro` "
+                    "again so DVC expands the new stages"
                 )
     return True
 

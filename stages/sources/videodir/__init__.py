@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from omegaconf import MISSING
 
-from stages.core.config import FramesConf, NoSettings, VideoSourceConf, check_frames
+from stages.core.config import FramesConf, ImportConf, NoSettings, VideoSourceConf, check_frames
 from stages.core.errors import ConfigError
 from stages.sources import Context, Plan, Source
 
@@ -127,6 +127,7 @@ class VideodirConf(VideoSourceConf):
     frames: VideodirFrames = MISSING
     clean: NoSettings = MISSING
     export: NoSettings = MISSING
+    import_to: ImportConf = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,0 +1,44 @@
+"""Import targets: where import@<source> sends a video folder's files (a labelling platform,
+or a plain folder), behind one small interface.
+
+A target registers a camera (a section, a folder), lists what it already holds by content
+hash (its own records, compared here: never trusted to filter), and takes one file. The
+importer owns everything else: which files, in which job and shard, retries, the record.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file to send: its identity, where it came from, and what the target should know."""
+
+    sha256: str
+    name: str  # the file name at its first path (what a person would recognise)
+    size: int
+    camera: str
+    timestamp: str  # ISO 8601, UTC
+    location: tuple[float, float] | None
+    settings: dict  # the camera's settings (per-camera values over the global ones)
+    open: Callable[[], BinaryIO]  # the bytes, read from the store
+
+
+class Target(ABC):
+    """Where imported files go."""
+
+    @abstractmethod
+    def register(self, camera: str, settings: dict) -> str:
+        """Make sure the camera's place exists (a section, a folder); return its id."""
+
+    @abstractmethod
+    def existing(self) -> dict[str, str]:
+        """Return what the target holds: content sha256 -> its id for the file there."""
+
+    @abstractmethod
+    def upload(self, item: Upload, place: str) -> str:
+        """Send one file to a registered place; return the target's id for it."""
