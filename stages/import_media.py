@@ -16,19 +16,21 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.core.config import ImportConf, TargetKind
+from stages.core.config import FetchConf, ImportConf, TargetKind
 from stages.core.errors import ConfigError
 from stages.core.files import atomic_path, atomic_write
 from stages.core.parallel import pmap, progress
 from stages.core.store import Row, Store
+from stages.net.download import backoff_delay
 from stages.pipeline.entry import run_main, start
-from stages.targets import Target, Upload
+from stages.targets import Target, TargetBusy, Upload
 
 log = logging.getLogger("stages.import_media")
 RECORD = "record.parquet"
@@ -86,9 +88,12 @@ def shard_status(statuses: list[str]) -> str:
 
 
 def run_import(
-    cfg: ImportConf, store: Store, target: Target, name: str
+    cfg: ImportConf, store: Store, target: Target, name: str, retry: FetchConf
 ) -> tuple[list[dict], dict, dict]:
-    """Send every fetched file the target lacks; return the record rows, the job, metrics."""
+    """Send every fetched file the target lacks; return the record rows, the job, metrics.
+
+    A file the target refuses for now is retried with the downloader's settings (`retry`:
+    `fetch.retries`, `backoff`, `backoff_max`, `retry_after_max`)."""
     rows = [r for r in store.rows() if r.status == "ok" and r.sha256 and r.shard is not None]
     job_id, shards = plan_job(rows, cfg.shard_size)
     have = target.existing()
@@ -115,15 +120,27 @@ def run_import(
             settings=cfg.for_camera(camera),
             open=lambda: store.open(row),
         )
-        try:
-            return "sent", target.upload(item, places[camera]), ""
-        except OSError as exc:  # the target's disk or connection: this file's failure
-            return "failed", "", f"{type(exc).__name__}: {exc.strerror or exc}"
+        for attempt in range(retry.retries + 1):
+            try:
+                return "sent", target.upload(item, places[camera]), ""
+            except TargetBusy as exc:
+                if attempt == retry.retries:
+                    return "failed", "", f"target busy after {attempt + 1} attempts: {exc.reason}"
+                time.sleep(backoff_delay(retry, attempt, exc.retry_after))
+            except OSError as exc:  # the target's disk or connection: this file's failure
+                return "failed", "", f"{type(exc).__name__}: {exc.strerror or exc}"
+        raise AssertionError("unreachable")  # pragma: no cover
 
     ordered = [r for shard in shards for r in shard]
     results = pmap(upload, ordered, kind="thread", workers=cfg.workers, window=4 * cfg.workers)
-    bar = progress(results, total=len(ordered), desc=f"import@{name}", unit="file")
-    outcome = dict(zip((r.sha256 for r in ordered), bar, strict=True))
+    bar = progress(total=len(ordered), desc=f"import@{name}", unit="file")
+    outcome, sent, start = {}, 0, time.monotonic()
+    for row, res in zip(ordered, results, strict=True):
+        outcome[row.sha256] = res
+        sent += row.bytes if res[0] == "sent" else 0
+        bar.set_postfix_str(f"{sent / 1e6 / max(time.monotonic() - start, 1e-6):.1f} MB/s")
+        bar.update()
+    bar.close()
     record, job_shards, counts = [], [], Counter()
     for number, shard in enumerate(shards):
         shard_id = f"{number:04d}"
@@ -191,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     run = start(argv, "stages.import_media", __doc__, clear=False)
     args = run.args
     cfg = run.cfg.import_to
-    record, job, metrics = run_import(cfg, Store(args.inp), make_target(cfg), args.source)
+    target = make_target(cfg)
+    retry = run.section("fetch")  # tuning only: never a param of the stage
+    record, job, metrics = run_import(cfg, Store(args.inp), target, args.source, retry)
     if args.out.exists():
         shutil.rmtree(args.out)
     write_record(args.out, record, job)

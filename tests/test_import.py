@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -17,10 +18,12 @@ from stages.import_media import RECORD, run_import, write_record
 from stages.import_status import status_lines
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.sources import load
+from stages.targets import TargetBusy
 from stages.targets.folder import FolderTarget
 from standins.video import make_folder
 
 SOURCE = load("videodir")
+RETRY = group_defaults("fetch", retries=2, backoff=0.01)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,9 @@ def media_files(root: Path) -> list[Path]:
 
 def test_files_are_sent_once_by_content_in_shards(tmp_path, fetched):
     cfg = settings(tmp_path / "target")
-    record, job, metrics = run_import(cfg, Store(fetched), FolderTarget(cfg.folder), "videodir")
+    record, job, metrics = run_import(
+        cfg, Store(fetched), FolderTarget(cfg.folder), "videodir", RETRY
+    )
     assert metrics["files"] == metrics["sent"] == 6 and metrics["failed"] == 0
     assert [s["shard_id"] for s in job["shards"]] == ["0000", "0001", "0002"]
     assert all(s["status"] == "complete" for s in job["shards"]) and job["status"] == "complete"
@@ -57,7 +62,7 @@ def test_files_are_sent_once_by_content_in_shards(tmp_path, fetched):
     side = json.loads(Path(f"{files[0]}.json").read_text())
     assert side["sha256"] in {r["sha256"] for r in record} and side["timestamp"].endswith("Z")
     # A re-run sends nothing: every file is found on the target by its hash.
-    again, job2, m2 = run_import(cfg, Store(fetched), FolderTarget(cfg.folder), "videodir")
+    again, job2, m2 = run_import(cfg, Store(fetched), FolderTarget(cfg.folder), "videodir", RETRY)
     assert m2["sent"] == 0 and m2["present"] == 6 and job2 == job
     assert [r["target_id"] for r in again] == [r["target_id"] for r in record]
     assert media_files(tmp_path / "target") == files
@@ -66,7 +71,7 @@ def test_files_are_sent_once_by_content_in_shards(tmp_path, fetched):
 def test_per_camera_settings_reach_the_target(tmp_path, fetched):
     cameras = {"lobby": {"section": "entrance", "short_side": 240}}
     cfg = settings(tmp_path / "target", short_side=480, cameras=cameras)
-    run_import(cfg, Store(fetched), FolderTarget(cfg.folder), "videodir")
+    run_import(cfg, Store(fetched), FolderTarget(cfg.folder), "videodir", RETRY)
     sides = {
         p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "target").rglob("*.json")
     }
@@ -93,9 +98,11 @@ class Interrupting(FolderTarget):
 def test_an_interrupted_import_resumes_without_duplicates(tmp_path, fetched):
     cfg = settings(tmp_path / "target", workers=1)
     with pytest.raises(KeyboardInterrupt):
-        run_import(cfg, Store(fetched), Interrupting(cfg.folder, after=2), "videodir")
+        run_import(cfg, Store(fetched), Interrupting(cfg.folder, after=2), "videodir", RETRY)
     assert len(media_files(tmp_path / "target")) == 2
-    record, job, metrics = run_import(cfg, Store(fetched), FolderTarget(cfg.folder), "videodir")
+    record, job, metrics = run_import(
+        cfg, Store(fetched), FolderTarget(cfg.folder), "videodir", RETRY
+    )
     assert (metrics["present"], metrics["sent"]) == (2, 4) and job["status"] == "complete"
     assert len(media_files(tmp_path / "target")) == 6
     write_record(tmp_path / "import", record, job)
@@ -110,7 +117,7 @@ def test_a_target_that_fails_a_file_fails_its_shard_only(tmp_path, fetched):
     cfg = settings(tmp_path / "target")
     target = FolderTarget(cfg.folder)
     (tmp_path / "target" / "gate").write_text("a file where the section folder should be")
-    record, job, metrics = run_import(cfg, Store(fetched), target, "videodir")
+    record, job, metrics = run_import(cfg, Store(fetched), target, "videodir", RETRY)
     assert metrics["failed"] == 3 and metrics["sent"] == 3 and job["status"] == "shards_failed"
     assert {s["status"] for s in job["shards"]} >= {"failed"}
     assert all(r["reason"] for r in record if r["status"] == "failed")
@@ -136,3 +143,28 @@ def test_import_status_needs_a_record(tmp_path):
         cwd=Path(__file__).parents[1],
     )
     assert proc.returncode == 2 and "no import record" in proc.stderr
+
+
+class Busy(FolderTarget):
+    """A folder target that refuses each file `times` times first (429 with Retry-After 0)."""
+
+    def __init__(self, root, times: int):
+        super().__init__(root)
+        self.times, self.calls = times, Counter()
+
+    def upload(self, item, place):
+        self.calls[item.sha256] += 1
+        if self.calls[item.sha256] <= self.times:
+            raise TargetBusy("http 429", retry_after=0.0)
+        return super().upload(item, place)
+
+
+def test_a_busy_target_is_retried_then_given_up_per_file(tmp_path, fetched):
+    cfg = settings(tmp_path / "target")
+    busy = Busy(cfg.folder, times=2)
+    _, job, metrics = run_import(cfg, Store(fetched), busy, "videodir", RETRY)
+    assert metrics["sent"] == 6 and set(busy.calls.values()) == {3}
+    always = Busy(tmp_path / "other", times=99)
+    record, job, metrics = run_import(cfg, Store(fetched), always, "videodir", RETRY)
+    assert metrics["failed"] == 6 and job["status"] == "shards_failed"
+    assert {r["reason"] for r in record} == {"target busy after 3 attempts: http 429"}

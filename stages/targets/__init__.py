@@ -28,6 +28,15 @@ class Upload:
     open: Callable[[], BinaryIO]  # the bytes, read from the store
 
 
+class TargetBusy(Exception):
+    """A target's transient refusal (429, 5xx, a reset connection): the importer retries the
+    file with backoff, honouring the target's Retry-After when it gave one."""
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
 class Target(ABC):
     """Where imported files go."""
 
@@ -41,4 +50,5 @@ class Target(ABC):
 
     @abstractmethod
     def upload(self, item: Upload, place: str) -> str:
-        """Send one file to a registered place; return the target's id for it."""
+        """Send one file to a registered place; return the target's id for it (raise
+        TargetBusy for a transient refusal, OSError for a failure of this file)."""
