@@ -56,6 +56,14 @@ def clean_movie(job: tuple[list[Ref], Figure8Clean]) -> list[tuple[bytes, str, d
     return out
 
 
+def movies_of(store: Store) -> tuple[dict[str, list[Row]], dict[str, list[Row]]]:
+    """Return a clean store's label frames and raw frames, each by movie in frame order."""
+    rows = [r for r in store.rows() if r.status == "ok" and r.shard is not None]
+    labels = frames_by_clip(r for r in rows if r.meta.get("role") == "annotated")
+    raws = frames_by_clip(r for r in rows if r.meta.get("role") == "raw")
+    return labels, raws
+
+
 def spread(values: list[int]) -> dict:
     """Return min, median, mean and max of some counts (zeros when there are none)."""
     if not values:

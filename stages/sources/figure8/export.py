@@ -18,10 +18,12 @@ import numpy as np
 
 from stages.core.config import ExportConf
 from stages.core.errors import ConfigError, StoreError
-from stages.core.store import Row, Store, frames_by_clip
+from stages.core.store import Row, Store
 from stages.formats.images import decode_array
 from stages.formats.npz import write_npz
 from stages.sources.figure8 import Figure8Conf
+from stages.sources.figure8.clean import movies_of
+from stages.sources.figure8.labels import relabel_movie
 
 
 def tile_starts(size: int, tile: int) -> list[int]:
@@ -30,13 +32,6 @@ def tile_starts(size: int, tile: int) -> list[int]:
         return [0]
     n = math.ceil(size / tile)
     return sorted({*(i * tile for i in range(n - 1)), size - tile})
-
-
-def relabel(labels: np.ndarray) -> np.ndarray:
-    """Return labels renumbered 1..N in ascending order (0 stays background), as int32."""
-    values, inverse = np.unique(labels, return_inverse=True)
-    ranks = np.arange(len(values), dtype=np.int32) + (0 if values[0] == 0 else 1)
-    return ranks[inverse.reshape(labels.shape)]
 
 
 def movie_arrays(store: Store, frames: list[Row]) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +62,7 @@ def tiles(X: np.ndarray, y: np.ndarray, size: int | None):
             h, w = min(size, H - y0), min(size, W - x0)
             xt[:, :h, :w] = X[:, y0 : y0 + h, x0 : x0 + w]
             yt[:, :h, :w] = y[:, y0 : y0 + h, x0 : x0 + w]
-            yield y0, x0, xt, relabel(yt)
+            yield y0, x0, xt, relabel_movie(yt)[0].astype(np.int32)
 
 
 def check_drops(drop: list[str], movies: dict[str, dict]) -> set[str]:
@@ -98,9 +93,7 @@ def check_drops(drop: list[str], movies: dict[str, dict]) -> set[str]:
 def export(cfg: Figure8Conf, shared: ExportConf, store: Store, out_dir: Path) -> dict:
     """Write one npz per part; return the metrics."""
     known = {r.meta["movie"]: r.meta for r in store.rows() if "movie" in r.meta}
-    rows = [r for r in store.rows() if r.status == "ok" and r.shard is not None]
-    movies = frames_by_clip(r for r in rows if r.meta.get("role") == "annotated")
-    raws = frames_by_clip(r for r in rows if r.meta.get("role") == "raw")
+    movies, raws = movies_of(store)
     dropped = check_drops(cfg.export.samples_to_drop, known) & set(movies)
     by_part: dict[int, list[str]] = {}
     for movie in sorted(movies):

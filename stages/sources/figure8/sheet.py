@@ -16,9 +16,10 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage.segmentation import find_boundaries
 
 from stages.core.selection import even_indices
-from stages.core.store import Row, Store, frames_by_clip
+from stages.core.store import Row, Store
 from stages.formats.images import decode_array
 from stages.sources.figure8 import Figure8Conf
+from stages.sources.figure8.clean import movies_of
 
 SHEET_MOVIES = 6
 COLUMNS = 3
@@ -90,9 +91,7 @@ def histogram(cells: list[int]) -> list[dict]:
 
 def draw(cfg: Figure8Conf, store: Store) -> tuple[bytes, list[dict]]:
     """Return the contact sheet and the cells-per-frame histogram of a clean store."""
-    rows = [r for r in store.rows() if r.status == "ok" and r.shard is not None]
-    labels = frames_by_clip(r for r in rows if r.meta.get("role") == "annotated")
-    raws = frames_by_clip(r for r in rows if r.meta.get("role") == "raw")
+    labels, raws = movies_of(store)
     names = sorted(labels)
     picked = [names[i] for i in even_indices(len(names), SHEET_MOVIES)]
     pairs = [(labels[m][0], raws[m][0]) for m in picked]
