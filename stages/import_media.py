@@ -46,18 +46,24 @@ RECORD_SCHEMA = pa.schema(
         ("target_id", pa.string()),
         ("job_id", pa.string()),
         ("shard_id", pa.string()),
-        ("status", pa.string()),  # sent, present (already on the target), failed
+        # imported (sent now, or found there already: the record is the same either way, so
+        # a resumed run ends as an uninterrupted one) or failed
+        ("status", pa.string()),
         ("reason", pa.string()),
     ]
 )
 
 
-def make_target(cfg: ImportConf) -> Target:
-    """Return the configured target."""
+def make_target(cfg: ImportConf, retry: FetchConf) -> Target:
+    """Return the configured target (`retry`: the fetch section's timeouts and retries)."""
     if cfg.target is TargetKind.folder:
         from stages.targets.folder import FolderTarget
 
         return FolderTarget(cfg.folder)
+    if cfg.target is TargetKind.tator:
+        from stages.targets.tator import TatorTarget
+
+        return TatorTarget(cfg.tator, retry, workers=cfg.workers)
     raise ConfigError(f"import_to.target {cfg.target.value!r} is not built")  # pragma: no cover
 
 
@@ -149,6 +155,7 @@ def run_import(
             status, target_id, reason = outcome[r.sha256]
             statuses.append(status)
             counts[status] += 1
+            status = "failed" if status == "failed" else "imported"
             lat_lng = location(r.meta) or (None, None)
             record.append(
                 {
@@ -208,9 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     run = start(argv, "stages.import_media", __doc__, clear=False)
     args = run.args
     cfg = run.cfg.import_to
-    target = make_target(cfg)
     retry = run.section("fetch")  # tuning only: never a param of the stage
-    record, job, metrics = run_import(cfg, Store(args.inp), target, args.source, retry)
+    target = make_target(cfg, retry)
+    try:
+        record, job, metrics = run_import(cfg, Store(args.inp), target, args.source, retry)
+    finally:
+        target.close()
     if args.out.exists():
         shutil.rmtree(args.out)
     write_record(args.out, record, job)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from stages import sources
-from stages.core.config import typed
+from stages.core.config import GROUPS, typed
 from stages.core.errors import StoreError
 from stages.import_media import JOB, RECORD, make_target, shard_status
 from stages.pipeline.entry import run_main
@@ -47,14 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record", type=Path, help="the record folder (default data/<source>/import)")
     args = ap.parse_args(argv)
     source = sources.load(args.source)
-    cfg = typed(source.schema, source_params(load_params(), args.source), "params.yaml")
-    print(
-        "\n".join(
-            status_lines(
-                args.record or Path("data", args.source, "import"), make_target(cfg.import_to)
-            )
-        )
-    )
+    params = load_params()
+    cfg = typed(source.schema, source_params(params, args.source), "params.yaml")
+    retry = typed(GROUPS["fetch"], params.get("fetch"), "params.yaml", "fetch")
+    target = make_target(cfg.import_to, retry)
+    try:
+        print("\n".join(status_lines(args.record or Path("data", args.source, "import"), target)))
+    finally:
+        target.close()
     return 0
 
 

@@ -167,6 +167,23 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self):
         self._respond(head=True)
 
+    def do_POST(self):
+        self._respond(head=False)
+
+    def do_PUT(self):
+        self._respond(head=False)
+
+    def read_body(self, limit: int = 1 << 30, upto: int | None = None) -> bytes:
+        """Read the request body (a stand-in reading only `upto` bytes closes afterwards)."""
+        size = int(self.headers.get("Content-Length") or 0)
+        if size > limit:
+            self.close_connection = True
+            raise ValueError(f"request body of {size} bytes is over {limit}")
+        want = size if upto is None else min(size, upto)
+        if want < size:
+            self.close_connection = True  # the rest of the body is still on the wire
+        return self.rfile.read(want)
+
     def _respond(self, head: bool) -> None:
         split = urlsplit(self.path)
         path = unquote(split.path)

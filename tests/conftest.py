@@ -195,3 +195,25 @@ def make_project(
 def project(tmp_path, server, cache_dir) -> Project:
     """A committed scratch project whose LILA source points at the stand-in."""
     return make_project(tmp_path / "repo", cache_dir, server.index_url, tmp_path / "remote")
+
+
+@pytest.fixture(scope="session")
+def fetched(tmp_path_factory) -> Path:
+    """The demo's video folder, fetched once: 6 files by content (one under two names)."""
+    from stages.fetch import fetch
+    from stages.pipeline.compose import group_defaults, source_defaults
+    from stages.sources import load
+    from standins.video import make_folder
+
+    tmp = tmp_path_factory.mktemp("import")
+    make_folder(tmp / "input")
+    cfg = source_defaults("videodir", fetch={"root": str(tmp / "input")})
+    fetch(
+        load("videodir"),
+        cfg,
+        group_defaults("fetch"),
+        group_defaults("store"),
+        tmp / "fetch",
+        tmp / "c",
+    )
+    return tmp / "fetch"

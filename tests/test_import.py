@@ -13,27 +13,13 @@ import pytest
 
 from stages.core.errors import ConfigError
 from stages.core.store import Store
-from stages.fetch import fetch
 from stages.import_media import RECORD, run_import, write_record
 from stages.import_status import status_lines
 from stages.pipeline.compose import group_defaults, source_defaults
-from stages.sources import load
 from stages.targets import TargetBusy
 from stages.targets.folder import FolderTarget
-from standins.video import make_folder
 
-SOURCE = load("videodir")
 RETRY = group_defaults("fetch", retries=2, backoff=0.01)
-
-
-@pytest.fixture(scope="module")
-def fetched(tmp_path_factory) -> Path:
-    """The demo's video folder, fetched once: 6 files by content (one under two names)."""
-    tmp = tmp_path_factory.mktemp("import")
-    make_folder(tmp / "input")
-    cfg = source_defaults("videodir", fetch={"root": str(tmp / "input")})
-    fetch(SOURCE, cfg, group_defaults("fetch"), group_defaults("store"), tmp / "fetch", tmp / "c")
-    return tmp / "fetch"
 
 
 def settings(target: Path, **changes):
@@ -110,7 +96,7 @@ def test_an_interrupted_import_resumes_without_duplicates(tmp_path, fetched):
     assert lines[0] == f"job {job['job_id']} (folder): 6 files, 3 shards, recorded complete"
     assert all("on the target now complete (2/2)" in line for line in lines[1:])
     table = pq.read_table(tmp_path / "import" / RECORD)
-    assert table.num_rows == 6 and set(table.column("status").to_pylist()) == {"sent", "present"}
+    assert table.num_rows == 6 and set(table.column("status").to_pylist()) == {"imported"}
 
 
 def test_a_target_that_fails_a_file_fails_its_shard_only(tmp_path, fetched):

@@ -172,6 +172,49 @@ class TargetKind(Enum):
     """Where import@<source> sends files (stages/targets/)."""
 
     folder = "folder"  # a directory tree (tests, air-gapped use)
+    tator = "tator"  # a Tator project, through the real client's upload path
+
+
+@dataclass
+class TatorImport:
+    """The `tator` target: where files go, the attributes they carry, how labels come back."""
+
+    host: str = MISSING
+    project: int = MISSING
+    media_type: int = MISSING  # a video media type declaring the attributes below
+    token_env: str = MISSING
+    hash_attribute: str = MISSING  # string attribute: the file's sha256 (the identity)
+    camera_attribute: str = MISSING
+    timestamp_attribute: str = MISSING
+    short_side_attribute: Optional[str] = MISSING  # noqa: UP045 - null: short_side not sent
+    class_attribute: str = MISSING  # labels: a localization's or state's class
+    versions: list[int] = MISSING  # labels: annotation versions read (empty: all)
+    page_size: int = MISSING
+    media_per_query: int = MISSING
+    max_response_bytes: int = MISSING
+
+    def __post_init__(self) -> None:
+        from stages.core.origins import parse_origins
+
+        where = "import_to.tator"
+        positive(
+            where,
+            project=self.project,
+            media_type=self.media_type,
+            page_size=self.page_size,
+            media_per_query=self.media_per_query,
+            max_response_bytes=self.max_response_bytes,
+        )
+        # The token goes to this host: https only (loopback aside), checked before it is read.
+        parse_origins([self.host], f"{where}.host", secret=True)
+        self.host = self.host.rstrip("/")
+        for key in ("hash", "camera", "timestamp", "short_side", "class"):
+            name = getattr(self, f"{key}_attribute")
+            if name is not None and (not name.strip() or "," in name or "::" in name):
+                raise ConfigError(
+                    f"{where}.{key}_attribute {name!r}: name an attribute (no `,` or `::`: "
+                    "Tator's filters use them)"
+                )
 
 
 @dataclass
@@ -189,6 +232,7 @@ class ImportConf:
     enabled: bool = MISSING
     target: TargetKind = MISSING
     folder: str = MISSING  # the folder target's root, relative to the repository
+    tator: TatorImport = MISSING
     shard_size: int = MISSING
     workers: int = MISSING
     section: Optional[str] = MISSING  # noqa: UP045 - null: the camera's name
@@ -203,6 +247,16 @@ class ImportConf:
                 positive(where, short_side=cam.short_side)
             if cam.section is not None and not cam.section.strip():
                 raise ConfigError(f"{where}.section is blank: name a section, or null")
+            if (
+                self.target is TargetKind.tator
+                and cam.short_side is not None
+                and self.tator.short_side_attribute is None
+            ):
+                raise ConfigError(
+                    f"{where}.short_side is set but import_to.tator.short_side_attribute is "
+                    "null: Tator transcodes as its media type says; name the media attribute "
+                    "that carries the size"
+                )
 
     def for_camera(self, camera: str) -> dict:
         """Return one camera's settings: its values over the global ones."""

@@ -24,7 +24,7 @@ XSD = Path(__file__).with_name("labels.xsd")
 CSV_COLUMNS = ("timestamp", "camera", "media", "label", "frame", "frame_end", "x", "y", "w", "h")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Label:
     """One label occurrence on a media: a box on a frame, or a state over a frame range."""
 
@@ -37,6 +37,13 @@ class Label:
     box: tuple[float, float, float, float] | None = None  # x, y, w, h (normalised)
 
 
+def order(lab: Label) -> tuple:
+    """Return a label's sort key (absent frames and boxes first)."""
+    frame = -1 if lab.frame is None else lab.frame
+    end = -1 if lab.frame_end is None else lab.frame_end
+    return (lab.timestamp, lab.camera, lab.media, frame, end, lab.label, lab.box or ())
+
+
 def dates(labels: list[Label]) -> tuple[str | None, str | None]:
     """Return the earliest and latest timestamps."""
     stamps = [lab.timestamp for lab in labels]
@@ -47,7 +54,7 @@ def to_json(job_id: str, labels: list[Label]) -> str:
     """Return the labels in the original's JSON shape."""
     first, last = dates(labels)
     grouped: dict[str, dict] = {}
-    for lab in sorted(labels):
+    for lab in sorted(labels, key=order):
         entry = grouped.setdefault(lab.timestamp, {"labels": [], "cameras": {}})
         entry["cameras"][lab.camera] = {"name": lab.camera}
         entry["labels"].append(
@@ -82,7 +89,7 @@ def from_json(text: str) -> tuple[str, list[Label]]:
                     box,
                 )  # fmt: skip
             )
-    return doc["job_id"], sorted(out)
+    return doc["job_id"], sorted(out, key=order)
 
 
 def number(value) -> str:
@@ -95,7 +102,7 @@ def to_csv(labels: list[Label]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for lab in sorted(labels):
+    for lab in sorted(labels, key=order):
         box = lab.box or (None, None, None, None)
         cells = [lab.timestamp, lab.camera, lab.media, lab.label, lab.frame, lab.frame_end, *box]
         writer.writerow([number(v) if not isinstance(v, str) else v for v in cells])
@@ -124,7 +131,7 @@ def from_csv(text: str) -> list[Label]:
                 box,
             )  # fmt: skip
         )
-    return sorted(out)
+    return sorted(out, key=order)
 
 
 def to_xml(job_id: str, labels: list[Label]) -> bytes:
@@ -134,7 +141,7 @@ def to_xml(job_id: str, labels: list[Label]) -> bytes:
     if first is not None:
         root.set("earliest_date", first)
         root.set("latest_date", last)
-    for lab in sorted(labels):
+    for lab in sorted(labels, key=order):
         el = etree.SubElement(
             root, "label", timestamp=lab.timestamp, camera=lab.camera, media=lab.media,
             name=lab.label,
@@ -175,4 +182,4 @@ def from_xml(data: bytes) -> tuple[str, list[Label]]:
                 box,
             )  # fmt: skip
         )
-    return doc.get("job_id"), sorted(out)
+    return doc.get("job_id"), sorted(out, key=order)

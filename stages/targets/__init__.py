@@ -2,8 +2,9 @@
 or a plain folder), behind one small interface.
 
 A target registers a camera (a section, a folder), lists what it already holds by content
-hash (its own records, compared here: never trusted to filter), and takes one file. The
-importer owns everything else: which files, in which job and shard, retries, the record.
+hash (its own records, compared here: never trusted to filter), takes one file, and reads
+back the labels annotators put on the files it holds. The importer owns everything else:
+which files, in which job and shard, retries, the record.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ class Upload:
     location: tuple[float, float] | None
     settings: dict  # the camera's settings (per-camera values over the global ones)
     open: Callable[[], BinaryIO]  # the bytes, read from the store
+
+
+@dataclass(frozen=True)
+class TargetLabel:
+    """One label on a file the target holds: a box on a frame, or a state over frames."""
+
+    media: str  # the target's id of the file
+    label: str
+    frame: int | None = None
+    frame_end: int | None = None  # inclusive; None: one frame (or the whole file)
+    box: tuple[float, float, float, float] | None = None  # x, y, w, h (normalised)
 
 
 class TargetBusy(Exception):
@@ -52,3 +64,11 @@ class Target(ABC):
     def upload(self, item: Upload, place: str) -> str:
         """Send one file to a registered place; return the target's id for it (raise
         TargetBusy for a transient refusal, OSError for a failure of this file)."""
+
+    @abstractmethod
+    def labels(self, ids: list[str]) -> tuple[list[TargetLabel], dict[str, int]]:
+        """Return the labels on these files (each with a class), and counts of what was
+        skipped (e.g. shapes without a class), by reason."""
+
+    def close(self) -> None:  # noqa: B027 - most targets hold nothing to release
+        """Release connections and temporary files."""

@@ -2,7 +2,9 @@
 
 Each file lands as `<timestamp>_<sha256[:16]><ext>` beside a sidecar JSON holding its
 attributes (sha256, camera, timestamp, location, settings); the sidecar is written last, so
-a file without one is an interrupted copy and is replaced. Names never come from elsewhere
+a file without one is an interrupted copy and is replaced. Labels are read from
+`<file>.labels.json` where an annotation tool put one: a list of
+`{"label", "frame", "frame_end", "box": [x, y, w, h] or null}`. Names never come from elsewhere
 than the content hash and a parsed timestamp, so nothing escapes the root.
 """
 
@@ -14,11 +16,13 @@ import re
 import shutil
 from pathlib import Path
 
+from stages.core.errors import MetadataError
 from stages.core.files import atomic_path, atomic_write
 from stages.core.store import safe_name
-from stages.targets import Target, Upload
+from stages.targets import Target, TargetLabel, Upload
 
 SIDECAR = ".json"
+LABELS = ".labels.json"
 HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -67,3 +71,42 @@ class FolderTarget(Target):
         }
         atomic_write(Path(f"{dest}{SIDECAR}"), json.dumps(attrs, sort_keys=True, indent=1) + "\n")
         return rel
+
+    def labels(self, ids: list[str]) -> tuple[list[TargetLabel], dict[str, int]]:
+        """Return the labels in each file's `.labels.json` (none: no labels yet)."""
+        out, skipped = [], {"without_class": 0}
+        for rel in ids:
+            path = self.root / f"{rel}{LABELS}"
+            if not path.is_file():
+                continue
+            try:
+                items = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(items, list):
+                    raise ValueError("not a list")
+                for item in items:
+                    label = str(item.get("label") or "").strip()
+                    if not label:
+                        skipped["without_class"] += 1
+                        continue
+                    box = item.get("box")
+                    out.append(
+                        TargetLabel(
+                            rel,
+                            label,
+                            _frame(item.get("frame")),
+                            _frame(item.get("frame_end")),
+                            tuple(float(v) for v in box) if box is not None else None,
+                        )
+                    )
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise MetadataError(f"labels of {rel} ({path.name}) are malformed: {exc}") from None
+        return out, skipped
+
+
+def _frame(value) -> int | None:
+    """Return a frame number (None stays None); refuse anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"frame {value!r} is not a non-negative integer")
+    return value

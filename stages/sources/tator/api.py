@@ -58,9 +58,11 @@ class DeadlineExceeded(requests.exceptions.Timeout):
 class BoundedAdapter(HTTPAdapter):
     """Give every request a timeout and a deadline, and read its body under a size cap."""
 
-    def __init__(self, *, timeout: tuple[float, float], deadline: float, max_bytes: int):
+    def __init__(
+        self, *, timeout: tuple[float, float], deadline: float, max_bytes: int, pool: int = 4
+    ):
         self.timeout, self.deadline, self.max_bytes = timeout, deadline, max_bytes
-        super().__init__(max_retries=0, pool_connections=1, pool_maxsize=4)
+        super().__init__(max_retries=0, pool_connections=1, pool_maxsize=pool)
 
     def send(self, request, stream=False, timeout=None, **kwargs):
         """Send with the default timeout; read the body here, under the cap and deadline."""
@@ -102,12 +104,13 @@ def _read1(raw) -> bytes:
         raise requests.exceptions.ChunkedEncodingError(str(exc)) from None
 
 
-def session_for(cfg: FetchConf, max_bytes: int) -> requests.Session:
+def session_for(cfg: FetchConf, max_bytes: int, pool: int = 4) -> requests.Session:
     """Return a session whose requests are bounded in time and size and never redirected."""
     adapter = BoundedAdapter(
         timeout=(cfg.connect_timeout, cfg.low_speed_time),
         deadline=cfg.attempt_timeout,
         max_bytes=max_bytes,
+        pool=pool,
     )
     session = requests.Session()
     session.max_redirects = 0  # a token must never follow a redirect anywhere
@@ -169,13 +172,14 @@ class Api:
         cfg: FetchConf,
         max_bytes: int,
         sleep: Callable[[float], None] = time.sleep,
+        pool: int = 4,
     ):
         self.host, self.token_env, self.cfg, self.sleep = host, token_env, cfg, sleep
-        self.session = session_for(cfg, max_bytes)
+        self.session = session_for(cfg, max_bytes, pool)  # pool: connections kept per host
         self.calls = 0  # API calls made (retries not counted)
         self._lock = threading.Lock()
         try:
-            schema = self._retrying("/schema/", self._schema)
+            schema = self.retrying("/schema/", self._schema)
             self.client = Client(host, schema, self.session, creds)
         except BaseException:
             self.session.close()
@@ -214,10 +218,12 @@ class Api:
             raise MetadataError(
                 f"Tator's schema has no operation {op}: not a Tator server?"
             ) from None
-        return self._retrying(what, lambda: method(*args, **kwargs))
+        return self.retrying(what, lambda: method(*args, **kwargs))
 
-    def _retrying(self, what: str, call):
-        """Run a call; retry what a new attempt may fix; turn failures into one message."""
+    def retrying(self, what: str, call):
+        """Run a call; retry what a new attempt may fix; turn failures into one message.
+
+        `call` may make several requests (an upload does); each retry runs it all again."""
         retries = self.cfg.retries
         for attempt in range(retries + 1):
             try:

@@ -1,0 +1,242 @@
+"""The `tator` import target: files sent to a Tator project with the real client's upload path.
+
+Each camera gets a folder section (found by name, else created, serially before any upload,
+since a media creation naming a missing section races its twins). Each file goes through
+`tator.util.upload_media` (media type, presigned upload, download info, transcode) with its
+sha256, camera and UTC timestamp as media attributes. Files already there are found by the
+hash attribute, compared here: Tator ignores a filter on an attribute its media type does
+not declare, so the media type is checked to declare every attribute first.
+
+Every API call goes through the Tator source's `Api` (timeouts, a deadline, a size cap,
+retries honouring Retry-After); an upload is retried as a whole, after asking the server
+whether the lost attempt created the media after all. Labels come back through the Tator
+source's own reading of localizations and states.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import requests
+import tator
+
+from stages.core.config import FetchConf, TatorImport
+from stages.core.errors import MetadataError, StageError
+from stages.net.credentials import Credentials, from_env
+from stages.sources.tator.api import Api
+from stages.sources.tator.fetch import annotations, checked, class_name, track_classes
+from stages.targets import Target, TargetLabel, Upload
+
+log = logging.getLogger("stages.targets.tator")
+HEX = re.compile(r"[0-9a-f]{64}")
+ATTRIBUTE_TYPES = {"hash": ("string",), "camera": ("string", "enum"), "timestamp": ("datetime",)}
+ATTRIBUTE_TYPES["short_side"] = ("int", "float")
+
+
+class MediaTypeUnfit(StageError):
+    """Raise when the media type cannot carry what the importer must find files by."""
+
+
+class TatorTarget(Target):
+    """A Tator project: one folder section per camera, media found by their sha256."""
+
+    def __init__(self, cfg: TatorImport, retry: FetchConf, workers: int = 4):
+        self.cfg = cfg
+        where = "sources.<source>.import_to.tator.token_env"
+        cred = from_env(cfg.token_env, [cfg.host], where, header="Authorization", prefix="Token ")
+        self.api = Api(
+            cfg.host, Credentials([cred]), cfg.token_env, retry, cfg.max_response_bytes,
+            pool=workers,
+        )  # fmt: skip
+        self.tmp = Path(tempfile.mkdtemp(prefix="import-tator-"))
+        try:
+            self.attributes = self._check_media_type()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close connections; remove the temporary copies."""
+        self.api.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _check_media_type(self) -> dict[str, str]:
+        """Return our field -> attribute name, after checking the media type declares each."""
+        cfg = self.cfg
+        mtype = self.api.call("get_media_type", cfg.media_type)
+        if not isinstance(mtype, dict) or mtype.get("project") != cfg.project:
+            raise MediaTypeUnfit(
+                f"Tator media type {cfg.media_type} is not a type of project {cfg.project}"
+            )
+        declared = {
+            a.get("name"): a.get("dtype")
+            for a in mtype.get("attribute_types") or []
+            if isinstance(a, dict)
+        }
+        wanted = {
+            key: getattr(cfg, f"{key}_attribute")
+            for key in ATTRIBUTE_TYPES
+            if getattr(cfg, f"{key}_attribute") is not None
+        }
+        wrong = [
+            f"{name} ({'undeclared' if name not in declared else declared[name]}; "
+            f"needs {' or '.join(ATTRIBUTE_TYPES[key])})"
+            for key, name in wanted.items()
+            if declared.get(name) not in ATTRIBUTE_TYPES[key]
+        ]
+        if wrong:
+            raise MediaTypeUnfit(
+                f"Tator media type {cfg.media_type} ({mtype.get('name')!r}) cannot carry the "
+                f"import's attributes: {', '.join(wrong)}. Tator drops undeclared attributes "
+                "and ignores filters on them, so files could not be found again: add them to "
+                "the media type, or set import_to.tator.*_attribute"
+            )
+        return wanted
+
+    def register(self, camera: str, settings: dict) -> str:
+        """Find the camera's section by name (exactly), else create it; return its id."""
+        name = str(settings.get("section") or camera)
+        project = self.cfg.project
+        try:
+            found = checked("section", self.api.call("get_section_list", project, name=name))
+            same = [s for s in found if s["name"] == name]
+            if same:
+                return str(same[0]["id"])
+            made = self.api.call("create_section", project, section_spec={"name": name})
+        except MetadataError as exc:  # that camera's files fail; the others go on
+            raise OSError(f"section {name!r}: {exc}") from None
+        return str(made["id"])
+
+    def existing(self) -> dict[str, str]:
+        """Return sha256 -> media id of every media of the type carrying a hash."""
+        found: dict[str, str] = {}
+        media = self.api.by_id(
+            "get_media_list",
+            self.cfg.project,
+            page_size=self.cfg.page_size,
+            type=self.cfg.media_type,
+            sort_by=["$id"],
+        )
+        for m in media:
+            sha = (m.get("attributes") or {}).get(self.attributes["hash"])
+            if isinstance(sha, str) and HEX.fullmatch(sha):
+                found.setdefault(sha, str(m["id"]))  # the oldest copy, if some were duplicated
+        return found
+
+    def _find(self, sha256: str) -> str | None:
+        """Return the id of a media holding this hash (compared here, not trusted to filter)."""
+        name = self.attributes["hash"]
+        hits = self.api.call(
+            "get_media_list",
+            self.cfg.project,
+            type=self.cfg.media_type,
+            attribute=[f"{name}::{sha256}"],
+            sort_by=["$id"],
+        )
+        for m in checked("media", hits):
+            if (m["attributes"] or {}).get(name) == sha256:
+                return str(m["id"])
+        return None
+
+    def upload(self, item: Upload, place: str) -> str:
+        """Upload one file with its attributes into its section; return the media id."""
+        ext = Path(item.name).suffix.lower()
+        path = self.tmp / f"{item.sha256}{ext}"
+        with item.open() as src, open(path, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        values = {
+            "hash": item.sha256,
+            "camera": item.camera,
+            "timestamp": item.timestamp,
+            "short_side": item.settings.get("short_side"),
+        }
+        attrs = {name: values[key] for key, name in self.attributes.items()}
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        tries = 0
+
+        def attempt() -> str:
+            nonlocal tries
+            tries += 1
+            if tries > 1:  # the last attempt may have created the media before failing
+                there = self._find(item.sha256)
+                if there is not None:
+                    return there
+            steps = tator.util.upload_media(
+                self.api.client,
+                self.cfg.media_type,
+                str(path),
+                fname=item.name,
+                section_id=int(place),
+                attributes=attrs,
+                timeout=self.api.cfg.low_speed_time,
+            )
+            *_, (_, response) = steps  # a generator: nothing is sent until it is run out
+            media_id = _media_id(response)
+            return media_id if media_id is not None else self._find(item.sha256) or ""
+
+        try:
+            media_id = self.api.retrying(f"upload of {item.name}", attempt)
+        except MetadataError as exc:
+            raise OSError(str(exc)) from None
+        except (RuntimeError, requests.exceptions.RequestException) as exc:
+            # tator's own part uploads give up with RuntimeError after their retries.
+            raise OSError(f"upload of {item.name}: {type(exc).__name__}: {exc}") from None
+        finally:
+            path.unlink(missing_ok=True)
+        if not media_id:
+            raise OSError(f"upload of {item.name}: Tator created no media findable by its hash")
+        return media_id
+
+    def labels(self, ids: list[str]) -> tuple[list[TargetLabel], dict[str, int]]:
+        """Return the classed boxes and states on these media (through the Tator source)."""
+        cfg, api = self.cfg, self.api
+        types = checked("localization type", api.call("get_localization_type_list", cfg.project))
+        boxes = {t["id"] for t in types if t.get("dtype") == "box"}
+        wanted = {int(i) for i in ids}
+        locs, states = annotations(api, cfg, sorted(wanted), {t["id"] for t in types})
+        skipped: Counter = Counter()
+        attr = cfg.class_attribute
+        track_class = track_classes(states, {loc["id"] for loc in locs}, attr, skipped)
+        frames = {loc["id"]: loc["frame"] for loc in locs}
+        out = []
+        for loc in locs:
+            if loc["media"] not in wanted:
+                continue
+            if loc["type"] not in boxes:
+                skipped["not_boxes"] += 1
+                continue
+            label = class_name((loc["attributes"] or {}).get(attr)) or track_class.get(loc["id"])
+            box = tuple(loc.get(k) for k in ("x", "y", "width", "height"))
+            if label is None or not all(isinstance(v, int | float) for v in box):
+                skipped["boxes_without_class_or_geometry"] += 1
+                continue
+            out.append(TargetLabel(str(loc["media"]), label, loc["frame"], None, box))
+        for state in states:
+            label = class_name((state["attributes"] or {}).get(attr))
+            if label is None:
+                skipped["states_without_class"] += 1
+                continue
+            spans = [frames[i] for i in state["localizations"] or [] if frames.get(i) is not None]
+            first, last = (min(spans), max(spans)) if spans else (state.get("frame"), None)
+            for mid in state.get("media") or []:
+                if mid in wanted:
+                    out.append(TargetLabel(str(mid), label, first, last, None))
+        return out, dict(sorted(skipped.items()))
+
+
+def _media_id(response) -> str | None:
+    """Return the media id a transcode (or media creation) response names, if it does."""
+    obj = response.get("object") if isinstance(response, dict) else None
+    spec = obj.get("spec") if isinstance(obj, dict) else None
+    mid = spec.get("media_id") if isinstance(spec, dict) else None
+    if isinstance(mid, int) and not isinstance(mid, bool):
+        return str(mid)
+    ids = response.get("id") if isinstance(response, dict) else None
+    if isinstance(ids, list) and len(ids) == 1 and isinstance(ids[0], int):
+        return str(ids[0])  # create_media_list (non-video files)
+    return None
