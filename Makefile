@@ -38,6 +38,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/frames.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/tator_frames.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/clean.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/import.py
 
 clean-demo:
 	rm -rf .demo data/videodir/input data/figure8/input

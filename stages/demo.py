@@ -29,6 +29,14 @@ STANDINS = (
     ("standins.kinetics", "kinetics", ("fetch", "annotations"), ["--generate"]),
     ("standins.tator", "tator", ("fetch", "host"), ["--token", DEMO_TATOR_TOKEN, "--media", "6"]),
     ("standins.figure8", "figure8", ("fetch", "api"), ["--key", DEMO_FIGURE8_KEY]),
+    # The Tator project the video folder is imported into; its annotators label each new
+    # media, and labels@videodir reads them back. Kept in .demo/standin/videodir/.
+    (
+        "standins.tator",
+        "videodir",
+        ("import_to", "tator", "host"),
+        ["--token", DEMO_TATOR_TOKEN, "--empty", "--stable-ids", "--annotate"],
+    ),
 )
 
 
@@ -104,6 +112,18 @@ def summary_table() -> str:
             f"exported {m['export'].get('items', 0)} "
             f"in {m['export'].get('shards', 0)} npz shard(s), "
             f"{m['fetch'].get('bytes', 0) / 1e6:.1f} MB fetched"
+        )
+    for source in params.get("import_sources") or {}:
+        imp, lab = (
+            json.loads((ROOT / "data" / source / "metrics" / f"{s}.json").read_text())
+            for s in ("import", "labels")
+        )
+        target = params["sources"][source]["import_to"]["target"]
+        lines.append(
+            f"import@{source}: {imp['files']} files to {target} ({imp['shards']} shard(s), "
+            f"job complete: {bool(imp['job_complete'])}); labels@{source}: {lab['labels']} "
+            f"labels on {lab['files_labelled']} files -> data/{source}/labels/labels.json, "
+            ".csv, .xml"
         )
     return "\n".join(lines)
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.core.config import FetchConf, ImportConf, TargetKind
-from stages.core.errors import ConfigError
+from stages.core.errors import ConfigError, StoreError
 from stages.core.files import atomic_path, atomic_write
 from stages.core.parallel import pmap, progress
 from stages.core.store import Row, Store
@@ -208,6 +208,16 @@ def write_record(out_dir: Path, record: list[dict], job: dict) -> None:
     with atomic_path(out_dir / RECORD) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=False)
     atomic_write(out_dir / JOB, json.dumps(job, indent=2, sort_keys=True) + "\n")
+
+
+def read_record(record_dir: Path) -> tuple[dict, list[dict]]:
+    """Return an import's job and record rows."""
+    try:
+        job = json.loads((record_dir / JOB).read_text(encoding="utf-8"))
+        rows = pq.read_table(record_dir / RECORD).to_pylist()
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{record_dir}: no import record ({exc}); run `dvc repro` first") from None
+    return job, rows
 
 
 def main(argv: list[str] | None = None) -> int:

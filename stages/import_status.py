@@ -4,27 +4,18 @@ holds them now (`python -m stages.import_status videodir`)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from stages import sources
 from stages.core.config import GROUPS, typed
-from stages.core.errors import StoreError
-from stages.import_media import JOB, RECORD, make_target, shard_status
+from stages.import_media import make_target, read_record, shard_status
 from stages.pipeline.entry import run_main
 from stages.pipeline.params import load_params, source_params
 
 
-def status_lines(record_dir: Path, target) -> list[str]:
-    """Return the job's lines: the recorded status, then each shard's status on the target now."""
-    try:
-        job = json.loads((record_dir / JOB).read_text(encoding="utf-8"))
-        rows = pq.read_table(record_dir / RECORD).to_pylist()
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{record_dir}: no import record ({exc}); run `dvc repro` first") from None
-    have = target.existing() if target is not None else {}
+def status_lines(job: dict, rows: list[dict], have: dict[str, str]) -> list[str]:
+    """Return the job's lines: the recorded status, then each shard's status on the target
+    now (`have`: what the target holds, by sha256)."""
     lines = [
         f"job {job['job_id']} ({job['target']}): {job['item_count']} files, "
         f"{len(job['shards'])} shards, recorded {job['status']}"
@@ -50,11 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params()
     cfg = typed(source.schema, source_params(params, args.source), "params.yaml")
     retry = typed(GROUPS["fetch"], params.get("fetch"), "params.yaml", "fetch")
+    job, rows = read_record(args.record or Path("data", args.source, "import"))
     target = make_target(cfg.import_to, retry)
     try:
-        print("\n".join(status_lines(args.record or Path("data", args.source, "import"), target)))
+        have = target.existing()
     finally:
         target.close()
+    print("\n".join(status_lines(job, rows, have)))
     return 0
 
 

@@ -11,32 +11,19 @@ when annotators add labels: run `dvc repro -f labels@<source>` to read them agai
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from stages.core.errors import MetadataError, StoreError
+from stages.core.errors import MetadataError
 from stages.core.files import atomic_write
 from stages.formats.labels import Label, order, to_csv, to_json, to_xml
-from stages.import_media import JOB, RECORD, make_target
+from stages.import_media import make_target, read_record
 from stages.pipeline.entry import run_main, start
 from stages.targets import Target
 
 log = logging.getLogger("stages.labels")
 FILES = ("labels.json", "labels.csv", "labels.xml")
-
-
-def read_record(record_dir: Path) -> tuple[str, list[dict]]:
-    """Return the import's job id and record rows."""
-    try:
-        job = json.loads((record_dir / JOB).read_text(encoding="utf-8"))
-        rows = pq.read_table(record_dir / RECORD).to_pylist()
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{record_dir}: no import record ({exc})") from None
-    return job["job_id"], rows
 
 
 def collect(rows: list[dict], target: Target) -> tuple[list[Label], dict]:
@@ -84,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run labels@<source>."""
     run = start(argv, "stages.labels", __doc__)
     args = run.args
-    job_id, rows = read_record(args.inp)
+    job, rows = read_record(args.inp)
     target = make_target(run.cfg.import_to, run.section("fetch"))
     try:
         labels, metrics = collect(rows, target)
     finally:
         target.close()
-    write_labels(args.out, job_id, labels)
+    write_labels(args.out, job["job_id"], labels)
     run.finish(metrics)
     log.info(
         "labels@%s: %d labels (%d boxes, %d spans) on %d of %d imported files",

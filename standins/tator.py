@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -37,6 +38,7 @@ CLASSES = (
     "Chionoecetes tanneri",
     "Merluccius productus",
 )
+ANNOTATED = ("person", "vehicle", "animal")  # what --annotate's annotators see in imports
 BOX_TYPE, DOT_TYPE, LINE_TYPE, POLY_TYPE = 7, 8, 9, 10
 TRACK_TYPE = 20
 EVENT_TYPE = 21  # states over frames (association "Frame"), without localizations
@@ -812,6 +814,11 @@ class TatorStandin(Standin):
         self.transcodes = 0  # Transcode requests received
         self.hold_after: int | None = None  # hold Transcode requests after this many
         self.release = threading.Event()
+        # make demo's switches: media ids from content (sequences differ with the order of
+        # parallel uploads; the demo's outputs must hash the same everywhere), and labels put
+        # on each new media as an annotator would.
+        self.stable_ids = False
+        self.annotate = False
 
     # -- switches
 
@@ -996,6 +1003,8 @@ class TatorStandin(Standin):
             ids = []
             for row in rows:
                 row["id"] = self._next_id(table, 100 if kind == "States" else 0)
+                if kind == "Medias" and self.stable_ids:
+                    row["id"] = self._stable_id(row)
                 if kind == "Medias":
                     row["primary_section"] = self._section_id(row.pop("_section"))
                     self.media_by_id[row["id"]] = row
@@ -1003,7 +1012,64 @@ class TatorStandin(Standin):
                         self.blobs[row["id"]] = blob
                 table.append(row)
                 ids.append(row["id"])
+                if kind == "Medias" and self.annotate:
+                    self._annotate(row)
+            table.sort(key=lambda r: r["id"])
             return ids
+
+    def _stable_id(self, row: dict) -> int:
+        """Return a media id derived from its content hash (or name), unused so far."""
+        seed = json.dumps([row["attributes"], row["name"]], sort_keys=True)
+        mid = 1000 + int(hashlib.sha256(seed.encode()).hexdigest()[:6], 16)
+        while mid in self.media_by_id:
+            mid += 1
+        return mid
+
+    def _annotate(self, media: dict) -> None:
+        """Label a new media as an annotator would: a box and an event on early frames."""
+        digest = int(hashlib.sha256(str(media["id"]).encode()).hexdigest()[:8], 16)
+        name = ANNOTATED[digest % len(ANNOTATED)]
+        loc = self._new_localizations(
+            {"type": BOX_TYPE, "media_id": media["id"], "frame": digest % 5,
+             "x": 0.25, "y": 0.25, "width": 0.5, "height": 0.4,
+             "attributes": {"ScientificName": name}}
+        )  # fmt: skip
+        loc["id"] = self._next_id(self.data.localizations, 0)
+        self.data.localizations.append(loc)
+        if any(t["id"] == EVENT_TYPE for t in self.data.state_types):
+            state = self._new_states(
+                {"type": EVENT_TYPE, "media_ids": [media["id"]], "frame": digest % 7,
+                 "attributes": {"ScientificName": ANNOTATED[(digest >> 4) % len(ANNOTATED)]}}
+            )  # fmt: skip
+            state["id"] = self._next_id(self.data.states, 100)
+            self.data.states.append(state)
+
+    # -- state kept between runs (make demo)
+
+    def save(self, path) -> None:
+        """Write the project's rows and stored files' digests to a JSON file."""
+        with self.write_lock:
+            doc = {
+                "media": self.data.media,
+                "localizations": self.data.localizations,
+                "states": self.data.states,
+                "sections": self.data.sections,
+                "blobs": {str(k): v for k, v in sorted(self.blobs.items())},
+            }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(doc, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    def load(self, path) -> None:
+        """Read what save() wrote, if the file exists."""
+        if not Path(path).is_file():
+            return
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        for key in ("media", "localizations", "states", "sections"):
+            setattr(self.data, key, doc[key])
+        self.blobs = {int(k): v for k, v in doc["blobs"].items()}
+        self.media_by_id = {m["id"]: m for m in self.data.media}
 
     def _new_medias(self, spec: dict) -> dict:
         types = {t["id"]: t for t in self.data.media_types}
@@ -1160,7 +1226,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m standins.tator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve a generated project")
-    serve.add_argument("--root", help="unused (the project is generated in memory)")
+    serve.add_argument("--root", help="where an --empty project is kept between runs")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8767)
     serve.add_argument("--media", type=int, default=4)
@@ -1171,14 +1237,34 @@ def main(argv=None) -> int:
     serve.add_argument("--plain", action="store_true", help="random boxes only, no edge cases")
     serve.add_argument("--warm", action="store_true", help="render every annotated frame first")
     serve.add_argument("--delay", type=float, default=0.0, help="seconds added to responses")
-    args = parser.parse_args(argv)
-    data = generate(
-        args.media, args.frames_per_media, args.seed, args.stream_height, special=not args.plain
+    serve.add_argument(
+        "--empty",
+        action="store_true",
+        help="a project with types only (to import into), kept in --root between runs",
     )
+    serve.add_argument("--stable-ids", action="store_true", help="media ids from content")
+    serve.add_argument("--annotate", action="store_true", help="label each new media")
+    args = parser.parse_args(argv)
+    if args.empty:
+        data = empty()
+    else:
+        data = generate(
+            args.media,
+            args.frames_per_media,
+            args.seed,
+            args.stream_height,
+            special=not args.plain,
+        )
     server = TatorStandin(data, token=args.token, host=args.host, port=args.port, delay=args.delay)
+    server.stable_ids, server.annotate = args.stable_ids, args.annotate
+    state = Path(args.root, "project.json") if args.empty and args.root else None
+    if state is not None:
+        server.load(state)
     if args.warm:
         server.warm()
     serve_until_signalled(server, f"Tator stand-in serving {server.url}")
+    if state is not None:
+        server.save(state)
     return 0
 
 

@@ -127,6 +127,7 @@ class Project:
 
 
 VIDEO_SOURCES = ("kinetics", "videodir")
+IMPORT_ON = "  enabled: true              # true adds the import@videodir"
 
 
 def make_project(
@@ -138,6 +139,7 @@ def make_project(
     kinetics_url: str | None = None,
     tator_url: str | None = None,
     figure8_url: str | None = None,
+    import_url: str | None = None,
     disable: tuple[str, ...] = (),
 ) -> Project:
     """Copy the project to dest, point its LILA config at index_url, commit it.
@@ -145,7 +147,9 @@ def make_project(
     The video sources stay enabled only with `kinetics_url` (a Kinetics stand-in), which also
     writes the demo's video folder into data/videodir/input; the Tator source only with
     `tator_url` (a Tator stand-in); the Figure Eight source only with `figure8_url` (its
-    stand-in serving the default generated job, whose input folder is written here)."""
+    stand-in serving the default generated job, whose input folder is written here); the
+    video folder's import to Tator (and labels back) only with `import_url` too (a Tator
+    stand-in holding an empty project)."""
     for rel in tracked_files():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +171,10 @@ def make_project(
         from standins.video import make_folder
 
         make_folder(dest / "data" / "videodir" / "input")
+    if import_url is None:
+        proj.set_conf("conf/source/videodir.yaml", IMPORT_ON, IMPORT_ON.replace("true", "false"))
+    else:
+        proj.set_conf("conf/source/videodir.yaml", "http://127.0.0.1:8769", import_url)
     if tator_url is None:
         proj.set_conf("conf/source/tator.yaml", "enabled: true", "enabled: false")
     else:

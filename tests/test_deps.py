@@ -92,8 +92,6 @@ def stage_instances():
     for name, stage in DVC["stages"].items():
         if "foreach" in stage:
             over = PARAMS[stage["foreach"].strip("${}")]
-            if name == "import" and not over:  # off in the shipped conf; traced switched on
-                over = {"videodir": {}}
             body = stage["do"]
             for key, item in over.items():
 
@@ -118,7 +116,7 @@ def traced(tmp_path_factory, standin_root):
     from standins.figure8 import Figure8Standin
     from standins.kinetics import KineticsStandin, generate
     from standins.lila import LilaStandin
-    from standins.tator import TatorStandin
+    from standins.tator import TatorStandin, empty
 
     tmp = tmp_path_factory.mktemp("traced")
     generate(tmp / "kinetics")
@@ -127,8 +125,10 @@ def traced(tmp_path_factory, standin_root):
         LilaStandin(standin_root) as srv,
         KineticsStandin(tmp / "kinetics") as kin,
         TatorStandin(token="traced") as tator,
+        TatorStandin(empty(), token="traced") as into,
         Figure8Standin(key="traced") as f8,
     ):
+        into.annotate = True
         proj = make_project(
             tmp / "repo",
             tmp / "cache",
@@ -136,12 +136,9 @@ def traced(tmp_path_factory, standin_root):
             kinetics_url=kin.url,
             tator_url=tator.url,
             figure8_url=f8.url,
+            import_url=into.url,
         )
         proj.env["TATOR_TOKEN"] = proj.env["FIGURE_EIGHT_KEY"] = "traced"
-        # The import stage too (off in the shipped conf), to a folder target.
-        proj.set_conf("conf/source/videodir.yaml", "  enabled: false ", "  enabled: true ")
-        proj.run(sys.executable, "-m", "stages.compose", "params.yaml", "--force", check=False)
-        proj.compose()
         for name, cmd, _, _ in STAGES:
             argv = cmd.split()
             assert argv[0] == "python"

@@ -13,7 +13,7 @@ import pytest
 
 from stages.core.errors import ConfigError
 from stages.core.store import Store
-from stages.import_media import RECORD, run_import, write_record
+from stages.import_media import RECORD, read_record, run_import, write_record
 from stages.import_status import status_lines
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.targets import TargetBusy
@@ -24,7 +24,13 @@ RETRY = group_defaults("fetch", retries=2, backoff=0.01)
 
 def settings(target: Path, **changes):
     """The shipped import settings, enabled, sending to a folder target."""
-    import_to = {"enabled": True, "folder": str(target), "shard_size": 2, **changes}
+    import_to = {
+        "enabled": True,
+        "target": "folder",
+        "folder": str(target),
+        "shard_size": 2,
+        **changes,
+    }
     return source_defaults("videodir", import_to=import_to).import_to
 
 
@@ -92,7 +98,7 @@ def test_an_interrupted_import_resumes_without_duplicates(tmp_path, fetched):
     assert (metrics["present"], metrics["sent"]) == (2, 4) and job["status"] == "complete"
     assert len(media_files(tmp_path / "target")) == 6
     write_record(tmp_path / "import", record, job)
-    lines = status_lines(tmp_path / "import", FolderTarget(cfg.folder))
+    lines = status_lines(*read_record(tmp_path / "import"), FolderTarget(cfg.folder).existing())
     assert lines[0] == f"job {job['job_id']} (folder): 6 files, 3 shards, recorded complete"
     assert all("on the target now complete (2/2)" in line for line in lines[1:])
     table = pq.read_table(tmp_path / "import" / RECORD)
@@ -154,3 +160,36 @@ def test_a_busy_target_is_retried_then_given_up_per_file(tmp_path, fetched):
     record, job, metrics = run_import(cfg, Store(fetched), always, "videodir", RETRY)
     assert metrics["failed"] == 6 and job["status"] == "shards_failed"
     assert {r["reason"] for r in record} == {"target busy after 3 attempts: http 429"}
+
+
+def test_a_file_that_vanishes_mid_run_is_one_clear_error_and_loses_nothing(tmp_path, monkeypatch):
+    from stages.core.errors import StageError
+    from stages.fetch import fetch
+    from stages.net.download import Downloader
+    from stages.sources import load
+    from standins.video import make_folder
+
+    make_folder(tmp_path / "input")
+    cfg = source_defaults("videodir", fetch={"root": str(tmp_path / "input")})
+    store_cfg = group_defaults("store")
+    real, seen = Downloader.import_file, []
+
+    gone = tmp_path / "input" / "lobby" / "animal" / "20240502_063000.mp4"
+
+    def vanishing(self, src):  # deleted after the scan, before its hashing (sorted last)
+        seen.append(src)
+        gone.unlink(missing_ok=True)
+        return real(self, src)
+
+    monkeypatch.setattr(Downloader, "import_file", vanishing)
+    fetch_cfg = group_defaults("fetch", workers=1)
+    with pytest.raises(StageError, match=r"cannot import .*\.mp4 into the cache: No such file"):
+        fetch(load("videodir"), cfg, fetch_cfg, store_cfg, tmp_path / "fetch", tmp_path / "c")
+    assert not (tmp_path / "fetch").exists()
+    kept = sorted(p.name for p in (tmp_path / "c" / "objects").rglob("*") if p.is_file())
+    assert kept  # what was hashed before stays in the cache for the next run
+    monkeypatch.undo()
+    rows, metrics = fetch(
+        load("videodir"), cfg, fetch_cfg, store_cfg, tmp_path / "fetch", tmp_path / "c"
+    )
+    assert metrics["ok"] == len(rows) == 5  # the vanished file is simply not there any more

@@ -182,12 +182,25 @@ def test_labels_come_back_in_three_formats_that_agree(tator, fetched, tmp_path):
     assert from_json((tmp_path / "labels.json").read_text()) == (job["job_id"], labels)
     assert from_csv((tmp_path / "labels.csv").read_text()) == labels
     assert from_xml((tmp_path / "labels.xml").read_bytes()) == (job["job_id"], labels)
+    # Media deleted on the platform: their labels cannot be read, and that is said.
+    tator.data.media = [m for m in tator.data.media if str(m["id"]) != labels[0].media]
+    target = TatorTarget(cfg.tator, RETRY)
+    try:
+        with pytest.raises(MetadataError, match=r"1 imported file\(s\) are not on the target"):
+            collect(record, target)
+    finally:
+        target.close()
 
 
 def test_folder_target_labels_are_read_from_their_files(tmp_path, fetched):
     from stages.targets.folder import FolderTarget
 
-    import_to = {"enabled": True, "folder": str(tmp_path / "t"), "shard_size": 2}
+    import_to = {
+        "enabled": True,
+        "target": "folder",
+        "folder": str(tmp_path / "t"),
+        "shard_size": 2,
+    }
     cfg = source_defaults("videodir", import_to=import_to).import_to
     target = FolderTarget(cfg.folder)
     record, job, _ = run_import(cfg, Store(fetched), target, "videodir", RETRY)

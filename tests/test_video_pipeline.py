@@ -80,3 +80,45 @@ def test_frame_settings_rerun_frames_only_and_a_changed_folder_refetches(tmp_pat
     shutil.copy(src, src.with_name("20240601_120000.mp4"))
     out = proj.dvc("repro").stdout
     assert "fetch@videodir" in ran(out) and not any("kinetics" in s for s in ran(out))
+
+
+def import_project(path, cache, into):
+    """A scratch project with the video folder only, imported into a Tator stand-in."""
+    proj = make_project(
+        path,
+        cache,
+        "http://127.0.0.1:9/unused",
+        kinetics_url="http://127.0.0.1:9",
+        import_url=into.url,
+        disable=("lila", "kinetics"),
+    )
+    proj.env["TATOR_TOKEN"] = "import-token"
+    return proj
+
+
+def test_a_killed_import_resumes_without_duplicates_and_ends_as_an_uninterrupted_one(tmp_path):
+    from standins.tator import TatorStandin, empty
+
+    with (
+        TatorStandin(empty(), token="import-token") as ref_into,
+        TatorStandin(empty(), token="import-token") as into,
+    ):
+        for srv in (ref_into, into):  # ids from content: two servers give the same ids
+            srv.stable_ids = srv.annotate = True
+        ref = import_project(tmp_path / "ref", tmp_path / "ref-cache", ref_into)
+        ref.dvc("repro")
+        proj = import_project(tmp_path / "crash", tmp_path / "crash-cache", into)
+        # Media creations after the second wait; the run is killed while they do, and they
+        # then complete on the server with nobody to hear the answer.
+        into.hold_after = 2
+        assert kill_when(proj, lambda: into.transcodes >= 3), "the import ended first"
+        into.release.set()
+        assert not (proj.path / "data/videodir/import").exists()
+        proj.dvc("repro")
+    assert len(into.data.media) == len(ref_into.data.media) == 6  # no duplicates
+    for name in ("import", "labels"):
+        assert tree_digest(proj.path / f"data/videodir/{name}") == tree_digest(
+            ref.path / f"data/videodir/{name}"
+        )
+    labels = (proj.path / "data/videodir/labels/labels.csv").read_text().splitlines()
+    assert len(labels) == 1 + 12  # a box and an event per media, as the annotators left them

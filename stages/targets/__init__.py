@@ -72,3 +72,12 @@ class Target(ABC):
 
     def close(self) -> None:  # noqa: B027 - most targets hold nothing to release
         """Release connections and temporary files."""
+
+
+def gone_message(gone: list) -> str:
+    """Explain imported files missing from the target."""
+    return (
+        f"{len(gone)} imported file(s) are not on the target any more (e.g. {gone[0]}): "
+        "deleted there, or the target is another server; re-import them with "
+        "`dvc repro -f import@<source>`"
+    )

@@ -19,7 +19,7 @@ from pathlib import Path
 from stages.core.errors import MetadataError
 from stages.core.files import atomic_path, atomic_write
 from stages.core.store import safe_name
-from stages.targets import Target, TargetLabel, Upload
+from stages.targets import Target, TargetLabel, Upload, gone_message
 
 SIDECAR = ".json"
 LABELS = ".labels.json"
@@ -74,6 +74,9 @@ class FolderTarget(Target):
 
     def labels(self, ids: list[str]) -> tuple[list[TargetLabel], dict[str, int]]:
         """Return the labels in each file's `.labels.json` (none: no labels yet)."""
+        gone = [rel for rel in ids if not (self.root / rel).is_file()]
+        if gone:
+            raise MetadataError(gone_message(gone))
         out, skipped = [], {"without_class": 0}
         for rel in ids:
             path = self.root / f"{rel}{LABELS}"
@@ -89,6 +92,8 @@ class FolderTarget(Target):
                         skipped["without_class"] += 1
                         continue
                     box = item.get("box")
+                    if box is not None and len(box) != 4:
+                        raise ValueError(f"box {box!r} is not [x, y, w, h]")
                     out.append(
                         TargetLabel(
                             rel,

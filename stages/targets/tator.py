@@ -30,7 +30,7 @@ from stages.core.errors import MetadataError, StageError
 from stages.net.credentials import Credentials, from_env
 from stages.sources.tator.api import Api
 from stages.sources.tator.fetch import annotations, checked, class_name, track_classes
-from stages.targets import Target, TargetLabel, Upload
+from stages.targets import Target, TargetLabel, Upload, gone_message
 
 log = logging.getLogger("stages.targets.tator")
 HEX = re.compile(r"[0-9a-f]{64}")
@@ -47,7 +47,7 @@ class TatorTarget(Target):
 
     def __init__(self, cfg: TatorImport, retry: FetchConf, workers: int = 4):
         self.cfg = cfg
-        where = "sources.<source>.import_to.tator.token_env"
+        where = "import_to.tator.token_env"
         cred = from_env(cfg.token_env, [cfg.host], where, header="Authorization", prefix="Token ")
         self.api = Api(
             cfg.host, Credentials([cred]), cfg.token_env, retry, cfg.max_response_bytes,
@@ -145,6 +145,8 @@ class TatorTarget(Target):
 
     def upload(self, item: Upload, place: str) -> str:
         """Upload one file with its attributes into its section; return the media id."""
+        if item.size == 0:  # tator's md5sum raises on it, after nothing useful
+            raise OSError(f"{item.name} is empty (0 bytes): Tator cannot take it")
         ext = Path(item.name).suffix.lower()
         path = self.tmp / f"{item.sha256}{ext}"
         with item.open() as src, open(path, "wb") as out:
@@ -198,6 +200,7 @@ class TatorTarget(Target):
         types = checked("localization type", api.call("get_localization_type_list", cfg.project))
         boxes = {t["id"] for t in types if t.get("dtype") == "box"}
         wanted = {int(i) for i in ids}
+        self._check_present(sorted(wanted))
         locs, states = annotations(api, cfg, sorted(wanted), {t["id"] for t in types})
         skipped: Counter = Counter()
         attr = cfg.class_attribute
@@ -227,6 +230,23 @@ class TatorTarget(Target):
                 if mid in wanted:
                     out.append(TargetLabel(str(mid), label, first, last, None))
         return out, dict(sorted(skipped.items()))
+
+    def _check_present(self, ids: list[int]) -> None:
+        """Refuse to read labels when imported media are gone (their labels would be too)."""
+        cfg, present = self.cfg, set()
+        for first in range(0, len(ids), cfg.media_per_query):
+            batch = ids[first : first + cfg.media_per_query]
+            pages = self.api.by_id(
+                "get_media_list",
+                cfg.project,
+                page_size=cfg.page_size,
+                media_id=batch,
+                sort_by=["$id"],  # by_id pages by id; media sort by name otherwise
+            )
+            present.update(m["id"] for m in pages)
+        gone = sorted(set(ids) - present)
+        if gone:
+            raise MetadataError(gone_message(gone))
 
 
 def _media_id(response) -> str | None:
