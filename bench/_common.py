@@ -83,3 +83,19 @@ def timed(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> f
 def fmt_rate(n: int, nbytes: int, seconds: float) -> str:
     """Format a count and byte volume over a time as files/s and MB/s."""
     return f"{seconds:7.2f} s  {n / seconds:8.0f} files/s  {nbytes / 1e6 / seconds:7.1f} MB/s"
+
+
+@contextlib.contextmanager
+def tator_standin(*args: str) -> Iterator[str]:
+    """Run the Tator stand-in (`serve --port 0 ARGS`) in its own process, since a remote
+    server does not share our GIL; yield its URL."""
+    cmd = [sys.executable, "-m", "standins.tator", "serve", "--port", "0", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        if "serving" not in line:
+            raise SystemExit(f"the Tator stand-in did not start: {line!r}")
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -19,16 +19,13 @@ from __future__ import annotations
 import _unshadow  # noqa: F401  # isort: skip
 
 import argparse
-import contextlib
 import dataclasses
 import os
-import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from _common import ROOT, bench_dir, settle, sha256_file
+from _common import bench_dir, settle, sha256_file, tator_standin
 
 from stages.core.store import Store
 from stages.fetch import fetch
@@ -65,23 +62,9 @@ def make_videos(root: Path, n: int) -> int:
         return sum(pool.map(clip, jobs, chunksize=10))
 
 
-@contextlib.contextmanager
 def standin():
-    """Run an empty Tator project in its own process (a remote server does not share our
-    GIL); yield its URL."""
-    cmd = [
-        sys.executable, "-m", "standins.tator", "serve", "--empty", "--port", "0",
-        "--delay", str(DELAY), "--token", TOKEN,
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        if "serving" not in line:
-            raise SystemExit(f"the Tator stand-in did not start: {line!r}")
-        yield line.split()[-1]
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    """Run an empty Tator project adding DELAY to every response; yield its URL."""
+    return tator_standin("--empty", "--delay", str(DELAY), "--token", TOKEN)
 
 
 def original(url: str, folder: Path, media_type: int) -> int:

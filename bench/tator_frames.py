@@ -15,16 +15,13 @@ from __future__ import annotations
 import _unshadow  # noqa: F401  # isort: skip
 
 import argparse
-import contextlib
 import os
 import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import ROOT, bench_dir, median, settle
+from _common import bench_dir, median, settle, tator_standin
 
 from stages.core.store import Store
 from stages.fetch import fetch
@@ -77,24 +74,12 @@ def ours(url: str, work: Path, workers: int) -> int:
     return len(Store(work / "fetch").rows())
 
 
-@contextlib.contextmanager
 def standin():
-    """Run the Tator stand-in in its own process, frames rendered up front; yield its URL."""
-    # Its own process: a remote server does not share our GIL.
-    cmd = [
-        sys.executable, "-m", "standins.tator", "serve", "--port", "0", "--plain", "--warm",
-        "--media", str(N_MEDIA), "--frames-per-media", str(FRAMES_PER_MEDIA), "--seed", "1",
-        "--delay", str(DELAY), "--token", TOKEN,
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        if "serving" not in line:
-            raise SystemExit(f"the Tator stand-in did not start: {line!r}")
-        yield line.split()[-1]
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    """Run the Tator stand-in, frames rendered up front; yield its URL."""
+    return tator_standin(
+        "--plain", "--warm", "--media", str(N_MEDIA), "--frames-per-media",
+        str(FRAMES_PER_MEDIA), "--seed", "1", "--delay", str(DELAY), "--token", TOKEN,
+    )  # fmt: skip
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ stand-in's upload, media-creation and annotation routes."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import pytest
 
@@ -73,7 +74,9 @@ def test_files_land_once_in_camera_sections_with_their_attributes(tator, fetched
 
 def test_a_throttling_storm_and_a_reset_mid_upload_are_retried(tator, fetched):
     tator.storm(429, seconds=1.0, retry_after=1, paths="rest/*")  # Retry-After: whole seconds
-    tator.faults.add("upload/*", ["reset", "reset"])  # two uploads die halfway through
+    # Two uploads die halfway through (our retry sends the file again); one part is refused
+    # with a 503 (tator's own part retry sends it again).
+    tator.faults.add("upload/*", ["reset", "reset", 503])
     record, job, metrics, _ = run(settings(tator, workers=3), fetched)
     assert tator.storm_hits > 0 and tator.faults.pending() == 0
     assert (metrics["sent"], metrics["failed"], job["status"]) == (6, 0, "complete")
@@ -103,10 +106,47 @@ def test_the_hash_is_compared_not_trusted_to_filter(tator, fetched):
     # the hash attribute renamed to one the type lacks must not make files look present.
     target = TatorTarget(cfg.tator, RETRY)
     try:
-        target.attributes["hash"] = "Camera"
+        target.attributes["hash"] = "Undeclared"
+        hits = target.api.call("get_media_list", 1, attribute=["Undeclared::x"])
+        assert len(hits) == 6  # the server's answer: everything
         assert target._find("0" * 64) is None and target.existing() == {}
     finally:
         target.close()
+
+
+def test_large_files_go_up_in_parts(tator, fetched, monkeypatch):
+    import stages.targets.tator as module
+
+    monkeypatch.setattr(module, "CHUNK_SIZE", 16 << 10)  # the test clips: several parts each
+    record, _, metrics, _ = run(settings(tator), fetched)
+    assert metrics["sent"] == 6 and metrics["failed"] == 0
+    assert any(u["num_parts"] > 1 for u in tator.uploads.values())
+    assert {b["sha256"] for b in tator.blobs.values()} == {r["sha256"] for r in record}
+
+
+def test_a_file_tator_cannot_type_fails_alone(tator, fetched):
+    import io
+
+    from stages.targets import Upload
+
+    target = TatorTarget(settings(tator).tator, RETRY)
+    try:
+        place = target.register("cam", {"section": "cam"})
+        for name, ok in (("clip.h264", False), ("clip.MKV", True)):
+            data = name.encode() * 100
+            item = Upload(
+                sha256=hashlib.sha256(data).hexdigest(), name=name, size=len(data),
+                camera="cam", timestamp="2024-05-01T08:00:00Z", location=None, settings={},
+                open=lambda data=data: io.BytesIO(data),
+            )  # fmt: skip
+            if ok:
+                assert target.upload(item, place)
+            else:
+                with pytest.raises(OSError, match="cannot tell its media type from '.h264'"):
+                    target.upload(item, place)
+    finally:
+        target.close()
+    assert [m["name"] for m in tator.data.media] == ["clip.MKV"]
 
 
 def test_a_refused_token_is_one_clear_error(tator, fetched, monkeypatch):

@@ -16,26 +16,43 @@ source's own reading of localizations and states.
 from __future__ import annotations
 
 import logging
+import mimetypes
 import re
 import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-import requests
 import tator
 
 from stages.core.config import FetchConf, TatorImport
 from stages.core.errors import MetadataError, StageError
 from stages.net.credentials import Credentials, from_env
-from stages.sources.tator.api import Api
-from stages.sources.tator.fetch import annotations, checked, class_name, track_classes
+from stages.sources.tator.api import Api, TokenRejected
+from stages.sources.tator.fetch import annotations, checked, class_name, track_classes, valid_box
 from stages.targets import Target, TargetLabel, Upload, gone_message
 
 log = logging.getLogger("stages.targets.tator")
 HEX = re.compile(r"[0-9a-f]{64}")
 ATTRIBUTE_TYPES = {"hash": ("string",), "camera": ("string", "enum"), "timestamp": ("datetime",)}
 ATTRIBUTE_TYPES["short_side"] = ("int", "float")
+CHUNK_SIZE = 10 << 20  # upload_media's part size (larger files go up in parts, in parallel)
+# upload_media guesses a file's type from its name with `mimetypes`, and fails on an
+# unknown one after sending the bytes; without /etc/mime.types Python lacks some of the
+# video extensions the video-folder source takes.
+VIDEO_TYPES = {".mkv": "video/x-matroska", ".webm": "video/webm", ".mov": "video/quicktime",
+               ".avi": "video/x-msvideo", ".mp4": "video/mp4", ".ts": "video/MP2T",
+               ".mts": "video/MP2T", ".m2ts": "video/MP2T"}  # fmt: skip
+
+
+for _ext, _kind in VIDEO_TYPES.items():  # taught once, process-wide, where it lacks them
+    if mimetypes.guess_type(f"x{_ext}")[0] is None:
+        mimetypes.add_type(_kind, _ext)
+
+
+def media_kind(name: str) -> str | None:
+    """Return the MIME type upload_media will guess from a file name."""
+    return mimetypes.guess_type(name.lower())[0]
 
 
 class MediaTypeUnfit(StageError):
@@ -122,8 +139,8 @@ class TatorTarget(Target):
             type=self.cfg.media_type,
             sort_by=["$id"],
         )
-        for m in media:
-            sha = (m.get("attributes") or {}).get(self.attributes["hash"])
+        for m in checked("media", list(media)):
+            sha = (m["attributes"] or {}).get(self.attributes["hash"])
             if isinstance(sha, str) and HEX.fullmatch(sha):
                 found.setdefault(sha, str(m["id"]))  # the oldest copy, if some were duplicated
         return found
@@ -148,6 +165,9 @@ class TatorTarget(Target):
         if item.size == 0:  # tator's md5sum raises on it, after nothing useful
             raise OSError(f"{item.name} is empty (0 bytes): Tator cannot take it")
         ext = Path(item.name).suffix.lower()
+        kind = media_kind(item.name)
+        if kind is None or not kind.startswith(("video/", "image/")):
+            raise OSError(f"{item.name}: Tator cannot tell its media type from {ext or 'no'!r}")
         path = self.tmp / f"{item.sha256}{ext}"
         with item.open() as src, open(path, "wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
@@ -176,6 +196,7 @@ class TatorTarget(Target):
                 section_id=int(place),
                 attributes=attrs,
                 timeout=self.api.cfg.low_speed_time,
+                chunk_size=CHUNK_SIZE,
             )
             *_, (_, response) = steps  # a generator: nothing is sent until it is run out
             media_id = _media_id(response)
@@ -183,10 +204,13 @@ class TatorTarget(Target):
 
         try:
             media_id = self.api.retrying(f"upload of {item.name}", attempt)
-        except MetadataError as exc:
+        except TokenRejected:
+            raise  # the run's failure, not this file's
+        except StageError as exc:
             raise OSError(str(exc)) from None
-        except (RuntimeError, requests.exceptions.RequestException) as exc:
-            # tator's own part uploads give up with RuntimeError after their retries.
+        except Exception as exc:  # noqa: BLE001 - tator's own failures: one file's failure
+            # tator's part uploads give up with RuntimeError after their retries; its
+            # helpers raise bare Exception and AttributeError on what they cannot read.
             raise OSError(f"upload of {item.name}: {type(exc).__name__}: {exc}") from None
         finally:
             path.unlink(missing_ok=True)
@@ -214,11 +238,12 @@ class TatorTarget(Target):
                 skipped["not_boxes"] += 1
                 continue
             label = class_name((loc["attributes"] or {}).get(attr)) or track_class.get(loc["id"])
-            box = tuple(loc.get(k) for k in ("x", "y", "width", "height"))
-            if label is None or not all(isinstance(v, int | float) for v in box):
+            frame = loc["frame"]
+            if label is None or not valid_box(loc) or frame is None or frame < 0:
                 skipped["boxes_without_class_or_geometry"] += 1
                 continue
-            out.append(TargetLabel(str(loc["media"]), label, loc["frame"], None, box))
+            box = tuple(float(loc[k]) for k in ("x", "y", "width", "height"))
+            out.append(TargetLabel(str(loc["media"]), label, frame, None, box))
         for state in states:
             label = class_name((state["attributes"] or {}).get(attr))
             if label is None:

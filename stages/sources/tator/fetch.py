@@ -251,7 +251,7 @@ def frame_url(host: str, media_id: int, frame: int) -> str:
     return f"{host}/rest/GetFrame/{int(media_id)}?{query}"
 
 
-def _valid_box(loc) -> bool:
+def valid_box(loc) -> bool:
     """Tell whether a box's geometry is four finite numbers."""
     values = [loc.get(k) for k in GEOMETRY]
     return all(
@@ -304,7 +304,7 @@ def build_rows(cfg, media, locs, states, box_types, other_types, loc_types):
             frame is None
             or frame < 0
             or (num_frames is not None and frame >= num_frames)
-            or not _valid_box(loc)
+            or not valid_box(loc)
         ):
             stats["boxes_invalid"] += 1
             continue
