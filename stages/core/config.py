@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Optional, TypeVar
@@ -99,6 +100,45 @@ class CleanConf:
     def __post_init__(self) -> None:
         non_negative("clean", min_box_size=self.min_box_size)
         positive("clean", min_frames=self.min_frames)
+
+
+class OnEmpty(Enum):
+    """What a class with no items in some split is."""
+
+    warn = "warn"  # a warning in the metrics
+    error = "error"  # the stage stops
+
+
+SPLIT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+@dataclass
+class SplitConf:
+    """Train/val/test splits, assigned per group of near copies (`conf/split/`)."""
+
+    names: list[str] = MISSING
+    fractions: list[float] = MISSING
+    seed: int = MISSING
+    on_empty_class: OnEmpty = MISSING
+
+    def __post_init__(self) -> None:
+        if not self.names or len(self.names) != len(self.fractions):
+            raise ConfigError(
+                f"split.names ({len(self.names)}) and split.fractions "
+                f"({len(self.fractions)}) must be as many, and at least one"
+            )
+        for name in self.names:
+            if not SPLIT_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"split.names: {name!r} is not a split name (lower case letters, digits, "
+                    "_ and -, starting with a letter: it names folders)"
+                )
+        if len(set(self.names)) != len(self.names):
+            raise ConfigError(f"split.names repeats a name: {self.names}")
+        non_negative("split", **{f"fractions[{i}]": f for i, f in enumerate(self.fractions)})
+        total = sum(self.fractions)
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(f"split.fractions {self.fractions} sum to {total:g}, not 1")
 
 
 class Aspect(Enum):
@@ -274,6 +314,7 @@ GROUPS: dict[str, type] = {
     "fetch": FetchConf,
     "store": StoreConf,
     "clean": CleanConf,
+    "split": SplitConf,
     "export": ExportConf,
 }
 

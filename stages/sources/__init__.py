@@ -69,6 +69,8 @@ class Source(ABC):
     own_stages: ClassVar[frozenset[str]] = frozenset()
     # What the plots stage draws from the clean store (a PNG and a series), or None: no stage.
     plots: ClassVar[PlotSpec | None] = None
+    # The item metadata naming a group of near copies, which share a split (stages.core.splits).
+    split_key: ClassVar[str] = ""
 
     @property
     def has_frames(self) -> bool:
@@ -101,6 +103,15 @@ class Source(ABC):
         Return the row (possibly changed) or None to drop it; count what was done in `counts`.
         """
         return row
+
+    def split_group(self, cfg: SourceConf, row: Row) -> tuple[str, str | None]:
+        """Return an item's group for the splits, and the split its data names, if any
+        (hook: default, the `split_key` metadata; no split of its own)."""
+        from stages.core.splits import group_key
+
+        if not self.split_key:
+            raise NotImplementedError(f"{self.name}: no split group is defined")
+        return group_key(row.meta, self.split_key, row.item_id, self.name), None
 
     def clean_stats(self, cfg: SourceConf, store: Store) -> dict:
         """Return source-specific counts for clean's metrics, from its input store (hook)."""

@@ -86,8 +86,14 @@ class Kinetics(Source):
     """Kinetics-400/600/700-style clip lists (YouTube ids with start/end times)."""
 
     name = "kinetics"
+    split_key = "youtube_id"  # the clips cut from one YouTube video
     schema = KineticsConf
     video = True
+
+    def split_group(self, cfg: KineticsConf, row: Row) -> tuple[str, str | None]:
+        """Return the clip's YouTube video as its group, and the CSV's own split if given."""
+        group, _ = super().split_group(cfg, row)
+        return group, row.meta.get("split") or None
 
     def plan(self, cfg: KineticsConf, ctx: Context) -> Plan:
         """Read the clip list, select clips per class, and return rows (archives: fetched)."""

@@ -81,6 +81,7 @@ class Lila(Source):
     """LILA BC camera-trap datasets (e.g. NACTI) from the GCP, AWS or Azure mirror."""
 
     name = "lila"
+    split_key = "location"  # a camera-trap site (sequence grouping: next)
     schema = LilaConf
 
     def credentials(self, cfg: LilaConf) -> list[Credential]:

@@ -109,6 +109,7 @@ class Tator(Source):
     """A Tator project: box localizations (own and tracks') on the frames of its videos."""
 
     name = "tator"
+    split_key = "media"  # one video's frames
     schema = TatorConf
     throttled = THROTTLED
 

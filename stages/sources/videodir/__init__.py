@@ -210,6 +210,7 @@ class Videodir(Source):
     """A folder tree of videos; camera, time and labels read from each file's path."""
 
     name = "videodir"
+    split_key = "camera"  # one camera's clips
     schema = VideodirConf
     video = True
     local_input = True  # data/videodir/input, tracked by DVC as fetch@videodir's input

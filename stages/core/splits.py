@@ -1,0 +1,101 @@
+"""Splits: each item's train/val/test split, assigned per group, never per item.
+
+Near copies (a camera-trap location's or burst's images, one camera's clips, one media's
+frames) share a group, so a split never puts one side of a near copy in train and the other
+in test. A group's split depends on its own id only: the first 8 bytes of
+sha256("<seed>\\0<source>\\0<group>") as a number in [0, 1) fall in one split's share of
+`split.fractions`. Adding or removing other groups never moves a group; the fractions are
+met as closely as the number of groups allows, and what was achieved is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable
+
+from stages.core.config import OnEmpty, SplitConf
+from stages.core.errors import ConfigError, MetadataError
+
+
+def draw(seed: int, source: str, group: str) -> float:
+    """Return a group's seeded draw in [0, 1)."""
+    digest = hashlib.sha256(f"{seed}\0{source}\0{group}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_of(cfg: SplitConf, source: str, group: str) -> str:
+    """Return the split a group falls in."""
+    u, edge = draw(cfg.seed, source, group), 0.0
+    for name, fraction in zip(cfg.names, cfg.fractions, strict=True):
+        edge += fraction
+        if u < edge:
+            return name
+    # Fractions summing to 1 within rounding leave at most a sliver: the last non-empty split.
+    return next(n for n, f in reversed(list(zip(cfg.names, cfg.fractions, strict=True))) if f)
+
+
+def assign(cfg: SplitConf, source: str, groups: Iterable[str]) -> dict[str, str]:
+    """Return each group's split."""
+    return {g: split_of(cfg, source, g) for g in sorted(set(groups))}
+
+
+def own_split(cfg: SplitConf, value: str, where: str) -> str:
+    """Return a split a source's data names itself (e.g. a CSV's split column), checked."""
+    if value not in cfg.names:
+        raise MetadataError(
+            f"{where}: split {value!r} is not one of split.names {cfg.names} (rename it in "
+            "conf/split, or let groups be drawn)"
+        )
+    return value
+
+
+def group_key(meta: dict, key: str, item: str, source: str) -> str:
+    """Return an item's group id from its metadata; refuse an item without one."""
+    value = meta.get(key)
+    if value is None or str(value) == "":
+        raise ConfigError(
+            f"{source}: item {item!r} has no {key!r} to group it by for the splits (its "
+            f"metadata holds {sorted(meta)})"
+        )
+    return str(value)
+
+
+def report(
+    cfg: SplitConf, items: list[tuple[str, list[str]]], groups: dict[str, str], classes: list[str]
+) -> dict:
+    """Return split metrics from (split, labels) per item and each group's split: counts,
+    achieved fractions, per-class counts, and the classes a split lacks."""
+    per_split = Counter(split for split, _ in items)
+    per_class = {name: Counter() for name in cfg.names}
+    for split, labels in items:
+        per_class[split].update(labels)
+    total = len(items) or 1
+    empty = [
+        {"class": c, "split": s}
+        for c in classes
+        for s in cfg.names
+        if dict(zip(cfg.names, cfg.fractions, strict=True))[s] > 0 and not per_class[s][c]
+    ]
+    group_counts = Counter(groups.values())
+    return {
+        "items": {s: per_split.get(s, 0) for s in cfg.names},
+        "groups": {s: group_counts.get(s, 0) for s in cfg.names},
+        "fractions_wanted": dict(zip(cfg.names, cfg.fractions, strict=True)),
+        "fractions_achieved": {s: round(per_split.get(s, 0) / total, 6) for s in cfg.names},
+        "classes": {s: {c: per_class[s].get(c, 0) for c in classes} for s in cfg.names},
+        "empty_classes": empty,
+    }
+
+
+def check(cfg: SplitConf, metrics: dict, source: str) -> list[str]:
+    """Return warnings for classes a split lacks; raise when conf makes that an error."""
+    lines = [
+        f"{source}: class {e['class']!r} has no items in split {e['split']!r}"
+        for e in metrics["empty_classes"]
+    ]
+    if lines and cfg.on_empty_class is OnEmpty.error:
+        raise MetadataError(
+            f"{lines[0]} ({len(lines)} such class/split pair(s); split.on_empty_class: error)"
+        )
+    return lines
