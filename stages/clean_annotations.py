@@ -10,9 +10,11 @@ from collections import Counter
 from PIL import Image
 
 from stages.core.boxes import finite, pixel_edges, scale_of
-from stages.core.config import CleanConf, SourceConf
+from stages.core.config import CleanConf, SourceConf, SplitConf
+from stages.core.errors import MetadataError
 from stages.core.metrics import class_counts
 from stages.core.parallel import pmap
+from stages.core.splits import check, own_split, report, split_of
 from stages.core.store import Row, Store, frames_by_clip, rebase, write_manifest
 from stages.pipeline.entry import run_main, start
 from stages.sources import Source
@@ -72,8 +74,38 @@ def keep_whole_clips(rows: list[Row], min_frames: int, dropped: Counter):
     return kept, firsts
 
 
+def assign_splits(
+    rows: list[Row],
+    units: list[Row],
+    names: list[str],
+    source: Source,
+    src_cfg: SourceConf,
+    cfg: SplitConf,
+) -> dict:
+    """Set each row's split from its group (core.splits); return the split metrics over
+    `units` (the items, or a video's clips)."""
+    groups: dict[str, str] = {}
+    for row in rows:
+        group, own = source.split_group(src_cfg, row)
+        if own is not None:
+            split = own_split(cfg, own, f"{source.name} item {row.item_id!r}")
+        else:
+            split = split_of(cfg, source.name, group)
+        if groups.setdefault(group, split) != split:
+            raise MetadataError(
+                f"{source.name}: group {group!r} names two splits ({groups[group]!r} and "
+                f"{split!r}, at item {row.item_id!r}): its near copies would leak"
+            )
+        row.split = split
+    metrics = report(cfg, [(r.split, r.labels) for r in units], groups, names)
+    metrics["warnings"] = check(cfg, metrics, source.name)
+    for line in metrics["warnings"]:
+        log.warning("%s", line)
+    return metrics
+
+
 def clean(
-    store: Store, source: Source, src_cfg: SourceConf, cfg: CleanConf
+    store: Store, source: Source, src_cfg: SourceConf, cfg: CleanConf, split_cfg: SplitConf
 ) -> tuple[list[Row], list[str], dict]:
     """Return the cleaned rows (payloads unchanged), the class names and the metrics."""
     names = source.names(src_cfg, store)
@@ -125,6 +157,8 @@ def clean(
     clips = None
     if source.video:
         kept, clips = keep_whole_clips(kept, cfg.min_frames, dropped)
+    units = kept if clips is None else clips
+    splits = assign_splits(kept, units, names, source, src_cfg, split_cfg)
     metrics = {
         "items_in": len(rows),
         "items_out": len(kept),
@@ -142,6 +176,7 @@ def clean(
         "class_ids": ids,
         "boxes_per_class": {n: counts_boxes.get(n, 0) for n in names},
         "bytes": sum(r.bytes or 0 for r in kept),
+        "splits": splits,
     }
     return kept, names, metrics
 
@@ -157,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             run.cfg, run.section("clean"), store, args.out, shard_bytes
         )
     else:
-        rows, names, metrics = clean(store, run.source, run.cfg, run.section("clean"))
+        rows, names, metrics = clean(
+            store, run.source, run.cfg, run.section("clean"), run.section("split")
+        )
         args.out.mkdir(parents=True)
         # Payloads are unchanged: the manifest points into the upstream shards.
         write_manifest(args.out, rebase(rows, args.inp, args.out), names)

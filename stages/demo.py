@@ -113,6 +113,15 @@ def summary_table() -> str:
             f"in {m['export'].get('shards', 0)} npz shard(s), "
             f"{m['fetch'].get('bytes', 0) / 1e6:.1f} MB fetched"
         )
+    lines += ["", f"{'splits (items)':<24}" + "".join(f"{n:>10}" for n in params["split"]["names"])]
+    for source in params["sources"]:
+        path = ROOT / "data" / source / "metrics" / "clean.json"
+        splits = json.loads(path.read_text()).get("splits") if path.exists() else None
+        if splits:  # sources whose clean stage assigns splits
+            lines.append(
+                f"{source:<24}"
+                + "".join(f"{splits['items'].get(n, 0):>10}" for n in params["split"]["names"])
+            )
     for source in params.get("import_sources") or {}:
         imp, lab = (
             json.loads((ROOT / "data" / source / "metrics" / f"{s}.json").read_text())

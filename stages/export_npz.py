@@ -1,4 +1,5 @@
-"""export-npz stage: resized images, labels and boxes as deterministic npz shards."""
+"""export-npz stage: resized images, labels and boxes as deterministic npz shards, one set
+per split (`npz/<split>/shard-NNNNN.npz`, in the order of split.names)."""
 
 from __future__ import annotations
 
@@ -55,11 +56,38 @@ def transform(data: bytes, row: Row, cfg: ExportConf):
     return arr, np.asarray(boxes, np.float32).reshape(-1, 4), labels
 
 
-def export(store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> dict:
+def by_split(rows: list[Row], splits: list[str]) -> dict[str, list[Row]]:
+    """Return rows per split, in the order of `splits` (a store without splits: "all")."""
+    out: dict[str, list[Row]] = {s: [] for s in splits}
+    for row in rows:
+        out.setdefault(row.split or "all", []).append(row)
+    return out
+
+
+def export_splits(
+    store: Store, names: list[str], cfg: ExportConf, out_dir: Path, splits: list[str], video: bool
+) -> dict:
+    """Write each split's shards under out_dir/<split>/; return totals and per-split metrics."""
+    usable = [r for r in store.rows() if r.status == "ok" and r.shard is not None]
+    run = export_clips if video else export
+    per = {
+        split: run(rows, store, names, cfg, out_dir / split)
+        for split, rows in by_split(usable, splits).items()
+    }
+    totals = {
+        key: sum(m[key] for m in per.values())
+        for key in per[splits[0]]
+        if isinstance(per[splits[0]][key], int)
+    }
+    classes = {n: sum(m["classes"][n] for m in per.values()) for n in names}
+    shape = "clip_shape" if video else "image_size"
+    return {**totals, shape: per[splits[0]][shape], "classes": classes, "splits": per}
+
+
+def export(rows: list[Row], store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> dict:
     """Write npz shards of X, y, multi-hot labels, ragged boxes, classes and ids."""
     ids = {n: i for i, n in enumerate(names)}
     per = cfg.items_per_shard
-    rows = [r for r in store.rows() if r.status == "ok" and r.shard is not None]
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = np.array(names, dtype=str)
     counts = dict.fromkeys(names, 0)
@@ -111,9 +139,11 @@ def export(store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> di
     }
 
 
-def export_clips(store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> dict:
+def export_clips(
+    rows: list[Row], store: Store, names: list[str], cfg: ExportConf, out_dir: Path
+) -> dict:
     """Write npz shards of clips: X (N,T,H,W,3) of T evenly spaced frames, y, classes, ids."""
-    by_clip = frames_by_clip(r for r in store.rows() if r.status == "ok" and r.shard is not None)
+    by_clip = frames_by_clip(rows)
     clips = sorted(by_clip)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = dict.fromkeys(names, 0)
@@ -174,9 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     if "export-npz" in run.source.own_stages:  # e.g. movies with label images
         metrics = run.source.export_store(run.cfg, run.section("export"), store, run.args.out)
     else:
-        run_export = export_clips if run.source.video else export
         names = run.source.names(run.cfg, store)
-        metrics = run_export(store, names, run.section("export"), run.args.out)
+        splits = run.section("split").names
+        metrics = export_splits(
+            store, names, run.section("export"), run.args.out, splits, run.source.video
+        )
     run.finish(metrics)
     log.info(
         "export@%s: %d items in %d shards", run.args.source, metrics["items"], metrics["shards"]

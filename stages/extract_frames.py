@@ -168,6 +168,7 @@ def extract_frames(
                             shard=shard,
                             offset=offset,
                             meta={
+                                **clip.meta,  # what groups the clip for the splits, too
                                 "clip": clip.item_id,
                                 "frame": pos,
                                 "t": rel,

@@ -79,7 +79,8 @@ def fetched(tmp_path) -> Store:
         p.write_bytes(data)
         paths[f"t/{key}"] = p
     paths["t/moose"] = paths["t/c"]
-    for r in rows:
+    for n, r in enumerate(rows):
+        r.meta["location"] = f"site{n % 3}"  # what splits group camera-trap images by
         if r.item_id in paths:
             r.sha256 = hashlib.sha256(paths[r.item_id].read_bytes()).hexdigest()
     write_store(tmp_path / "fetch", rows, lambda r: paths.get(r.item_id), 1 << 20)
@@ -88,7 +89,7 @@ def fetched(tmp_path) -> Store:
 
 def cleaned(fetched, tmp_path, source=LILA, **cfg) -> Store:
     settings = group_defaults("clean", **{"decode_check": True, "min_box_size": 2.0, **cfg})
-    rows, _, metrics = clean(fetched, source, lila_conf(NAMES), settings)
+    rows, _, metrics = clean(fetched, source, lila_conf(NAMES), settings, group_defaults("split"))
     out = tmp_path / "clean"
     out.mkdir(exist_ok=True)
     write_manifest(out, rebase(rows, fetched.root, out))
@@ -125,8 +126,9 @@ def test_fit_modes():
 def test_export_npz_loads_with_plain_numpy_and_is_deterministic(fetched, tmp_path, aspect):
     store, _ = cleaned(fetched, tmp_path)
     cfg = group_defaults("export", height=32, width=48, aspect=aspect, items_per_shard=2)
-    m1 = export(store, NAMES, cfg, tmp_path / "npz1")
-    export(store, NAMES, cfg, tmp_path / "npz2")
+    rows = store.rows()
+    m1 = export(rows, store, NAMES, cfg, tmp_path / "npz1")
+    export(rows, store, NAMES, cfg, tmp_path / "npz2")
     files = sorted(p.name for p in (tmp_path / "npz1").iterdir())
     assert files == ["shard-00000.npz", "shard-00001.npz"] and m1["items"] == 3
     for name in files:
@@ -205,3 +207,20 @@ def test_voc_export_survives_control_characters_in_ids_and_labels(tmp_path):
     assert doc.findtext("source/id") == "cam\\x01\\x1b[31m\\x00id\\ufffe"
     assert doc.findtext("object/name") == "de\\x07er"
     assert "/" not in xml.name and xml.parent == tmp_path / "voc" / "Annotations"
+
+
+def test_export_writes_one_set_of_shards_per_split(fetched, tmp_path):
+    from stages.export_npz import export_splits
+
+    store, _ = cleaned(fetched, tmp_path)
+    splits = group_defaults("split").names
+    cfg = group_defaults("export", height=16, width=16, items_per_shard=2)
+    m = export_splits(store, NAMES, cfg, tmp_path / "npz", splits, video=False)
+    want = {s: sorted(r.item_id for r in store.rows() if r.split == s) for s in splits}
+    for split in splits:
+        got = []
+        for path in sorted((tmp_path / "npz" / split).glob("shard-*.npz")):
+            with np.load(path, allow_pickle=False) as z:
+                got += list(z["ids"])
+        assert sorted(got) == want[split] and m["splits"][split]["items"] == len(got)
+    assert m["items"] == sum(len(v) for v in want.values()) == len(store.rows())

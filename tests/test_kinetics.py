@@ -247,14 +247,17 @@ def test_clean_export_and_frame_folders(kserver, tmp_path):
     extract_frames(Store(tmp_path / "fetch"), SOURCE, cfg, tmp_path / "frames", 1 << 20, 2)
     # 20-frame clips: a clean threshold above that drops every clip, one below keeps them.
     strict = group_defaults("clean", min_frames=21)
-    kept, _, m = clean(Store(tmp_path / "frames"), SOURCE, cfg, strict)
+    kept, _, m = clean(Store(tmp_path / "frames"), SOURCE, cfg, strict, group_defaults("split"))
     assert kept == [] and m["dropped"]["clip_too_short"] == 3
-    kept, _, m = clean(Store(tmp_path / "frames"), SOURCE, cfg, group_defaults("clean"))
+    kept, _, m = clean(
+        Store(tmp_path / "frames"), SOURCE, cfg, group_defaults("clean"), group_defaults("split")
+    )
     assert m["clips_out"] == 3 and m["dropped"] == {"clip_missing": 1}
     (tmp_path / "clean").mkdir()
     write_manifest(tmp_path / "clean", rebase(kept, tmp_path / "frames", tmp_path / "clean"))
     exp = group_defaults("export", height=32, width=48, frames=4, clips_per_shard=2)
-    em = export_clips(Store(tmp_path / "clean"), cfg.classes, exp, tmp_path / "npz")
+    clean_store = Store(tmp_path / "clean")
+    em = export_clips(clean_store.rows(), clean_store, cfg.classes, exp, tmp_path / "npz")
     assert em["items"] == 3 and em["shards"] == 2
     with np.load(tmp_path / "npz" / "shard-00000.npz", allow_pickle=False) as z:
         assert z["X"].shape == (2, 4, 32, 48, 3) and z["X"].dtype == np.uint8

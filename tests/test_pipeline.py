@@ -47,14 +47,26 @@ def test_build_push_clone_pull(project, tmp_path, standin_root):
     for row, payload in store.iter_payloads():
         rel = "nacti-unzipped/" + row.meta["file_name"]
         assert hashlib.sha256(payload).hexdigest() == files[rel] == row.sha256
-    npz = np.load(data / "npz" / "shard-00000.npz")  # plain numpy, no pickle
-    assert npz["X"].shape[1:] == (224, 224, 3) and npz["X"].dtype == np.uint8
-    assert (
-        len(npz["y"])
-        == len(npz["ids"])
-        == json.loads((data / "metrics" / "clean.json").read_text())["items_out"]
-    )
-    assert npz["box_offsets"][-1] == len(npz["boxes"]) == len(npz["box_labels"])
+    clean = json.loads((data / "metrics" / "clean.json").read_text())
+    shards = sorted((data / "npz").glob("*/shard-*.npz"))
+    assert {p.parent.name for p in shards} == set(clean["splits"]["items"]) - {
+        s for s, n in clean["splits"]["items"].items() if n == 0
+    }
+    ids = []
+    for path in shards:
+        npz = np.load(path)  # plain numpy, no pickle
+        assert npz["X"].shape[1:] == (224, 224, 3) and npz["X"].dtype == np.uint8
+        assert len(npz["y"]) == len(npz["ids"])
+        assert npz["box_offsets"][-1] == len(npz["boxes"]) == len(npz["box_labels"])
+        ids += [(path.parent.name, i) for i in npz["ids"]]
+    assert len(ids) == clean["items_out"]
+    # Each item is in the split clean assigned, and a location's images share one split.
+    rows = {r.item_id: r for r in Store(data / "clean").rows()}
+    assert all(rows[i].split == split for split, i in ids)
+    by_location: dict = {}
+    for r in rows.values():
+        by_location.setdefault(r.meta["location"], set()).add(r.split)
+    assert all(len(s) == 1 for s in by_location.values()) and len(by_location) > 1
 
     project.dvc("push")
     project.git("add", "-A")
@@ -74,7 +86,7 @@ def test_conf_edits_rerun_exactly_the_changed_stages(project):
     project.dvc("repro")
     project.set_conf("conf/export/default.yaml", "height: 224", "height: 64")
     assert ran(project.dvc("repro")) == ["compose", "export-npz@lila"]
-    npz = np.load(project.path / "data/lila/npz/shard-00000.npz")
+    npz = np.load(sorted((project.path / "data/lila/npz").glob("*/shard-00000.npz"))[0])
     assert npz["X"].shape[1:3] == (64, 224)
     project.set_conf("conf/clean/default.yaml", "min_box_size: 2.0", "min_box_size: 400.0")
     assert ran(project.dvc("repro")) == ["clean-annotations@lila", "compose", "export-npz@lila"]

@@ -416,7 +416,9 @@ def expected_boxes(data, min_size=2.0) -> dict[tuple[int, int], list[tuple]]:
 def exported(tator, tmp_path):
     """Fetch, clean and export as VOC and COCO; return (clean store, metrics, tmp)."""
     fetched, _ = run(tator.url, tmp_path)
-    kept, names, metrics = clean(fetched, SOURCE, source_defaults("tator"), group_defaults("clean"))
+    kept, names, metrics = clean(
+        fetched, SOURCE, source_defaults("tator"), group_defaults("clean"), group_defaults("split")
+    )
     (tmp_path / "clean").mkdir()
     write_manifest(tmp_path / "clean", rebase(kept, tmp_path / "fetch", tmp_path / "clean"), names)
     store = Store(tmp_path / "clean")

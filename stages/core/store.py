@@ -44,6 +44,7 @@ SCHEMA = pa.schema(
         ("labels", pa.list_(pa.string())),
         ("label_ids", pa.list_(pa.int32())),
         ("boxes", pa.list_(BOX)),
+        ("split", pa.string()),  # train/val/test..., from clean-annotations on (core.splits)
         ("status", pa.string()),
         ("reason", pa.string()),
         ("shard", pa.string()),
@@ -75,6 +76,7 @@ class Row:
     shard: str | None = None
     offset: int | None = None
     meta: dict = field(default_factory=dict)
+    split: str | None = None  # set by clean-annotations (stages.core.splits)
 
     def to_record(self) -> dict:
         """Return the row as a manifest record."""
