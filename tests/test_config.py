@@ -126,8 +126,8 @@ def edit(conf: Path, rel: str, old: str, new: str) -> None:
         ),
         (
             "source/lila.yaml",
-            "clean: {}",
-            "clean: {min_box_size: 3}",
+            "  split_by: location ",
+            "  min_box_size: 3\n  split_by: location ",
             r"unknown key 'sources.lila.clean.min_box_size'",
         ),
         (

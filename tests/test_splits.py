@@ -95,6 +95,7 @@ def test_a_class_missing_from_a_split_warns_or_stops():
     "source, meta, group, own",
     [
         ("lila", {"location": 12, "seq_id": "s9"}, "12", None),
+        ("lila-sequence", {"location": 12, "seq_id": "s9"}, "s9", None),
         ("tator", {"media": 31, "frame": 4}, "31", None),
         ("videodir", {"camera": "lobby", "timestamp": "2024-05-01T12:00:00Z"}, "lobby", None),
         ("kinetics", {"youtube_id": "abc", "split": "val"}, "abc", "val"),
@@ -103,7 +104,10 @@ def test_a_class_missing_from_a_split_warns_or_stops():
 )
 def test_each_source_groups_its_near_copies(source, meta, group, own):
     from stages.core.store import Row
+    from stages.pipeline.compose import source_defaults
     from stages.sources import load
 
+    source, _, by = source.partition("-")
+    cfg = source_defaults(source, **({"clean": {"split_by": by}} if by else {}))
     row = Row(item_id="x", source=source, source_id="x", url="", meta=meta)
-    assert load(source).split_group(None, row) == (group, own)
+    assert load(source).split_group(cfg, row) == (group, own)

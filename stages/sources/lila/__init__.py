@@ -18,6 +18,7 @@ from stages.core.selection import check_caps
 from stages.sources import Context, Plan, Source
 
 if TYPE_CHECKING:
+    from stages.core.store import Row
     from stages.net.credentials import Credential
 
 
@@ -64,12 +65,26 @@ class LilaFetch:
         parse_origins(self.sas_token_origins, f"{where}.sas_token_origins", secret=True)
 
 
+class SplitBy(Enum):
+    """What groups camera-trap images into near copies for the splits."""
+
+    location = "location"  # a camera site: every image it ever took
+    sequence = "sequence"  # one burst (COCO Camera Traps' seq_id): finer, more leakage
+
+
+@dataclass
+class LilaClean:
+    """What clean-annotations@lila reads of this source's settings."""
+
+    split_by: SplitBy = MISSING
+
+
 @dataclass
 class LilaConf(SourceConf):
     """conf/source/lila.yaml."""
 
     fetch: LilaFetch = MISSING
-    clean: NoSettings = MISSING
+    clean: LilaClean = MISSING
     export: NoSettings = MISSING
 
     def __post_init__(self) -> None:
@@ -81,8 +96,16 @@ class Lila(Source):
     """LILA BC camera-trap datasets (e.g. NACTI) from the GCP, AWS or Azure mirror."""
 
     name = "lila"
-    split_key = "location"  # a camera-trap site (sequence grouping: next)
+    split_key = "location"  # a camera-trap site, or a burst (clean.split_by: sequence)
     schema = LilaConf
+
+    def split_group(self, cfg: LilaConf, row: Row) -> tuple[str, str | None]:
+        """Return the image's location, or its sequence when conf says so."""
+        from stages.core.splits import group_key
+
+        by = cfg.clean.split_by
+        key = "seq_id" if by is SplitBy.sequence else self.split_key
+        return group_key(row.meta, key, row.item_id, self.name), None
 
     def credentials(self, cfg: LilaConf) -> list[Credential]:
         """Return the Azure SAS token, if configured, scoped to its origins."""
