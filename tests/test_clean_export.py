@@ -224,3 +224,46 @@ def test_export_writes_one_set_of_shards_per_split(fetched, tmp_path):
                 got += list(z["ids"])
         assert sorted(got) == want[split] and m["splits"][split]["items"] == len(got)
     assert m["items"] == sum(len(v) for v in want.values()) == len(store.rows())
+
+
+def camera_trap_store(root, locations: range) -> Store:
+    """Write a fetched store of 3 images per location, labelled in turn."""
+    image = root / "img.jpg"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(jpeg(32, 24, (90, 120, 30)))
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    rows = [
+        Row(
+            f"loc{loc:03d}/{k}",
+            "t",
+            f"{loc}/{k}",
+            url=f"http://h/{loc}/{k}.jpg",
+            sha256=sha,
+            labels=[NAMES[(loc + k) % 2]],
+            meta={"location": f"site{loc:03d}", "seq_id": f"site{loc:03d}_{k}"},
+        )
+        for loc in locations
+        for k in range(3)
+    ]
+    write_store(root / "fetch", rows, lambda r: image, 1 << 20)
+    return Store(root / "fetch")
+
+
+def test_new_locations_upstream_never_move_an_existing_item(tmp_path):
+    settings = (group_defaults("clean", decode_check=False), group_defaults("split"))
+    first, _, m1 = clean(camera_trap_store(tmp_path / "a", range(100)), LILA,
+                         lila_conf(NAMES), *settings)  # fmt: skip
+    # 10% more locations upstream, their images among the old ones.
+    again, _, m2 = clean(camera_trap_store(tmp_path / "b", range(110)), LILA,
+                         lila_conf(NAMES), *settings)  # fmt: skip
+    before = {r.item_id: r.split for r in first}
+    after = {r.item_id: r.split for r in again}
+    assert len(before) == 300 and len(after) == 330
+    assert all(after[i] == s for i, s in before.items())
+    # Near copies stay together: one location, one split.
+    assert {(r.meta["location"], r.split) for r in again} == {
+        (r.meta["location"], r.split) for r in again if r.item_id.endswith("/0")
+    }
+    assert sum(m2["splits"]["groups"].values()) == 110 and set(m2["splits"]["items"]) == set(
+        settings[1].names
+    )
