@@ -82,6 +82,11 @@ def test_a_throttling_storm_and_a_reset_mid_upload_are_retried(tator, fetched):
     assert (metrics["sent"], metrics["failed"], job["status"]) == (6, 0, "complete")
     assert len(tator.data.media) == 6 and len({r["target_id"] for r in record}) == 6
     assert {b["sha256"] for b in tator.blobs.values()} == {r["sha256"] for r in record}
+    # The token went to the API only: never with the bytes to the presigned URLs.
+    puts = [s for s in tator.seen if s.method == "PUT"]
+    assert puts and not any("Authorization" in s.headers for s in puts)
+    assert all(s.headers.get("Authorization") == f"Token {TOKEN}" for s in tator.seen
+               if s.path.startswith("/rest/"))  # fmt: skip
 
 
 def test_a_lost_creation_answer_is_not_uploaded_twice(tator, fetched):
