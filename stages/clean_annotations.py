@@ -89,8 +89,8 @@ def assign_splits(
         group, own = source.split_group(src_cfg, row)
         if own is not None:
             split = own_split(cfg, own, f"{source.name} item {row.item_id!r}")
-        else:
-            split = split_of(cfg, source.name, group)
+        else:  # drawn once per group: a video's frames or a site's images share it
+            split = groups.get(group) or split_of(cfg, source.name, group)
         if groups.setdefault(group, split) != split:
             raise MetadataError(
                 f"{source.name}: group {group!r} names two splits ({groups[group]!r} and "
