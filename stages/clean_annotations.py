@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 
 from PIL import Image
 
 from stages.core.boxes import finite, pixel_edges, scale_of
-from stages.core.config import CleanConf, SourceConf, SplitConf
-from stages.core.errors import MetadataError
+from stages.core.config import CleanConf, GatesConf, SourceConf, SplitConf
+from stages.core.errors import StoreError
+from stages.core.files import atomic_write
+from stages.core.gates import (
+    GateTripped,
+    Pair,
+    code_of,
+    dedupe,
+    find,
+    message,
+    report_csv,
+    sheet,
+    summary,
+)
 from stages.core.metrics import class_counts
 from stages.core.parallel import pmap
-from stages.core.splits import check, own_split, report, split_of
+from stages.core.splits import assign_rows
 from stages.core.store import Row, Store, frames_by_clip, rebase, write_manifest
 from stages.pipeline.entry import run_main, start
 from stages.sources import Source
 
 log = logging.getLogger("stages.clean_annotations")
+EXTRA = {  # optional outputs: paths from dvc.yaml
+    "--gates-report": "the quality gates' CSV of copies (pairs, worst first, and drops)",
+    "--gates-sheet": "the quality gates' PNG contact sheet of the worst pairs",
+    "--splits-plot": "items per split and class, for dvc plots",
+}
 SHARED_COUNTS = (
     "boxes_in",
     "boxes_out",
@@ -31,16 +50,20 @@ SHARED_COUNTS = (
 )
 
 
-def inspect_image(data: bytes, decode: bool) -> tuple[int, int] | None:
-    """Return (width, height) of an image, or None if it is unusable."""
+def inspect_image(
+    data: bytes, decode: bool, gates: GatesConf | None = None
+) -> tuple[tuple[int, int], bytes | None] | None:
+    """Return an image's (width, height) and perceptual hash (with gates), or None if it is
+    unusable."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             size = im.size
-            if decode:
+            if decode or gates:
                 im.load()
+            code = code_of(im, gates) if gates else None
     except Exception:  # Pillow raises many types for bad data
         return None
-    return size
+    return size, code
 
 
 def clean_boxes(row: Row, width: int, height: int, min_size: float, counts: Counter) -> list[dict]:
@@ -74,40 +97,26 @@ def keep_whole_clips(rows: list[Row], min_frames: int, dropped: Counter):
     return kept, firsts
 
 
-def assign_splits(
-    rows: list[Row],
-    units: list[Row],
-    names: list[str],
-    source: Source,
-    src_cfg: SourceConf,
-    cfg: SplitConf,
-) -> dict:
-    """Set each row's split from its group (core.splits); return the split metrics over
-    `units` (the items, or a video's clips)."""
-    groups: dict[str, str] = {}
-    for row in rows:
-        group, own = source.split_group(src_cfg, row)
-        if own is not None:
-            split = own_split(cfg, own, f"{source.name} item {row.item_id!r}")
-        else:  # drawn once per group: a video's frames or a site's images share it
-            split = groups.get(group) or split_of(cfg, source.name, group)
-        if groups.setdefault(group, split) != split:
-            raise MetadataError(
-                f"{source.name}: group {group!r} names two splits ({groups[group]!r} and "
-                f"{split!r}, at item {row.item_id!r}): its near copies would leak"
-            )
-        row.split = split
-    metrics = report(cfg, [(r.split, r.labels) for r in units], groups, names)
-    metrics["warnings"] = check(cfg, metrics, source.name)
-    for line in metrics["warnings"]:
-        log.warning("%s", line)
-    return metrics
+@dataclass
+class Gate:
+    """What the quality gates found: copies worst first, and the exact copies dropped."""
+
+    pairs: list[Pair]
+    drops: list[Pair]
+    metrics: dict
 
 
 def clean(
-    store: Store, source: Source, src_cfg: SourceConf, cfg: CleanConf, split_cfg: SplitConf
-) -> tuple[list[Row], list[str], dict]:
-    """Return the cleaned rows (payloads unchanged), the class names and the metrics."""
+    store: Store,
+    source: Source,
+    src_cfg: SourceConf,
+    cfg: CleanConf,
+    split_cfg: SplitConf,
+    gates: GatesConf | None = None,
+) -> tuple[list[Row], list[str], dict, Gate | None]:
+    """Return the cleaned rows (payloads unchanged), the class names, the metrics and what the
+    quality gates found (None with gates off)."""
+    gates = gates if gates is not None and gates.enabled else None
     names = source.names(src_cfg, store)
     ids = {n: i for i, n in enumerate(names)}
     decode, min_size = cfg.decode_check, cfg.min_box_size
@@ -122,15 +131,19 @@ def clean(
             dropped[f"clip_{r.status}" if source.video else f"{r.status}_at_fetch"] += 1
 
     def probe(row: Row):
-        return row, inspect_image(store.read(row), decode)
+        data = store.read(row)
+        digest = row.sha256 or hashlib.sha256(data).hexdigest()
+        return row, inspect_image(data, decode, gates), digest
 
     kept = []
-    for row, info in pmap(probe, usable):
+    codes: dict[str, tuple[bytes | None, str]] = {}
+    for row, info, digest in pmap(probe, usable):
         if info is None:
             dropped["corrupt_image"] += 1
             continue
-        width, height = info
-        if (row.width, row.height) != (None, None) and (row.width, row.height) != info:
+        (width, height), code = info
+        codes[row.item_id] = code, digest
+        if (row.width, row.height) != (None, None) and (row.width, row.height) != (width, height):
             counts["size_mismatch"] += 1
         known = [lab for lab in row.labels if lab in ids]
         if len(known) != len(row.labels):
@@ -154,11 +167,22 @@ def clean(
         row.label_ids = [ids[lab] for lab in row.labels]
         counts_boxes.update(b["label"] for b in row.boxes)
         kept.append(row)
+    drops: list[Pair] = []
+    if gates is not None and gates.dedupe:
+        kept, drops = dedupe(kept, [codes[r.item_id][1] for r in kept])
+        if drops:
+            dropped["exact_duplicate"] += len(drops)
     clips = None
     if source.video:
         kept, clips = keep_whole_clips(kept, cfg.min_frames, dropped)
     units = kept if clips is None else clips
-    splits = assign_splits(kept, units, names, source, src_cfg, split_cfg)
+    splits = assign_rows(kept, units, names, source, src_cfg, split_cfg)
+    gate = None
+    if gates is not None:
+        groups = [source.split_group(src_cfg, r)[0] for r in kept]
+        hashed = [codes[r.item_id] for r in kept]
+        pairs, apart = find(kept, [c for c, _ in hashed], [d for _, d in hashed], groups, gates)
+        gate = Gate(pairs, drops, summary(pairs, drops, apart, gates))
     metrics = {
         "items_in": len(rows),
         "items_out": len(kept),
@@ -177,28 +201,67 @@ def clean(
         "boxes_per_class": {n: counts_boxes.get(n, 0) for n in names},
         "bytes": sum(r.bytes or 0 for r in kept),
         "splits": splits,
+        **({} if gate is None else {"gates": gate.metrics}),
     }
-    return kept, names, metrics
+    return kept, names, metrics, gate
+
+
+def gate_store(store: Store, source: Source, src_cfg: SourceConf, gates: GatesConf) -> Gate:
+    """Check the quality gates over a store a source cleaned itself (its `gated` items; no
+    dedupe: the source's store is not ours to thin)."""
+    rows = [r for r in store.rows() if r.status == "ok" and r.shard and source.gated(r)]
+
+    def probe(row: Row):
+        data = store.read(row)
+        info = inspect_image(data, False, gates)
+        if info is None:  # written by this stage a moment ago
+            raise StoreError(f"{row.item_id}: undecodable in the clean store: run it again")
+        return info[1], row.sha256 or hashlib.sha256(data).hexdigest()
+
+    if gates.dedupe:
+        log.warning("%s: gates.dedupe does not apply to its own clean store", source.name)
+    hashed = list(pmap(probe, rows))
+    groups = [source.split_group(src_cfg, r)[0] for r in rows]
+    pairs, apart = find(rows, [c for c, _ in hashed], [d for _, d in hashed], groups, gates)
+    return Gate(pairs, [], summary(pairs, [], apart, gates))
+
+
+def write_gate_report(args, gate: Gate | None, gates: GatesConf, read) -> None:
+    """Write the gate report CSV and contact sheet PNG where argv says (empty with gates off)."""
+    pairs, drops = (gate.pairs, gate.drops) if gate else ([], [])
+    if args.gates_report:
+        atomic_write(args.gates_report, report_csv(pairs, drops, gates))
+    if args.gates_sheet:
+        atomic_write(args.gates_sheet, sheet([*drops, *pairs], read, gates.sheet_pairs))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run clean-annotations for one source."""
-    run = start(argv, "stages.clean_annotations", __doc__)
+    run = start(argv, "stages.clean_annotations", __doc__, extra=EXTRA)
     args = run.args
     store = Store(args.inp)
+    gates = run.section("gates")
     if "clean-annotations" in run.source.own_stages:  # e.g. label images cleaned pixel by pixel
         shard_bytes = run.section("store").shard_bytes
         _, metrics = run.source.clean_store(
-            run.cfg, run.section("clean"), store, args.out, shard_bytes
+            run.cfg, run.section("clean"), run.section("split"), store, args.out, shard_bytes
         )
+        cleaned = Store(args.out)
+        gate = gate_store(cleaned, run.source, run.cfg, gates) if gates.enabled else None
+        if gate is not None:
+            metrics["gates"] = gate.metrics
+        write_gate_report(args, gate, gates, cleaned.read)
     else:
-        rows, names, metrics = clean(
-            store, run.source, run.cfg, run.section("clean"), run.section("split")
+        rows, names, metrics, gate = clean(
+            store, run.source, run.cfg, run.section("clean"), run.section("split"), gates
         )
+        write_gate_report(args, gate, gates, store.read)
         args.out.mkdir(parents=True)
         # Payloads are unchanged: the manifest points into the upstream shards.
         write_manifest(args.out, rebase(rows, args.inp, args.out), names)
-    run.finish(metrics)
+    run.finish(metrics, per_split=metrics["splits"]["classes"])
+    if metrics.get("gates", {}).get("tripped"):
+        raise GateTripped(message(args.source, metrics["gates"]))
     log.info(
         "clean@%s: kept %d of %d (%s)",
         args.source,

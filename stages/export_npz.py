@@ -199,17 +199,24 @@ def export_clips(
 
 def main(argv: list[str] | None = None) -> int:
     """Run export-npz for one source."""
-    run = start(argv, "stages.export_npz", __doc__)
+    run = start(
+        argv,
+        "stages.export_npz",
+        __doc__,
+        extra={"--splits-plot": "items per split and class, for dvc plots"},
+    )
     store = Store(run.args.inp)
+    splits = run.section("split").names
     if "export-npz" in run.source.own_stages:  # e.g. movies with label images
-        metrics = run.source.export_store(run.cfg, run.section("export"), store, run.args.out)
+        metrics = run.source.export_store(
+            run.cfg, run.section("export"), splits, store, run.args.out
+        )
     else:
         names = run.source.names(run.cfg, store)
-        splits = run.section("split").names
         metrics = export_splits(
             store, names, run.section("export"), run.args.out, splits, run.source.video
         )
-    run.finish(metrics)
+    run.finish(metrics, per_split={s: m["classes"] for s, m in metrics["splits"].items()})
     log.info(
         "export@%s: %d items in %d shards", run.args.source, metrics["items"], metrics["shards"]
     )

@@ -89,7 +89,9 @@ def fetched(tmp_path) -> Store:
 
 def cleaned(fetched, tmp_path, source=LILA, **cfg) -> Store:
     settings = group_defaults("clean", **{"decode_check": True, "min_box_size": 2.0, **cfg})
-    rows, _, metrics = clean(fetched, source, lila_conf(NAMES), settings, group_defaults("split"))
+    rows, _, metrics, _ = clean(
+        fetched, source, lila_conf(NAMES), settings, group_defaults("split")
+    )
     out = tmp_path / "clean"
     out.mkdir(exist_ok=True)
     write_manifest(out, rebase(rows, fetched.root, out))
@@ -251,10 +253,10 @@ def camera_trap_store(root, locations: range) -> Store:
 
 def test_new_locations_upstream_never_move_an_existing_item(tmp_path):
     settings = (group_defaults("clean", decode_check=False), group_defaults("split"))
-    first, _, m1 = clean(camera_trap_store(tmp_path / "a", range(100)), LILA,
+    first, _, m1, _ = clean(camera_trap_store(tmp_path / "a", range(100)), LILA,
                          lila_conf(NAMES), *settings)  # fmt: skip
     # 10% more locations upstream, their images among the old ones.
-    again, _, m2 = clean(camera_trap_store(tmp_path / "b", range(110)), LILA,
+    again, _, m2, _ = clean(camera_trap_store(tmp_path / "b", range(110)), LILA,
                          lila_conf(NAMES), *settings)  # fmt: skip
     before = {r.item_id: r.split for r in first}
     after = {r.item_id: r.split for r in again}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import struct
 import zipfile
 import zlib
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from stages.core.errors import ConfigError, MetadataError, StageError
+from stages.core.splits import split_of
 from stages.core.store import Store
 from stages.fetch import fetch
 from stages.formats.images import decode_array, encode_array
@@ -29,6 +31,8 @@ from standins.figure8 import Figure8Standin, generate_job, report_zip
 
 SOURCE = load("figure8")
 KEY = "f8-key-5ecret"
+EXPORT = group_defaults("export")
+ONE_SPLIT = group_defaults("split", names=["train"], fractions=[1.0])
 
 
 def conf(url: str, root: Path, **sections):
@@ -62,8 +66,9 @@ def built(tmp_path_factory, job):
         _, fetched = run_fetch(cfg, tmp / "fetch", tmp / "cache")
         seen = list(srv.seen)
     _, frames = SOURCE.extract(cfg, Store(tmp / "fetch"), tmp / "frames", 1 << 20)
-    _, cleaned = SOURCE.clean_store(cfg, None, Store(tmp / "frames"), tmp / "clean", 1 << 20)
-    exported = SOURCE.export_store(cfg, group_defaults("export"), Store(tmp / "clean"), tmp / "npz")
+    clean_args = (cfg, None, ONE_SPLIT, Store(tmp / "frames"), tmp / "clean", 1 << 20)
+    _, cleaned = SOURCE.clean_store(*clean_args)
+    exported = SOURCE.export_store(cfg, EXPORT, ["train"], Store(tmp / "clean"), tmp / "npz")
     yield dataclasses.make_dataclass("Built", ["tmp", "cfg", "metrics", "seen", "url"])(
         tmp, cfg, {"fetch": fetched, "frames": frames, "clean": cleaned, "export": exported},
         seen, srv.url,
@@ -218,7 +223,7 @@ def test_the_cleaned_movies_labels_run_1_to_n(built):
 
 
 def test_export_writes_deepcell_npz_per_part(built):
-    files = sorted((built.tmp / "npz").iterdir())
+    files = sorted((built.tmp / "npz/train").iterdir())
     assert [f.name for f in files] == ["3D_example_part_0.npz", "3D_example_part_1.npz"]
     with np.load(files[0], allow_pickle=False) as npz:
         assert sorted(npz.files) == ["X", "ids", "positions", "y"]
@@ -236,6 +241,37 @@ def test_export_writes_deepcell_npz_per_part(built):
         assert len(npz["ids"]) == 3  # the 404'd montage's movie is not there
 
 
+def position(movie: str) -> str:
+    """Return a chopped movie's field of view, e.g. x_00_y_01."""
+    return re.search(r"x_\d\d_y_\d\d", movie).group(0)
+
+
+def test_a_fields_movies_share_its_split_and_export_writes_each_split(built, tmp_path):
+    split = group_defaults("split", fractions=[0.5, 0.25, 0.25])
+    _, m = SOURCE.clean_store(
+        built.cfg, None, split, Store(built.tmp / "frames"), tmp_path / "clean", 1 << 20
+    )
+    movies: dict[str, set] = {}
+    for row in Store(tmp_path / "clean").rows():
+        movies.setdefault(row.meta["movie"], set()).add(row.split)
+    assert len(movies) == 8 and all(len(s) == 1 for s in movies.values())
+    want = {movie: split_of(split, "figure8", position(movie)) for movie in movies}
+    assert {movie: s.pop() for movie, s in movies.items()} == want
+    assert len(set(want.values())) == 2  # these fractions spread the 4 positions
+    ok = [mv for mv in want if mv != "3D_example_x_01_y_01_part_1"]  # its montage 404'd
+    assert m["splits"]["items"] == {s: sum(want[mv] == s for mv in ok) for s in split.names}
+    assert sum(m["splits"]["groups"].values()) == 4
+    exported = SOURCE.export_store(
+        built.cfg, EXPORT, split.names, Store(tmp_path / "clean"), tmp_path / "npz"
+    )
+    seen = {}
+    for path in (tmp_path / "npz").glob("*/*.npz"):
+        with np.load(path, allow_pickle=False) as npz:
+            seen.update(dict.fromkeys(npz["ids"].tolist(), path.parent.name))
+    assert seen == {mv: want[mv] for mv in ok}
+    assert exported["items"] == 7 and sum(v["items"] for v in exported["splits"].values()) == 7
+
+
 def test_tiles_are_anchored_to_the_far_edge_and_relabelled(built, tmp_path):
     assert tile_starts(56, 32) == [0, 24] and tile_starts(76, 32) == [0, 32, 44]
     assert tile_starts(64, 32) == [0, 32] and tile_starts(20, 32) == [0]
@@ -245,9 +281,9 @@ def test_tiles_are_anchored_to_the_far_edge_and_relabelled(built, tmp_path):
         built.cfg,
         export=dataclasses.replace(built.cfg.export, reshape_size=32, samples_to_drop=drop),
     )
-    m = SOURCE.export_store(cfg, group_defaults("export"), Store(built.tmp / "clean"), tmp_path)
+    m = SOURCE.export_store(cfg, EXPORT, ["train"], Store(built.tmp / "clean"), tmp_path)
     assert m["movies_dropped"] == 2 and m["entry_shape"] == [4, 32, 32, 1]
-    with np.load(tmp_path / "3D_example_part_0.npz", allow_pickle=False) as npz:
+    with np.load(tmp_path / "train/3D_example_part_0.npz", allow_pickle=False) as npz:
         y, ids = npz["y"], list(npz["ids"])
     assert len(ids) == 3 * 6 and not any("x_01_y_00" in i for i in ids)
     for tile in y:
@@ -255,7 +291,7 @@ def test_tiles_are_anchored_to_the_far_edge_and_relabelled(built, tmp_path):
         assert list(values) == list(range(len(values)))  # 1..N in every tile
     bad = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, samples_to_drop=["x_7"]))
     with pytest.raises(ConfigError, match="x_7"):
-        SOURCE.export_store(bad, group_defaults("export"), Store(built.tmp / "clean"), tmp_path)
+        SOURCE.export_store(bad, EXPORT, ["train"], Store(built.tmp / "clean"), tmp_path)
 
 
 def test_recombine_stitches_positions_with_unique_labels(built, job, tmp_path):

@@ -247,9 +247,9 @@ def test_clean_export_and_frame_folders(kserver, tmp_path):
     extract_frames(Store(tmp_path / "fetch"), SOURCE, cfg, tmp_path / "frames", 1 << 20, 2)
     # 20-frame clips: a clean threshold above that drops every clip, one below keeps them.
     strict = group_defaults("clean", min_frames=21)
-    kept, _, m = clean(Store(tmp_path / "frames"), SOURCE, cfg, strict, group_defaults("split"))
+    kept, _, m, _ = clean(Store(tmp_path / "frames"), SOURCE, cfg, strict, group_defaults("split"))
     assert kept == [] and m["dropped"]["clip_too_short"] == 3
-    kept, _, m = clean(
+    kept, _, m, _ = clean(
         Store(tmp_path / "frames"), SOURCE, cfg, group_defaults("clean"), group_defaults("split")
     )
     assert m["clips_out"] == 3 and m["dropped"] == {"clip_missing": 1}

@@ -416,7 +416,7 @@ def expected_boxes(data, min_size=2.0) -> dict[tuple[int, int], list[tuple]]:
 def exported(tator, tmp_path):
     """Fetch, clean and export as VOC and COCO; return (clean store, metrics, tmp)."""
     fetched, _ = run(tator.url, tmp_path)
-    kept, names, metrics = clean(
+    kept, names, metrics, _ = clean(
         fetched, SOURCE, source_defaults("tator"), group_defaults("clean"), group_defaults("split")
     )
     (tmp_path / "clean").mkdir()

@@ -141,6 +141,51 @@ class SplitConf:
             raise ConfigError(f"split.fractions {self.fractions} sum to {total:g}, not 1")
 
 
+class HashKind(Enum):
+    """A perceptual hash from imagehash for the near-duplicate gates."""
+
+    phash = "phash"  # DCT of the luminance: robust to re-encoding and resizing
+    dhash = "dhash"  # gradients between neighbours
+    average = "average"  # above or below the mean
+
+
+@dataclass
+class GatesConf:
+    """Duplicate and leakage gates, checked by clean-annotations (`conf/gates/`)."""
+
+    enabled: bool = MISSING
+    hash: HashKind = MISSING
+    hash_size: int = MISSING
+    max_distance: int = MISSING
+    within_group: bool = MISSING
+    max_duplicates: Optional[int] = MISSING  # noqa: UP045 (omegaconf reads Optional)
+    max_label_conflicts: Optional[int] = MISSING  # noqa: UP045
+    max_cross_split_duplicates: Optional[int] = MISSING  # noqa: UP045
+    dedupe: bool = MISSING
+    sheet_pairs: int = MISSING
+    report_max_pairs: int = MISSING
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.hash_size <= 16:
+            raise ConfigError(
+                f"gates.hash_size must be 2..16 (bits: its square), not {self.hash_size}"
+            )
+        if not 0 <= self.max_distance < self.hash_size**2 // 2:
+            raise ConfigError(
+                f"gates.max_distance must be 0..{self.hash_size**2 // 2 - 1} for "
+                f"{self.hash_size**2}-bit hashes (half the bits matches unrelated images), not "
+                f"{self.max_distance}"
+            )
+        non_negative(
+            "gates",
+            max_duplicates=self.max_duplicates,
+            max_label_conflicts=self.max_label_conflicts,
+            max_cross_split_duplicates=self.max_cross_split_duplicates,
+            sheet_pairs=self.sheet_pairs,
+            report_max_pairs=self.report_max_pairs,
+        )
+
+
 class Aspect(Enum):
     """How export-npz fits an image into the output size."""
 
@@ -315,6 +360,7 @@ GROUPS: dict[str, type] = {
     "store": StoreConf,
     "clean": CleanConf,
     "split": SplitConf,
+    "gates": GatesConf,
     "export": ExportConf,
 }
 

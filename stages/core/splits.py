@@ -11,11 +11,19 @@ met as closely as the number of groups allows, and what was achieved is reported
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from stages.core.config import OnEmpty, SplitConf
 from stages.core.errors import ConfigError, MetadataError
+
+if TYPE_CHECKING:
+    from stages.core.store import Row
+    from stages.sources import Source
+
+log = logging.getLogger("stages.splits")
 
 
 def draw(seed: int, source: str, group: str) -> float:
@@ -99,3 +107,28 @@ def check(cfg: SplitConf, metrics: dict, source: str) -> list[str]:
             f"{lines[0]} ({len(lines)} such class/split pair(s); split.on_empty_class: error)"
         )
     return lines
+
+
+def assign_rows(
+    rows: list[Row], units: list[Row], classes: list[str], source: Source, src_cfg, cfg: SplitConf
+) -> dict:
+    """Set each row's split from its group; return the split metrics over `units` (the items,
+    or one row per clip or movie)."""
+    groups: dict[str, str] = {}
+    for row in rows:
+        group, own = source.split_group(src_cfg, row)
+        if own is not None:
+            split = own_split(cfg, own, f"{source.name} item {row.item_id!r}")
+        else:  # drawn once per group: a video's frames or a site's images share it
+            split = groups.get(group) or split_of(cfg, source.name, group)
+        if groups.setdefault(group, split) != split:
+            raise MetadataError(
+                f"{source.name}: group {group!r} names two splits ({groups[group]!r} and "
+                f"{split!r}, at item {row.item_id!r}): its near copies would leak"
+            )
+        row.split = split
+    metrics = report(cfg, [(r.split, r.labels) for r in units], groups, classes)
+    metrics["warnings"] = check(cfg, metrics, source.name)
+    for line in metrics["warnings"]:
+        log.warning("%s", line)
+    return metrics

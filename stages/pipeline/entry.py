@@ -54,16 +54,29 @@ class StageRun:
         """Return a shared section (fetch, store, clean, export) as its schema's dataclass."""
         return typed(GROUPS[name], self.params.get(name), "params.yaml", name)
 
-    def finish(self, metrics: dict) -> None:
-        """Write the stage's metrics JSON and per-class plot data."""
+    def finish(self, metrics: dict, per_split: dict[str, dict[str, int]] | None = None) -> None:
+        """Write the stage's metrics JSON and per-class plot data (and per split and class,
+        where argv names a --splits-plot)."""
         write_json(self.args.metrics, metrics)
         write_plot(self.args.plot, metrics["classes"])
+        if getattr(self.args, "splits_plot", None) and per_split is not None:
+            write_plot(
+                self.args.splits_plot,
+                {f"{s}/{c}": n for s, counts in per_split.items() for c, n in counts.items()},
+            )
 
 
 def start(
-    argv: list[str] | None, prog: str, doc: str, *, has_input: bool = True, clear: bool = True
+    argv: list[str] | None,
+    prog: str,
+    doc: str,
+    *,
+    has_input: bool = True,
+    clear: bool = True,
+    extra: dict[str, str] | None = None,
 ) -> StageRun:
-    """Parse `source [input] output metrics plot`, load params, empty the output dir."""
+    """Parse `source [input] output metrics plot` (and `extra` optional output paths), load
+    params, empty the output dir."""
     ap = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc)
     ap.add_argument("source")
     if has_input:
@@ -71,6 +84,8 @@ def start(
     ap.add_argument("out", type=Path)
     ap.add_argument("metrics", type=Path)
     ap.add_argument("plot", type=Path)
+    for flag, help_ in (extra or {}).items():
+        ap.add_argument(flag, type=Path, help=help_)
     args = ap.parse_args(argv)
     params = load_params()
     source = sources.load(args.source)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from stages.core.config import CleanConf, ExportConf, FramesConf, SourceConf
+from stages.core.config import CleanConf, ExportConf, FramesConf, SourceConf, SplitConf
 from stages.core.errors import ConfigError
 from stages.core.store import Row, Store
 
@@ -113,6 +113,11 @@ class Source(ABC):
             raise NotImplementedError(f"{self.name}: no split group is defined")
         return group_key(row.meta, self.split_key, row.item_id, self.name), None
 
+    def gated(self, row: Row) -> bool:
+        """Return whether the quality gates hash an item of the clean store (hook: all; a
+        source whose items include label images checks its pictures only)."""
+        return True
+
     def clean_stats(self, cfg: SourceConf, store: Store) -> dict:
         """Return source-specific counts for clean's metrics, from its input store (hook)."""
         return {}
@@ -135,15 +140,23 @@ class Source(ABC):
         raise NotImplementedError(f"{self.name} has no extract-frames stage of its own")
 
     def clean_store(
-        self, cfg: SourceConf, clean: CleanConf, store: Store, out_dir: Path, shard_bytes: int
+        self,
+        cfg: SourceConf,
+        clean: CleanConf,
+        split: SplitConf,
+        store: Store,
+        out_dir: Path,
+        shard_bytes: int,
     ) -> tuple[list[Row], dict]:
-        """Write the clean-annotations store; return its rows and metrics (own stage hook)."""
+        """Write the clean-annotations store, each item in its group's split; return its rows
+        and metrics (own stage hook)."""
         raise NotImplementedError(f"{self.name} has no clean-annotations stage of its own")
 
     def export_store(
-        self, cfg: SourceConf, export: ExportConf, store: Store, out_dir: Path
+        self, cfg: SourceConf, export: ExportConf, splits: list[str], store: Store, out_dir: Path
     ) -> dict:
-        """Write the export-npz files; return the metrics (own stage hook)."""
+        """Write the export-npz files under out_dir/<split>/; return the metrics (own stage
+        hook)."""
         raise NotImplementedError(f"{self.name} has no export-npz stage of its own")
 
     def draw(self, cfg: SourceConf, store: Store) -> tuple[bytes, list[dict]]:

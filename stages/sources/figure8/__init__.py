@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from omegaconf import MISSING
 
-from stages.core.config import CleanConf, ExportConf, SourceConf, non_negative, positive
+from stages.core.config import CleanConf, ExportConf, SourceConf, SplitConf, non_negative, positive
 from stages.core.errors import ConfigError
 from stages.core.origins import parse_origins
 from stages.core.store import Row, Store
@@ -139,6 +139,15 @@ def rgb(text: str) -> tuple[int, int, int]:
     return int(value[1:3], 16), int(value[3:5], 16), int(value[5:7], 16)
 
 
+class Figure8SplitBy(Enum):
+    """What groups movies into near copies for the splits."""
+
+    # One field of view: its montage parts are consecutive frames, so a part's last frame
+    # and the next part's first are near copies (the gates find them when split apart).
+    position = "position"
+    movie = "movie"  # one montage (a position's part): finer, leaks at part boundaries
+
+
 @dataclass
 class Figure8Clean:
     """clean-annotations@figure8 (scikit-image 0.26 `max_size`: at most, inclusive)."""
@@ -146,6 +155,7 @@ class Figure8Clean:
     hole_max: int = MISSING
     object_max: int = MISSING
     connectivity: int = MISSING
+    split_by: Figure8SplitBy = MISSING
 
     def __post_init__(self) -> None:
         non_negative("sources.figure8.clean", hole_max=self.hole_max, object_max=self.object_max)
@@ -196,6 +206,7 @@ class Figure8(Source):
     local_input = True  # data/figure8/input: raw frames and the pre-annotation logs
     own_stages = frozenset({"extract-frames", "clean-annotations", "export-npz"})
     plots = PlotSpec(template="bar_horizontal", x="frames", y="cells", title="cells per frame")
+    split_key = "movie"  # with clean.split_by: movie; by position, see split_group
 
     def credentials(self, cfg: Figure8Conf) -> list[Credential]:
         """Return the API key, sent as `Authorization: Token token=<key>` to the API only."""
@@ -225,18 +236,38 @@ class Figure8(Source):
         return extract(cfg, store, out_dir, shard_bytes)
 
     def clean_store(
-        self, cfg: Figure8Conf, clean: CleanConf, store: Store, out_dir: Path, shard_bytes: int
+        self,
+        cfg: Figure8Conf,
+        clean: CleanConf,
+        split: SplitConf,
+        store: Store,
+        out_dir: Path,
+        shard_bytes: int,
     ) -> tuple[list[Row], dict]:
-        """Clean every label frame; raw frames pass through."""
+        """Clean every label frame; raw frames pass through; a movie's frames share a split."""
         from stages.sources.figure8.clean import clean_store
 
-        return clean_store(cfg, store, out_dir, shard_bytes)
+        return clean_store(cfg, split, store, out_dir, shard_bytes, source=self)
 
-    def export_store(self, cfg: Figure8Conf, export: ExportConf, store: Store, out_dir: Path):
-        """Write DeepCell npz files, one per part."""
+    def split_group(self, cfg: Figure8Conf, row: Row) -> tuple[str, str | None]:
+        """Return a frame's field of view (recombined movies have one: the whole job), or
+        its movie, for the splits."""
+        if cfg.clean.split_by is Figure8SplitBy.movie:
+            return super().split_group(cfg, row)
+        m = row.meta
+        return (f"x_{m['x']:02d}_y_{m['y']:02d}" if "x" in m else "whole field"), None
+
+    def gated(self, row: Row) -> bool:
+        """Return whether an item is a raw frame: label frames are not pictures to compare."""
+        return row.meta.get("role") == "raw"
+
+    def export_store(
+        self, cfg: Figure8Conf, export: ExportConf, splits: list[str], store: Store, out_dir: Path
+    ):
+        """Write DeepCell npz files, one per split and part."""
         from stages.sources.figure8.export import export as write
 
-        return write(cfg, export, store, out_dir)
+        return write(cfg, export, splits, store, out_dir)
 
     def draw(self, cfg: Figure8Conf, store: Store) -> tuple[bytes, list[dict]]:
         """Return a contact sheet of label frames over raw frames, and cells per frame."""

@@ -13,9 +13,12 @@ import io
 import statistics
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from stages.core.config import SplitConf
 from stages.core.errors import StoreError
 from stages.core.parallel import default_workers, pmap, progress
+from stages.core.splits import assign_rows
 from stages.core.store import (
     Row,
     ShardWriter,
@@ -29,6 +32,9 @@ from stages.formats.images import decode_array, encode_array
 from stages.sources.figure8 import Figure8Clean, Figure8Conf
 from stages.sources.figure8.labels import clean_movie_labels
 from stages.sources.figure8.movies import Ref, ref
+
+if TYPE_CHECKING:
+    from stages.sources import Source
 
 
 def clean_movie(job: tuple[list[Ref], Figure8Clean]) -> list[tuple[bytes, str, dict]]:
@@ -77,9 +83,17 @@ def spread(values: list[int]) -> dict:
 
 
 def clean_store(
-    cfg: Figure8Conf, store: Store, out_dir: Path, shard_bytes: int, workers: int | None = None
+    cfg: Figure8Conf,
+    split: SplitConf,
+    store: Store,
+    out_dir: Path,
+    shard_bytes: int,
+    workers: int | None = None,
+    *,
+    source: Source,
 ) -> tuple[list[Row], dict]:
-    """Write the cleaned store; return its rows and metrics."""
+    """Write the cleaned store, each movie's frames in the movie's split; return its rows and
+    metrics."""
     rows = store.rows()
     movies = frames_by_clip(
         r for r in rows if r.status == "ok" and r.meta.get("role") == "annotated"
@@ -112,6 +126,8 @@ def clean_store(
         writer.abort()
         raise
     kept = labels + rebase(raws, store.root, out_dir)
+    firsts = [movies[name][0] for name in names]  # one per movie: the unit the splits count
+    splits = assign_rows(kept + failed, firsts, list(cfg.classes), source, cfg, split)
     write_manifest(out_dir, kept + failed, list(cfg.classes))
     metrics = {
         "items_in": len(rows),
@@ -131,5 +147,6 @@ def clean_store(
             "connectivity": cfg.clean.connectivity,
         },
         "classes": {cfg.classes[0]: len(movies)},
+        "splits": splits,
     }
     return kept, metrics

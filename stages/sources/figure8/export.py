@@ -90,15 +90,44 @@ def check_drops(drop: list[str], movies: dict[str, dict]) -> set[str]:
     return out
 
 
-def export(cfg: Figure8Conf, shared: ExportConf, store: Store, out_dir: Path) -> dict:
-    """Write one npz per part; return the metrics."""
+def export(
+    cfg: Figure8Conf, shared: ExportConf, splits: list[str], store: Store, out_dir: Path
+) -> dict:
+    """Write one npz per split and part (`<split>/<identifier>_part_<P>.npz`); return the
+    metrics, in total and per split."""
     known = {r.meta["movie"]: r.meta for r in store.rows() if "movie" in r.meta}
     movies, raws = movies_of(store)
     dropped = check_drops(cfg.export.samples_to_drop, known) & set(movies)
-    by_part: dict[int, list[str]] = {}
+    parts: dict[str, dict[int, list[str]]] = {s: {} for s in splits}
     for movie in sorted(movies):
         if movie not in dropped:
-            by_part.setdefault(movies[movie][0].meta["part"], []).append(movie)
+            first = movies[movie][0]
+            where = parts.setdefault(first.split or "all", {})
+            where.setdefault(first.meta["part"], []).append(movie)
+    per = {
+        split: write_parts(cfg, shared, store, movies, raws, by_part, out_dir / split)
+        for split, by_part in parts.items()
+    }
+    shapes = [m["entry_shape"] for m in per.values() if m["entry_shape"]]
+    return {
+        **{k: sum(m[k] for m in per.values()) for k in ("items", "movies", "shards", "bytes")},
+        "movies_dropped": len(dropped),
+        "entry_shape": shapes[0] if shapes else None,
+        "classes": {cfg.classes[0]: sum(m["items"] for m in per.values())},
+        "splits": per,
+    }
+
+
+def write_parts(
+    cfg: Figure8Conf,
+    shared: ExportConf,
+    store: Store,
+    movies: dict[str, list[Row]],
+    raws: dict[str, list[Row]],
+    by_part: dict[int, list[str]],
+    out_dir: Path,
+) -> dict:
+    """Write one npz per part of some movies; return counts."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files, entries, nbytes, shape = 0, 0, 0, None
     for part, names in sorted(by_part.items()):
@@ -131,7 +160,6 @@ def export(cfg: Figure8Conf, shared: ExportConf, store: Store, out_dir: Path) ->
     return {
         "items": entries,
         "movies": sum(len(n) for n in by_part.values()),
-        "movies_dropped": len(dropped),
         "shards": files,
         "bytes": nbytes,
         "entry_shape": shape,
