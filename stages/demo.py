@@ -122,6 +122,26 @@ def summary_table() -> str:
                 f"{source:<24}"
                 + "".join(f"{splits['items'].get(n, 0):>10}" for n in params["split"]["names"])
             )
+    gates = params["gates"]
+    cols = ("duplicate", "label_conflict", "cross_split")
+    lines += [
+        "",
+        f"{'quality gates (pairs)':<24}{'dupes':>8}{'conflicts':>10}{'leaks':>8}"
+        f"{'in group':>10}{'dropped':>9}  (max distance {gates['max_distance']} bits)",
+    ]
+    for source in params["sources"]:
+        path = ROOT / "data" / source / "metrics" / "clean.json"
+        g = json.loads(path.read_text()).get("gates") if path.exists() else None
+        if g:
+            t = g["totals"]
+            state = (
+                "tripped: " + ", ".join(x["gate"] for x in g["tripped"]) if g["tripped"] else "pass"
+            )
+            lines.append(
+                f"{source:<24}{t[cols[0]]:>8}{t[cols[1]]:>10}{t[cols[2]]:>8}"
+                f"{g['pairs_within_group']:>10}{g['dropped_exact_duplicates']:>9}  {state}"
+            )
+    lines.append("(report: data/<source>/plots/gates.csv, contact sheet: gates.png)")
     for source in params.get("import_sources") or {}:
         imp, lab = (
             json.loads((ROOT / "data" / source / "metrics" / f"{s}.json").read_text())

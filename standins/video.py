@@ -17,10 +17,26 @@ BITS = 16
 BAND = 0.18  # share of the height taken by the index band
 
 
+def scene_image(width: int, height: int, seed: int) -> np.ndarray:
+    """Return a clip's own scene: a coarse random colour field, smoothly upsampled, so two
+    clips' pictures differ the way two real videos' do (perceptual hashes far apart)."""
+    from PIL import Image
+
+    coarse = np.random.default_rng([seed, 0x5CE4E]).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    big = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(big, dtype=np.uint8)
+
+
 def frame_image(
-    index: int, width: int, height: int, rng: np.random.Generator, noise: int = 24
+    index: int,
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    noise: int = 24,
+    scene: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Return one RGB frame showing `index` in its top band over moving noise."""
+    """Return one RGB frame showing `index` in its top band over the clip's scene (if any),
+    a moving gradient and noise."""
     img = np.empty((height, width, 3), np.uint8)
     band = max(8, int(height * BAND))
     # A smooth moving gradient plus noise below the band (noise keeps the encoder honest).
@@ -28,7 +44,10 @@ def frame_image(
     grad = ((x + index * 4) % 256).astype(np.uint8)
     img[band:] = grad[None, :, None]
     noise = rng.integers(0, noise + 1, size=(height - band, width, 1), dtype=np.uint8)
-    img[band:] = img[band:] // 2 + noise
+    if scene is None:
+        img[band:] = img[band:] // 2 + noise
+    else:
+        img[band:] = img[band:] // 16 + scene[band:] // 5 * 4 + noise  # <= 243: no wrap
     img[:band] = 0
     for bit in range(BITS):
         if index >> bit & 1:
@@ -67,6 +86,7 @@ def make_clip(
 ) -> Path:
     """Write an H.264 mp4 whose frame i shows index first_index + i; return its path."""
     rng = np.random.default_rng(seed)
+    scene = scene_image(width, height, seed)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = round(seconds * fps)
@@ -90,7 +110,7 @@ def make_clip(
             sound = out.add_stream("aac", rate=16000, layout="mono")
         for i in range(n):
             frame = av.VideoFrame.from_ndarray(
-                frame_image(first_index + i, width, height, rng, noise)
+                frame_image(first_index + i, width, height, rng, noise, scene)
             )
             out.mux(stream.encode(frame))
         out.mux(stream.encode())
