@@ -39,6 +39,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/tator_frames.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/clean.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/import.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/gates.py
 
 clean-demo:
 	rm -rf .demo data/videodir/input data/figure8/input

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -131,6 +133,35 @@ def test_experiments_and_metrics(project):
     # Editing params.yaml directly is refused, never silently overwritten.
     bad = project.dvc("exp", "run", "-S", "sources.lila.fetch.cap=2", check=False)
     assert "edited by hand" in bad.stdout + bad.stderr
+
+
+def test_a_tripped_gate_stops_the_build_after_writing_its_report(project):
+    project.dvc("repro")
+    plots = project.path / "data/lila/plots"
+    assert (plots / "gates.csv").read_text().count("\n") == 1  # the header: no copies here
+    assert (plots / "gates.png").read_bytes().startswith(b"\x89PNG")
+    per_split = json.loads((plots / "clean_splits.json").read_text())
+    assert {r["cls"].split("/")[0] for r in per_split} == {"train", "val", "test"}
+    # Unrelated pictures are ~32 bits apart: at 30, the gates see copies everywhere.
+    project.set_conf("conf/gates/default.yaml", "max_distance: 4 ", "max_distance: 30 ")
+    proc = project.dvc("repro", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out
+    line = next(x for x in out.splitlines() if "quality gates failed" in x)
+    assert re.search(r"lila: quality gates failed: \d+ pairs > max_cross_split_duplicates 0", line)
+    assert "export-npz@lila" not in ran(proc)
+    report = list(csv.DictReader((plots / "gates.csv").open()))
+    assert (
+        report[0]["kind"].startswith("cross_split") and report[0]["a_split"] != report[0]["b_split"]
+    )
+    assert all(r["a_item"] and r["b_source_id"] for r in report)
+    metrics = json.loads((project.path / "data/lila/metrics/clean.json").read_text())
+    assert metrics["gates"]["totals"]["cross_split"] > 0 and metrics["gates"]["tripped"]
+    project.set_conf("conf/gates/default.yaml", "max_distance: 30 ", "max_distance: 4 ")
+    project.dvc("repro")
+    assert (plots / "gates.csv").read_text().count("\n") == 1, "stale report"
+    metrics = json.loads((project.path / "data/lila/metrics/clean.json").read_text())
+    assert metrics["gates"]["tripped"] == []
 
 
 def test_bad_settings_fail_clearly(project):
