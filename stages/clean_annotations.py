@@ -28,7 +28,7 @@ from stages.core.gates import (
 )
 from stages.core.metrics import class_counts
 from stages.core.parallel import pmap
-from stages.core.splits import assign_rows
+from stages.core.splits import set_splits, split_metrics
 from stages.core.store import Row, Store, frames_by_clip, rebase, write_manifest
 from stages.pipeline.entry import run_main, start
 from stages.sources import Source
@@ -53,14 +53,19 @@ SHARED_COUNTS = (
 def inspect_image(
     data: bytes, decode: bool, gates: GatesConf | None = None
 ) -> tuple[tuple[int, int], bytes | None] | None:
-    """Return an image's (width, height) and perceptual hash (with gates), or None if it is
-    unusable."""
+    """Return an image's (width, height) and perceptual hash (with gates: None when the hash
+    cannot read it), or None if it is unusable."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             size = im.size
-            if decode or gates:
+            if decode:
                 im.load()
-            code = code_of(im, gates) if gates else None
+            code = None
+            if gates is not None:
+                try:
+                    code = code_of(im, gates)
+                except Exception:  # e.g. a mode the hash cannot convert: counted, kept
+                    code = None
     except Exception:  # Pillow raises many types for bad data
         return None
     return size, code
@@ -167,22 +172,27 @@ def clean(
         row.label_ids = [ids[lab] for lab in row.labels]
         counts_boxes.update(b["label"] for b in row.boxes)
         kept.append(row)
-    drops: list[Pair] = []
-    if gates is not None and gates.dedupe:
-        kept, drops = dedupe(kept, [codes[r.item_id][1] for r in kept])
-        if drops:
-            dropped["exact_duplicate"] += len(drops)
     clips = None
     if source.video:
         kept, clips = keep_whole_clips(kept, cfg.min_frames, dropped)
+    groups = set_splits(kept, source, src_cfg, split_cfg)
+    drops: list[Pair] = []
+    if gates is not None and gates.dedupe:
+        if source.video:  # a clip's frames are a sequence: none is cut out of it
+            log.warning("%s: gates.dedupe drops images, never video frames", source.name)
+        else:
+            before = kept
+            kept, drops = dedupe(kept, [codes[r.item_id][1] for r in kept])
+            gone = {p.b.item_id for p in drops}
+            groups = [g for g, r in zip(groups, before, strict=True) if r.item_id not in gone]
+            if drops:
+                dropped["exact_duplicate"] += len(drops)
     units = kept if clips is None else clips
-    splits = assign_rows(kept, units, names, source, src_cfg, split_cfg)
+    by_group = {g: r.split for g, r in zip(groups, kept, strict=True)}
+    splits = split_metrics(split_cfg, units, by_group, names, source.name)
     gate = None
     if gates is not None:
-        groups = [source.split_group(src_cfg, r)[0] for r in kept]
-        hashed = [codes[r.item_id] for r in kept]
-        pairs, apart = find(kept, [c for c, _ in hashed], [d for _, d in hashed], groups, gates)
-        gate = Gate(pairs, drops, summary(pairs, drops, apart, gates))
+        gate = check(kept, [codes[r.item_id] for r in kept], groups, gates, drops)
     metrics = {
         "items_in": len(rows),
         "items_out": len(kept),
@@ -220,19 +230,32 @@ def gate_store(store: Store, source: Source, src_cfg: SourceConf, gates: GatesCo
 
     if gates.dedupe:
         log.warning("%s: gates.dedupe does not apply to its own clean store", source.name)
-    hashed = list(pmap(probe, rows))
     groups = [source.split_group(src_cfg, r)[0] for r in rows]
-    pairs, apart = find(rows, [c for c, _ in hashed], [d for _, d in hashed], groups, gates)
-    return Gate(pairs, [], summary(pairs, [], apart, gates))
+    return check(rows, list(pmap(probe, rows)), groups, gates, [])
+
+
+def check(
+    rows: list[Row],
+    hashed: list[tuple[bytes | None, str]],
+    groups: list[str],
+    gates: GatesConf,
+    drops: list[Pair],
+) -> Gate:
+    """Find the copies among rows from their (hash, sha256), and sum them up for the gates."""
+    codes, digests = [c for c, _ in hashed], [d for _, d in hashed]
+    found = find(
+        rows, codes, digests, groups, gates, max(gates.report_max_pairs, gates.sheet_pairs)
+    )
+    return Gate(found.pairs, drops, summary(found, drops, gates))
 
 
 def write_gate_report(args, gate: Gate | None, gates: GatesConf, read) -> None:
     """Write the gate report CSV and contact sheet PNG where argv says (empty with gates off)."""
     pairs, drops = (gate.pairs, gate.drops) if gate else ([], [])
     if args.gates_report:
-        atomic_write(args.gates_report, report_csv(pairs, drops, gates))
-    if args.gates_sheet:
-        atomic_write(args.gates_sheet, sheet([*drops, *pairs], read, gates.sheet_pairs))
+        atomic_write(args.gates_report, report_csv(pairs[: gates.report_max_pairs], drops))
+    if args.gates_sheet:  # the worst pairs: what the gates are about, before what dedupe fixed
+        atomic_write(args.gates_sheet, sheet([*pairs, *drops], read, gates.sheet_pairs))
 
 
 def main(argv: list[str] | None = None) -> int:

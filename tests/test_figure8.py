@@ -22,6 +22,7 @@ from stages.formats.images import decode_array, encode_array
 from stages.net.download import CredentialRejected
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.sources import load
+from stages.sources.figure8 import Figure8SplitBy
 from stages.sources.figure8.clean import clean_movie
 from stages.sources.figure8.export import tile_starts
 from stages.sources.figure8.labels import clean_labels
@@ -295,10 +296,13 @@ def test_tiles_are_anchored_to_the_far_edge_and_relabelled(built, tmp_path):
 
 
 def test_recombine_stitches_positions_with_unique_labels(built, job, tmp_path):
+    by_movie = dataclasses.replace(built.cfg.clean, split_by=Figure8SplitBy.movie)
     cfg = dataclasses.replace(
-        built.cfg, frames=dataclasses.replace(built.cfg.frames, mode="recombine")
+        built.cfg, clean=by_movie, frames=dataclasses.replace(built.cfg.frames, mode="recombine")
     )
     cfg.frames.mode = type(built.cfg.frames.mode)("recombine")
+    with pytest.raises(ConfigError, match="whole job in one split"):
+        dataclasses.replace(cfg, clean=built.cfg.clean)
     _, m = SOURCE.extract(cfg, Store(built.tmp / "fetch"), tmp_path / "frames", 1 << 20)
     assert m["clips_ok"] == 1 and m["reasons"] == {
         "montage x_01_y_01 not fetched (missing: http 404)": 1

@@ -15,7 +15,16 @@ from PIL import Image
 
 from stages.clean_annotations import clean, gate_store, write_gate_report
 from stages.core.errors import ConfigError
-from stages.core.gates import CONFLICT, CROSS, DUPLICATE, GateTripped, message, near_pairs, plan
+from stages.core.gates import (
+    CONFLICT,
+    CROSS,
+    DUPLICATE,
+    GateTripped,
+    find,
+    message,
+    near_pairs,
+    plan,
+)
 from stages.core.splits import split_of
 from stages.core.store import Row, Store, rebase, write_manifest, write_store
 from stages.pipeline.compose import group_defaults
@@ -76,6 +85,9 @@ def planted(tmp_path_factory):
         NAMES[0], train[14])  # fmt: skip
     add("copy-relabelled", jpeg(picture(6), quality=70), NAMES[1], train[15])
     add("copy-leaked", files["a08"].read_bytes(), NAMES[0], val[0])  # a typo'd site id
+    # Blank frames (night, lens cap) hash alike however unrelated: not near copies.
+    add("flat-black", jpeg(Image.new("RGB", (96, 72))), NAMES[0], train[0])
+    add("flat-grey", jpeg(Image.new("RGB", (96, 72), (128,) * 3)), NAMES[1], val[0])
     write_store(tmp / "fetch", rows, lambda r: files[r.item_id], 1 << 20)
     return Store(tmp / "fetch")
 
@@ -90,11 +102,23 @@ WANT = {
 
 
 def run(store, **gates):
-    """Clean the store with the gates; return (rows, metrics, gate)."""
+    """Clean a fresh read of the store with the gates; return (rows, metrics, gate)."""
     rows, _, metrics, gate = clean(
-        store, LILA, lila_conf(NAMES), CLEAN, SPLIT, group_defaults("gates", **gates)
+        Store(store.root), LILA, lila_conf(NAMES), CLEAN, SPLIT, group_defaults("gates", **gates)
     )
     return rows, metrics, gate
+
+
+def variant(planted, out, **changes) -> Store:
+    """Return the planted store with some items' (label, site) changed: a manifest pointing
+    into the planted shards."""
+    rows = [dataclasses.replace(r, meta=dict(r.meta)) for r in planted.rows()]
+    by_id = {r.item_id: r for r in rows}
+    for item, (label, like) in changes.items():
+        by_id[item].labels = [label]
+        by_id[item].meta["location"] = by_id[like].meta["location"]  # at `like`'s site
+    write_manifest(out, rebase(rows, planted.root, out), NAMES)
+    return Store(out)
 
 
 def test_every_planted_copy_is_found_with_its_kind_and_nothing_else(planted):
@@ -105,6 +129,7 @@ def test_every_planted_copy_is_found_with_its_kind_and_nothing_else(planted):
     m = metrics["gates"]
     assert m["totals"] == {DUPLICATE: 4, CONFLICT: 1, CROSS: 1}
     assert m["pairs"][CROSS] == {"exact": 1, "near": 0} and m["pairs_within_group"] == 0
+    assert m["flat_images"] == 2 and m["unhashable_images"] == 0
     assert m["tripped"] == [{"gate": "max_cross_split_duplicates", "count": 1, "limit": 0}]
     assert message("lila", m).startswith(
         "lila: quality gates failed: 1 pairs > max_cross_split_duplicates 0"
@@ -120,38 +145,63 @@ def test_the_gates_trip_on_what_conf_caps(planted):
     ]
 
 
-def test_pairs_inside_one_split_group_are_set_aside_unless_asked(planted, tmp_path):
-    rows = [dataclasses.replace(r, meta=dict(r.meta)) for r in planted.rows()]
-    for r in rows:  # the re-encoded copy taken at its original's site
-        if r.item_id == "copy-reencoded":
-            r.meta["location"] = next(x for x in rows if x.item_id == "a02").meta["location"]
-    # A manifest only: it points into the planted store's shards.
-    write_manifest(tmp_path, rebase(rows, planted.root, tmp_path), NAMES)
-    store = Store(tmp_path)
+def test_near_copies_inside_one_split_group_are_set_aside_unless_asked(planted, tmp_path):
+    store = variant(planted, tmp_path, **{"copy-reencoded": (NAMES[0], "a02")})
     m = run(store)[1]["gates"]
     assert m["pairs_within_group"] == 1 and m["totals"][DUPLICATE] == 3
     assert run(store, within_group=True)[1]["gates"]["totals"][DUPLICATE] == 4
 
 
-def test_dedupe_drops_exact_copies_keeping_the_first_id_and_lists_them(planted, tmp_path):
+def test_exact_copies_count_inside_a_group_too(planted, tmp_path):
+    # The same bytes at the same site, labelled differently: a label conflict, always.
+    store = variant(planted, tmp_path, **{"copy-exact": (NAMES[1], "a00")})
+    m = run(store, max_label_conflicts=0)[1]["gates"]
+    assert m["pairs"][CONFLICT] == {"exact": 1, "near": 1} and m["pairs_within_group"] == 0
+    assert [t["gate"] for t in m["tripped"]] == [
+        "max_cross_split_duplicates",
+        "max_label_conflicts",
+    ]
+
+
+def test_dedupe_drops_same_label_exact_copies_keeping_the_first_id(planted, tmp_path):
     rows, metrics, gate = run(planted, dedupe=True)
     ids = {r.item_id for r in rows}
     assert "copy-exact" not in ids and "copy-leaked" not in ids and {"a00", "a08"} <= ids
-    assert metrics["dropped"]["exact_duplicate"] == 2 and len(rows) == 27
-    assert [(p.a.item_id, p.b.item_id, p.action) for p in gate.drops] == [
-        ("a08", "copy-leaked", "dropped b"),
-        ("a00", "copy-exact", "dropped b"),
+    assert metrics["dropped"]["exact_duplicate"] == 2 and len(rows) == 29
+    assert [(p.a.item_id, p.b.item_id, p.kinds, p.action) for p in gate.drops] == [
+        ("a00", "copy-exact", (DUPLICATE,), "dropped b"),
+        ("a08", "copy-leaked", (CROSS, DUPLICATE), "dropped b"),
     ]
     assert gate.metrics["tripped"] == [] and gate.metrics["dropped_exact_duplicates"] == 2
+    assert metrics["splits"]["items"]["val"] == 1  # the leaked copy's site keeps one image
     args = type("Args", (), {"gates_report": tmp_path / "g.csv", "gates_sheet": tmp_path / "g.png"})
     write_gate_report(args, gate, GATES, planted.read)
     table = list(csv.DictReader((tmp_path / "g.csv").open()))
     assert [(r["b_item"], r["action"]) for r in table[:2]] == [
-        ("copy-leaked", "dropped b"),
         ("copy-exact", "dropped b"),
+        ("copy-leaked", "dropped b"),
     ]
     assert {r["b_item"] for r in table[2:]} == {"copy-reencoded", "copy-resized", "copy-relabelled"}
-    assert table[0]["a_split"] == "train" and table[0]["b_split"] == "val"
+    assert table[1]["a_split"] == "train" and table[1]["b_split"] == "val"
+
+
+def test_dedupe_keeps_exact_copies_labelled_differently(planted, tmp_path):
+    store = variant(planted, tmp_path, **{"copy-exact": (NAMES[1], "a00")})
+    rows, metrics, gate = run(store, dedupe=True)
+    assert "copy-exact" in {r.item_id for r in rows}
+    assert gate.metrics["pairs"][CONFLICT]["exact"] == 1
+
+
+def test_only_the_worst_pairs_are_kept_as_objects(planted):
+    rows = Store(planted.root).rows()
+    for r in rows:
+        r.split = "train"
+    codes = [bytes(8)] * len(rows)  # every picture alike: all pairs are near copies
+    found = find(rows, codes, [r.item_id for r in rows], [r.item_id for r in rows], GATES, 5)
+    n = len(rows) * (len(rows) - 1) // 2
+    assert (
+        len(found.pairs) == 5 and sum(found.counts[k]["near"] for k in (DUPLICATE, CONFLICT)) == n
+    )
 
 
 def test_the_report_and_sheet_are_deterministic_and_name_both_sides(planted, tmp_path):
@@ -200,8 +250,19 @@ def test_the_index_finds_exactly_the_pairs_all_pairs_finds(nbytes, radius):
         flip = np.unpackbits(codes[a])
         flip[rng.choice(flip.size, rng.integers(0, radius + 3), replace=False)] ^= 1
         codes[b] = np.packbits(flip)
-    got = {tuple(p) for p in near_pairs(codes, radius).tolist()}
+    got = {tuple(p) for p in near_pairs(codes, radius)[0].tolist()}
     assert got == brute(codes, radius) and len(got) >= 10
+
+
+def test_pairs_sharing_a_group_are_set_aside_in_chunks():
+    rng = np.random.default_rng(7)
+    codes = np.repeat(rng.integers(0, 256, (50, 8), dtype=np.uint8), 4, axis=0)  # 50 x 4 alike
+    group = np.arange(200) // 6  # groups of 6 cut across the sets of 4 copies
+    every = brute(codes, 2)
+    kept, skipped = near_pairs(codes, 2, same=group, chunk=7)
+    inside = {p for p in every if group[p[0]] == group[p[1]]}
+    assert {tuple(p) for p in kept.tolist()} == every - inside and len(kept) > 0
+    assert skipped == len(inside) > 0
 
 
 def test_the_plan_probes_few_buckets_and_stays_exact():

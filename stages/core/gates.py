@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import imagehash
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -39,6 +40,8 @@ GATES = {  # pair kind -> the conf limit on it
     CROSS: "max_cross_split_duplicates",
 }
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it picked
+FLAT = b""  # the code of a picture too flat to hash: every blank frame would match every other
+FLAT_STD = 2.0  # grey levels: the spread of a 32x32 thumbnail below which a picture is flat
 THUMB = 160  # pixels of a thumbnail's longer side on the contact sheet
 CAPTION = 30
 
@@ -54,19 +57,22 @@ def grey8(image: Image.Image) -> Image.Image:
         lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         return Image.fromarray(((a - lo) * scale).round().astype(np.uint8))
-    return image
+    return image if image.mode in ("L", "RGB") else image.convert("RGB")
 
 
 def code_of(image: Image.Image, cfg: GatesConf) -> bytes:
-    """Return an image's perceptual hash as packed bits (hash_size² bits, zero padded)."""
-    import imagehash  # imports scipy: only where images are hashed
-
+    """Return an image's perceptual hash as packed bits (hash_size² bits, zero padded), or
+    FLAT for a picture with no structure to hash (blank, black, one colour)."""
+    image = grey8(image)
+    small = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BILINEAR))
+    if small.std() < FLAT_STD:
+        return FLAT
     fn = {
         HashKind.phash: imagehash.phash,
         HashKind.dhash: imagehash.dhash,
         HashKind.average: imagehash.average_hash,
     }[cfg.hash]
-    return np.packbits(fn(grey8(image), hash_size=cfg.hash_size).hash.ravel()).tobytes()
+    return np.packbits(fn(image, hash_size=cfg.hash_size).hash.ravel()).tobytes()
 
 
 def plan(n: int, bits: int, radius: int) -> tuple[int, int, int]:
@@ -86,26 +92,44 @@ def plan(n: int, bits: int, radius: int) -> tuple[int, int, int]:
     return best[1], best[2], best[3]
 
 
-def near_pairs(codes: np.ndarray, radius: int) -> np.ndarray:
+def near_pairs(
+    codes: np.ndarray, radius: int, same: np.ndarray | None = None, chunk: int = 1 << 15
+) -> tuple[np.ndarray, int]:
     """Return every pair (i, j, distance), i < j, of codes (n, bytes) within `radius` bits,
-    sorted."""
+    sorted, and how many were set aside because `same` (e.g. a group id) is equal for both.
+
+    Queries go in chunks, and set-aside pairs are dropped per chunk, so memory follows the
+    pairs kept, not a clip's thousands of near-identical frames."""
     import faiss
 
     n = len(codes)
     if n < 2:
-        return np.zeros((0, 3), np.int64)
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    bits = codes.shape[1] * 8
-    tables, width, flips = plan(n, bits, radius)
-    index = faiss.IndexBinaryMultiHash(bits, tables, width)
+        return np.zeros((0, 3), np.int64), 0
+    nbytes = codes.shape[1]
+    # faiss reads a whole 8-byte word at a table's offset: spare bytes after the last code.
+    flat = np.zeros(n * nbytes + 8, np.uint8)
+    flat[: n * nbytes] = np.asarray(codes, dtype=np.uint8).ravel()
+    padded = flat[: n * nbytes].reshape(n, nbytes)
+    tables, width, flips = plan(n, nbytes * 8, radius)
+    index = faiss.IndexBinaryMultiHash(nbytes * 8, tables, width)
     index.nflip = flips
-    index.add(codes)
-    lims, dist, found = index.range_search(codes, radius + 1)  # faiss keeps distances < radius
-    query = np.repeat(np.arange(n, dtype=np.int64), np.diff(lims.astype(np.int64)))
-    found = found.astype(np.int64)
-    keep = query < found
-    out = np.stack([query[keep], found[keep], dist[keep].astype(np.int64)], axis=1)
-    return out[np.lexsort((out[:, 1], out[:, 0]))]
+    index.add(padded)
+    out, skipped = [], 0
+    for start in range(0, n, chunk):
+        # faiss keeps distances < radius: ask for radius + 1.
+        lims, dist, found = index.range_search(padded[start : start + chunk], radius + 1)
+        query = start + np.repeat(
+            np.arange(len(lims) - 1, dtype=np.int64), np.diff(lims.astype(np.int64))
+        )
+        found = found.astype(np.int64)
+        keep = query < found
+        if same is not None:
+            inside = same[query] == same[found]
+            skipped += int(np.count_nonzero(keep & inside))
+            keep &= ~inside
+        out.append(np.stack([query[keep], found[keep], dist[keep].astype(np.int64)], axis=1))
+    pairs = np.concatenate(out)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))], skipped
 
 
 @dataclass(frozen=True)
@@ -119,16 +143,6 @@ class Pair:
     kinds: tuple[str, ...]
     action: str = ""
 
-    def key(self) -> tuple:
-        """Return the sort key: worst kind first, exact before near, closest, then ids."""
-        return (
-            min(SEVERITY[k] for k in self.kinds),
-            not self.exact,
-            self.distance,
-            self.a.item_id,
-            self.b.item_id,
-        )
-
 
 def kinds_of(a: Row, b: Row) -> tuple[str, ...]:
     """Return what a pair of copies is: a duplicate or a label conflict, and maybe leakage."""
@@ -139,65 +153,123 @@ def kinds_of(a: Row, b: Row) -> tuple[str, ...]:
 
 
 def dedupe(rows: list[Row], digests: Sequence[str]) -> tuple[list[Row], list[Pair]]:
-    """Drop exact copies, keeping the first by item id; return the rows left and the drops."""
-    first: dict[str, Row] = {}
-    order = sorted(range(len(rows)), key=lambda i: rows[i].item_id)
+    """Drop exact copies with the same labels, keeping the first by item id; return the rows
+    left and the drops. Copies labelled differently stay: they are label conflicts."""
+    first: dict[tuple, Row] = {}
     dropped: dict[int, Pair] = {}
-    for i in order:
-        kept = first.setdefault(digests[i], rows[i])
+    for i in sorted(range(len(rows)), key=lambda i: rows[i].item_id):
+        kept = first.setdefault((digests[i], *sorted(rows[i].labels)), rows[i])
         if kept is not rows[i]:
             dropped[i] = Pair(kept, rows[i], True, 0, kinds_of(kept, rows[i]), "dropped b")
     left = [r for i, r in enumerate(rows) if i not in dropped]
-    return left, sorted(dropped.values(), key=Pair.key)
+    return left, sorted(dropped.values(), key=lambda p: (p.b.item_id, p.a.item_id))
+
+
+def ids(values: Sequence) -> np.ndarray:
+    """Return a small integer per distinct value."""
+    seen: dict = {}
+    return np.array([seen.setdefault(v, len(seen)) for v in values], np.int64)
+
+
+@dataclass
+class Found:
+    """Copies found: counts per kind, and the worst pairs (up to the report's needs)."""
+
+    pairs: list[Pair]
+    counts: dict[str, dict[str, int]]
+    within_group: int  # near copies inside one split group, set aside
+    flat: int  # pictures with no structure to hash: matched by bytes only
+    unhashable: int  # pictures the hash could not read: matched by bytes only
+
+
+def exact_pairs(digest: np.ndarray) -> np.ndarray:
+    """Return every pair (i, j), i < j, of rows with equal digests."""
+    order = np.argsort(digest, kind="stable")
+    bounds = np.flatnonzero(np.diff(digest[order])) + 1
+    out = [np.zeros((0, 2), np.int64)]
+    for members in np.split(order, bounds):
+        if len(members) > 1:
+            a, b = np.triu_indices(len(members), 1)
+            out.append(np.sort(np.stack([members[a], members[b]], axis=1), axis=1))
+    return np.concatenate(out)
 
 
 def find(
     rows: list[Row],
-    codes: Sequence[bytes],
+    codes: Sequence[bytes | None],
     digests: Sequence[str],
     groups: Sequence[str],
     cfg: GatesConf,
-) -> tuple[list[Pair], int]:
-    """Return the copies among rows, worst first, and how many pairs within one split group
-    were set aside (with gates.within_group off)."""
-    found: dict[tuple[int, int], tuple[bool, int]] = {}
-    by_digest: dict[str, list[int]] = {}
-    for i, digest in enumerate(digests):
-        by_digest.setdefault(digest, []).append(i)
-    for same in by_digest.values():  # exact copies, whatever their hashes say
-        for x, i in enumerate(same):
-            for j in same[x + 1 :]:
-                found[(i, j)] = (True, 0)
-    if rows:
-        matrix = np.frombuffer(b"".join(codes), np.uint8).reshape(len(rows), -1)
-        for i, j, d in near_pairs(matrix, cfg.max_distance).tolist():
-            found.setdefault((i, j), (False, d))
-    pairs, skipped = [], 0
-    for (i, j), (exact, d) in found.items():
-        if groups[i] == groups[j] and not cfg.within_group:
-            skipped += 1
-            continue
-        a, b = sorted((rows[i], rows[j]), key=lambda r: r.item_id)
-        pairs.append(Pair(a, b, exact, d, kinds_of(a, b)))
-    return sorted(pairs, key=Pair.key), skipped
+    keep: int,
+) -> Found:
+    """Return the copies among rows: exact ones always, near ones outside a shared split
+    group (unless gates.within_group), counted per kind, the worst `keep` as pairs."""
+    n = len(rows)
+    digest, group = ids(digests), ids(groups)
+    split, labels = ids([r.split for r in rows]), ids([tuple(sorted(r.labels)) for r in rows])
+    hashed = np.array([i for i, c in enumerate(codes) if c], np.int64)
+    flat = sum(1 for c in codes if c == FLAT)
+    near, skipped = np.zeros((0, 3), np.int64), 0
+    if len(hashed) > 1:
+        matrix = np.frombuffer(b"".join(codes[i] for i in hashed), np.uint8).reshape(
+            len(hashed), -1
+        )
+        same = None if cfg.within_group else group[hashed]
+        near, skipped = near_pairs(matrix, cfg.max_distance, same)
+        near[:, :2] = hashed[near[:, :2]]
+    exact = exact_pairs(digest)
+    if not cfg.within_group:  # exact copies in a group count; the near search set them aside
+        both = np.isin(exact, hashed).all(axis=1)
+        skipped -= int(np.count_nonzero(both & (group[exact[:, 0]] == group[exact[:, 1]])))
+    i = np.concatenate([exact[:, 0], near[:, 0]])
+    j = np.concatenate([exact[:, 1], near[:, 1]])
+    dist = np.concatenate([np.zeros(len(exact), np.int64), near[:, 2]])
+    is_exact = np.concatenate([np.ones(len(exact), bool), np.zeros(len(near), bool)])
+    _, first = np.unique(i * max(n, 1) + j, return_index=True)  # exact ones come first
+    i, j, dist, is_exact = i[first], j[first], dist[first], is_exact[first]
+    is_exact |= digest[i] == digest[j]
+    cross = split[i] != split[j]
+    conflict = labels[i] != labels[j]
+    counts = {
+        kind: {
+            "exact": int(np.count_nonzero(mask & is_exact)),
+            "near": int(np.count_nonzero(mask & ~is_exact)),
+        }
+        for kind, mask in ((DUPLICATE, ~conflict), (CONFLICT, conflict), (CROSS, cross))
+    }
+    rank = np.empty(n, np.int64)
+    rank[sorted(range(n), key=lambda k: rows[k].item_id)] = np.arange(n)
+    a, b = np.where(rank[i] < rank[j], i, j), np.where(rank[i] < rank[j], j, i)
+    severity = np.where(cross, 0, np.where(conflict, 1, 2))
+    order = np.lexsort((rank[b], rank[a], dist, ~is_exact, severity))[:keep]
+    pairs = [
+        Pair(
+            rows[a[k]],
+            rows[b[k]],
+            bool(is_exact[k]),
+            int(dist[k]),
+            kinds_of(rows[a[k]], rows[b[k]]),
+        )
+        for k in order.tolist()
+    ]
+    unhashable = sum(1 for c in codes if c is None)
+    return Found(pairs, counts, skipped, flat, unhashable)
 
 
-def summary(pairs: list[Pair], drops: list[Pair], skipped: int, cfg: GatesConf) -> dict:
+def summary(found: Found, drops: list[Pair], cfg: GatesConf) -> dict:
     """Return the gate metrics: pairs per kind (exact and near), drops, what tripped."""
-    counts = {k: {"exact": 0, "near": 0} for k in GATES}
-    for p in pairs:
-        for kind in p.kinds:
-            counts[kind]["exact" if p.exact else "near"] += 1
-    totals = {k: c["exact"] + c["near"] for k, c in counts.items()}
+    totals = {k: c["exact"] + c["near"] for k, c in found.counts.items()}
     tripped = [
         {"gate": GATES[k], "count": totals[k], "limit": getattr(cfg, GATES[k])}
         for k in (CROSS, CONFLICT, DUPLICATE)
         if getattr(cfg, GATES[k]) is not None and totals[k] > getattr(cfg, GATES[k])
     ]
     return {
-        "pairs": counts,
+        "pairs": found.counts,
         "totals": totals,
-        "pairs_within_group": skipped,
+        "pairs_within_group": found.within_group,
+        "flat_images": found.flat,
+        "unhashable_images": found.unhashable,
         "dropped_exact_duplicates": len(drops),
         "max_distance": cfg.max_distance,
         "tripped": tripped,
@@ -222,12 +294,12 @@ COLUMNS = [
 ]
 
 
-def report_csv(pairs: list[Pair], drops: list[Pair], cfg: GatesConf) -> str:
-    """Return the report CSV: every drop, then the pairs worst first (report_max_pairs)."""
+def report_csv(pairs: list[Pair], drops: list[Pair]) -> str:
+    """Return the report CSV: every drop, then the pairs (worst first)."""
     buf = io.StringIO()
     out = csv.writer(buf, lineterminator="\n")
     out.writerow(COLUMNS)
-    for p in [*drops, *pairs[: cfg.report_max_pairs]]:
+    for p in [*drops, *pairs]:
         sides = [
             v
             for r in (p.a, p.b)

@@ -109,26 +109,42 @@ def check(cfg: SplitConf, metrics: dict, source: str) -> list[str]:
     return lines
 
 
-def assign_rows(
-    rows: list[Row], units: list[Row], classes: list[str], source: Source, src_cfg, cfg: SplitConf
-) -> dict:
-    """Set each row's split from its group; return the split metrics over `units` (the items,
-    or one row per clip or movie)."""
-    groups: dict[str, str] = {}
+def set_splits(rows: list[Row], source: Source, src_cfg, cfg: SplitConf) -> list[str]:
+    """Set each row's split from its group; return each row's group."""
+    chosen: dict[str, str] = {}
+    groups = []
     for row in rows:
         group, own = source.split_group(src_cfg, row)
         if own is not None:
             split = own_split(cfg, own, f"{source.name} item {row.item_id!r}")
         else:  # drawn once per group: a video's frames or a site's images share it
-            split = groups.get(group) or split_of(cfg, source.name, group)
-        if groups.setdefault(group, split) != split:
+            split = chosen.get(group) or split_of(cfg, source.name, group)
+        if chosen.setdefault(group, split) != split:
             raise MetadataError(
-                f"{source.name}: group {group!r} names two splits ({groups[group]!r} and "
+                f"{source.name}: group {group!r} names two splits ({chosen[group]!r} and "
                 f"{split!r}, at item {row.item_id!r}): its near copies would leak"
             )
         row.split = split
+        groups.append(group)
+    return groups
+
+
+def split_metrics(
+    cfg: SplitConf, units: list[Row], groups: dict[str, str], classes: list[str], source: str
+) -> dict:
+    """Return the split metrics over `units` (the items, or one row per clip or movie) and
+    each group's split, with warnings for classes a split lacks (logged)."""
     metrics = report(cfg, [(r.split, r.labels) for r in units], groups, classes)
-    metrics["warnings"] = check(cfg, metrics, source.name)
+    metrics["warnings"] = check(cfg, metrics, source)
     for line in metrics["warnings"]:
         log.warning("%s", line)
     return metrics
+
+
+def assign_rows(
+    rows: list[Row], units: list[Row], classes: list[str], source: Source, src_cfg, cfg: SplitConf
+) -> dict:
+    """Set each row's split from its group; return the split metrics over `units`."""
+    groups = set_splits(rows, source, src_cfg, cfg)
+    by_group = {g: r.split for g, r in zip(groups, rows, strict=True)}
+    return split_metrics(cfg, units, by_group, classes, source.name)

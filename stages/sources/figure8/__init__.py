@@ -196,6 +196,14 @@ class Figure8Conf(SourceConf):
                 "sources.figure8.exports must be []: label movies have no folder layout "
                 "(export-npz writes DeepCell's npz)"
             )
+        mode = getattr(self.frames.mode, "value", self.frames.mode)
+        split_by = getattr(self.clean.split_by, "value", self.clean.split_by)
+        if mode == "recombine" and split_by == "position":
+            raise ConfigError(
+                "sources.figure8.clean.split_by: position with frames.mode: recombine would put "
+                "the whole job in one split (recombine stitches every position into one field); "
+                "use split_by: movie (one split per montage part)"
+            )
 
 
 class Figure8(Source):
@@ -254,8 +262,8 @@ class Figure8(Source):
         its movie, for the splits."""
         if cfg.clean.split_by is Figure8SplitBy.movie:
             return super().split_group(cfg, row)
-        m = row.meta
-        return (f"x_{m['x']:02d}_y_{m['y']:02d}" if "x" in m else "whole field"), None
+        m = row.meta  # chopped movies only: compose refuses position with recombine
+        return f"x_{m['x']:02d}_y_{m['y']:02d}", None
 
     def gated(self, row: Row) -> bool:
         """Return whether an item is a raw frame: label frames are not pictures to compare."""
