@@ -1,4 +1,5 @@
-"""clean-annotations stage: drop bad items, fix boxes, map class names to ids."""
+"""clean-annotations stage: drop bad items, fix boxes, map class names to ids, give each item
+its group's split, and check the quality gates (exact and near copies, leakage)."""
 
 from __future__ import annotations
 
