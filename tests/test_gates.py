@@ -19,6 +19,7 @@ from stages.core.gates import (
     CONFLICT,
     CROSS,
     DUPLICATE,
+    SEVERITY,
     GateTripped,
     find,
     message,
@@ -296,3 +297,55 @@ def test_a_sources_own_store_is_gated_on_its_pictures(planted):
     # Splits are clean-annotations' to set: an unsplit store's copies are all one split.
     assert {(p.a.item_id, p.b.item_id) for p in gate.pairs} == set(WANT)
     assert gate.metrics["totals"][CROSS] == 0
+
+
+def test_find_agrees_with_comparing_every_pair(tmp_path):
+    rng = np.random.default_rng(11)
+    for trial in range(20):
+        n = int(rng.integers(0, 40))
+        rows = [
+            Row(f"i{k:02d}", "s", f"s{k}", labels=[NAMES[int(rng.integers(0, 2))]],
+                split=["train", "val"][int(rng.integers(0, 2))])
+            for k in rng.permutation(n).tolist()
+        ]  # fmt: skip
+        base = rng.integers(0, 256, (4, 8), dtype=np.uint8)
+        codes, digests, groups = [], [], []
+        for _ in rows:
+            kind = rng.integers(0, 10)
+            if kind == 0:
+                codes.append(b"")  # flat
+            elif kind == 1:
+                codes.append(None)  # unhashable
+            else:
+                bits = np.unpackbits(base[rng.integers(0, 4)])
+                bits[rng.choice(64, rng.integers(0, 7), replace=False)] ^= 1
+                codes.append(np.packbits(bits).tobytes())
+            digests.append(f"d{rng.integers(0, n // 3 + 1)}")
+            groups.append(f"g{rng.integers(0, 4)}")
+        for within in (False, True):
+            cfg = group_defaults("gates", within_group=within)
+            found = find(rows, codes, digests, groups, cfg, 10_000)
+            want, apart = {}, 0
+            for x, y in itertools.combinations(range(n), 2):
+                exact = digests[x] == digests[y]
+                d = None
+                if codes[x] and codes[y]:
+                    d = int(np.unpackbits(np.frombuffer(codes[x], np.uint8)
+                            ^ np.frombuffer(codes[y], np.uint8)).sum())  # fmt: skip
+                near = d is not None and d <= cfg.max_distance
+                if not (exact or near):
+                    continue
+                if not exact and groups[x] == groups[y] and not within:
+                    apart += 1
+                    continue
+                a, b = sorted((rows[x], rows[y]), key=lambda r: r.item_id)
+                want[(a.item_id, b.item_id)] = (exact, 0 if exact else d)
+            got = {(p.a.item_id, p.b.item_id): (p.exact, p.distance) for p in found.pairs}
+            assert got == want, (trial, within)
+            assert found.within_group == apart
+            assert found.flat == codes.count(b"") and found.unhashable == codes.count(None)
+            conflicts = sum(1 for p in found.pairs if CONFLICT in p.kinds)
+            assert sum(found.counts[CONFLICT].values()) == conflicts
+            keys = [(min(SEVERITY[k] for k in p.kinds), not p.exact, p.distance,
+                     p.a.item_id, p.b.item_id) for p in found.pairs]  # fmt: skip
+            assert keys == sorted(keys)

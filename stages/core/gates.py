@@ -93,10 +93,15 @@ def plan(n: int, bits: int, radius: int) -> tuple[int, int, int]:
 
 
 def near_pairs(
-    codes: np.ndarray, radius: int, same: np.ndarray | None = None, chunk: int = 1 << 15
+    codes: np.ndarray,
+    radius: int,
+    same: np.ndarray | None = None,
+    unless: np.ndarray | None = None,
+    chunk: int = 1 << 15,
 ) -> tuple[np.ndarray, int]:
     """Return every pair (i, j, distance), i < j, of codes (n, bytes) within `radius` bits,
-    sorted, and how many were set aside because `same` (e.g. a group id) is equal for both.
+    sorted, and how many were set aside because `same` (e.g. a group id) is equal for both,
+    unless `unless` (e.g. a digest id) is equal for both too.
 
     Queries go in chunks, and set-aside pairs are dropped per chunk, so memory follows the
     pairs kept, not a clip's thousands of near-identical frames."""
@@ -125,6 +130,8 @@ def near_pairs(
         keep = query < found
         if same is not None:
             inside = same[query] == same[found]
+            if unless is not None:
+                inside &= unless[query] != unless[found]
             skipped += int(np.count_nonzero(keep & inside))
             keep &= ~inside
         out.append(np.stack([query[keep], found[keep], dist[keep].astype(np.int64)], axis=1))
@@ -215,12 +222,10 @@ def find(
             len(hashed), -1
         )
         same = None if cfg.within_group else group[hashed]
-        near, skipped = near_pairs(matrix, cfg.max_distance, same)
+        # Exact copies in a group count: only near ones are set aside.
+        near, skipped = near_pairs(matrix, cfg.max_distance, same, digest[hashed])
         near[:, :2] = hashed[near[:, :2]]
     exact = exact_pairs(digest)
-    if not cfg.within_group:  # exact copies in a group count; the near search set them aside
-        both = np.isin(exact, hashed).all(axis=1)
-        skipped -= int(np.count_nonzero(both & (group[exact[:, 0]] == group[exact[:, 1]])))
     i = np.concatenate([exact[:, 0], near[:, 0]])
     j = np.concatenate([exact[:, 1], near[:, 1]])
     dist = np.concatenate([np.zeros(len(exact), np.int64), near[:, 2]])
