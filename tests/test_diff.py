@@ -1,0 +1,134 @@
+"""Item-level diff between dataset versions: the comparison, and real DVC revisions,
+experiments and a clone that pulled only one version."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+import pytest
+
+from stages.core.itemdiff import compare, params_diff
+from stages.core.store import Row, Store
+from tests.conftest import git
+
+
+def row(item, labels=("deer",), sha="s", status="ok", boxes=()):
+    """Return a manifest row."""
+    return Row(item, "lila", f"src-{item}", sha256=sha, labels=list(labels), status=status,
+               boxes=[dict(b) for b in boxes])  # fmt: skip
+
+
+BOX = {"label": "deer", "x": 1.0, "y": 2.0, "w": 3.0, "h": 4.0}
+
+
+def test_each_kind_of_change_is_found_once_per_item_and_class():
+    old = [row("same"), row("gone", ["cougar"]), row("relabel"), row("box", boxes=[BOX]),
+           row("bytes"), row("status"), row("two", ["cougar"])]  # fmt: skip
+    new = [row("same"), row("new", ["cougar"]), row("relabel", ["cougar"]),
+           row("box", boxes=[{**BOX, "x": 1.5}]), row("bytes", sha="t"),
+           row("status", status="missing"), row("two", ["deer"], sha="u")]  # fmt: skip
+    d = compare(old, new)
+    assert {c.item_id: c.kinds for c in d.items} == {
+        "gone": ["removed"], "new": ["added"], "relabel": ["relabelled"], "box": ["boxes"],
+        "bytes": ["content"], "status": ["status"], "two": ["relabelled", "content"],
+    }  # fmt: skip
+    assert d.unchanged == 1
+    assert d.totals() == {"added": 1, "removed": 1, "relabelled": 2, "boxes": 1,
+                          "content": 2, "status": 1}  # fmt: skip
+    assert d.per_class()["cougar"]["removed"] == 1 and d.per_class()["cougar"]["relabelled"] == 1
+    two = next(c for c in d.items if c.item_id == "two")
+    assert two.fields() == {
+        "labels": {"a": ["cougar"], "b": ["deer"]},
+        "sha256": {"a": "s", "b": "u"},
+        "bytes": {"a": None, "b": None},
+    }
+    assert compare(new, new).items == []
+
+
+def test_boxes_compare_to_a_thousandth_and_in_any_order():
+    a = [row("x", boxes=[BOX, {**BOX, "label": "cougar"}])]
+    b = [row("x", boxes=[{**BOX, "label": "cougar"}, {**BOX, "x": 1.0004}])]
+    assert compare(a, b).items == []
+
+
+def test_params_diff_lists_changed_added_and_removed_keys():
+    got = params_diff({"a": {"b": 1, "c": 2}, "d": [1]}, {"a": {"b": 1, "c": 3}, "e": True})
+    assert got == [{"key": "a.c", "a": 2, "b": 3}, {"key": "d", "a": [1], "b": None},
+                   {"key": "e", "a": None, "b": True}]  # fmt: skip
+
+
+def diff(project, *args, check=True):
+    """Run stages.diff in a project; return the completed process."""
+    return project.run(sys.executable, "-m", "stages.diff", *args, check=check)
+
+
+def ids(project, rel="data/lila/clean") -> set[str]:
+    """Return the item ids of a workspace manifest."""
+    return {r.item_id for r in Store(project.path / rel).rows()}
+
+
+@pytest.mark.slow
+def test_diff_between_revisions_experiments_and_a_clone_that_pulled_one(project, tmp_path):
+    project.dvc("repro")
+    project.dvc("push")
+    project.git("add", "-A")
+    project.git("commit", "-qm", "v1")
+    project.git("tag", "v1")
+    v1 = ids(project)
+    assert json.loads(diff(project, "--format", "json").stdout)["sources"]["lila"]["changed"] == []
+
+    project.set_conf("conf/source/lila.yaml", "cap: null", "cap: 4")
+    project.dvc("repro")
+    v2 = ids(project)
+    assert v2 < v1
+    doc = json.loads(diff(project, "v1", "--format", "json").stdout)  # v1 -> the workspace
+    lila = doc["sources"]["lila"]
+    assert {c["item_id"] for c in lila["changed"]} == v1 - v2
+    assert {k for c in lila["changed"] for k in c["changes"]} == {"removed"}
+    assert lila["totals"]["removed"] == len(v1 - v2) and lila["unchanged"] == len(v2)
+    assert {"key": "sources.lila.fetch.cap", "a": None, "b": 4} in doc["params"]
+    text = diff(project, "v1").stdout
+    assert "source lila:" in text and "sources.lila.fetch.cap: null -> 4" in text
+    rows = list(csv.DictReader(io.StringIO(diff(project, "v1", "--format", "csv").stdout)))
+    assert {r["item_id"] for r in rows} == v1 - v2 and all(r["source_id"] for r in rows)
+
+    project.dvc("push")
+    project.git("add", "-A")
+    project.git("commit", "-qm", "v2")
+    same = json.loads(diff(project, "HEAD", "HEAD", "--format", "json").stdout)
+    assert same["sources"]["lila"]["changed"] == [] and same["params"] == []
+
+    # An experiment by name, against its baseline.
+    project.dvc("exp", "run", "-n", "cap2", "-S", "conf/source/lila.yaml:fetch.cap=2")
+    project.git("checkout", "-q", "--", ".")  # the workspace holds cap2's results: drop them
+    project.dvc("checkout", "-q")
+    exp = json.loads(diff(project, "HEAD", "cap2", "--format", "json").stdout)
+    removed = {c["item_id"] for c in exp["sources"]["lila"]["changed"]}
+    assert removed and removed <= v2 and exp["b"]["rev"] == "cap2"
+
+    # A clone that pulled only v2 still diffs against v1: one manifest comes from the remote.
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(project.path), str(clone))
+    other = type(project)(clone, tmp_path / "other-cache")
+    other.dvc("pull")
+    got = json.loads(diff(other, "v1", "HEAD", "--format", "json").stdout)
+    assert {c["item_id"] for c in got["sources"]["lila"]["changed"]} == v1 - v2
+
+    # Bad input: one clear message each.
+    for args, message in (
+        (("nope",), "unknown revision or experiment 'nope'"),
+        (("v1", "--source", "kinetics"), "source 'kinetics' has no clean output at v1"),
+        (("--stage", "frames", "--source", "lila"), "source 'lila' has no frames output"),
+    ):
+        proc = diff(other, *args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    # A manifest in no cache: a fresh clone whose remote is empty.
+    empty = tmp_path / "empty"
+    git(tmp_path, "clone", "-q", str(project.path), str(empty))
+    bare = type(project)(empty, tmp_path / "empty-cache")
+    bare.dvc("remote", "modify", "local", "url", str(tmp_path / "no-remote"))
+    proc = diff(bare, "v1", "HEAD", check=False)
+    assert proc.returncode == 2 and "neither the local DVC cache nor the remote" in proc.stderr
