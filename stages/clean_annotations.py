@@ -3,6 +3,7 @@ its group's split, and check the quality gates (exact and near copies, leakage).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -16,6 +17,8 @@ from stages.core.boxes import finite, pixel_edges, scale_of
 from stages.core.config import CleanConf, GatesConf, SourceConf, SplitConf
 from stages.core.errors import StoreError
 from stages.core.files import atomic_write
+from stages.core.gallery import draw as gallery
+from stages.core.gallery import sample
 from stages.core.gates import (
     GateTripped,
     Pair,
@@ -39,6 +42,7 @@ EXTRA = {  # optional outputs: paths from dvc.yaml
     "--gates-report": "the quality gates' CSV of copies (pairs, worst first, and drops)",
     "--gates-sheet": "the quality gates' PNG contact sheet of the worst pairs",
     "--splits-plot": "items per split and class, for dvc plots",
+    "--gallery": "a PNG of a seeded few items per class, boxes drawn, for dvc plots",
 }
 SHARED_COUNTS = (
     "boxes_in",
@@ -259,6 +263,16 @@ def write_gate_report(args, gate: Gate | None, gates: GatesConf, read) -> None:
         atomic_write(args.gates_sheet, sheet([*pairs, *drops], read, gates.sheet_pairs))
 
 
+def write_gallery(path, rows: list[Row], classes: list[str], cfg: CleanConf, read) -> None:
+    """Write the per-class sample gallery (a video's clips by their first frame)."""
+    sections = sample(rows, classes, cfg.gallery_per_class, cfg.gallery_seed)
+    unlabelled = [r for r in rows if not r.labels]
+    if unlabelled:  # e.g. raw frames of a source whose labels are images
+        sections += sample([dataclasses.replace(r, labels=["(unlabelled)"]) for r in unlabelled],
+                           ["(unlabelled)"], cfg.gallery_per_class, cfg.gallery_seed)  # fmt: skip
+    atomic_write(path, gallery([(c, rs) for c, rs in sections if rs], read))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run clean-annotations for one source."""
     run = start(argv, "stages.clean_annotations", __doc__, extra=EXTRA)
@@ -275,11 +289,19 @@ def main(argv: list[str] | None = None) -> int:
         if gate is not None:
             metrics["gates"] = gate.metrics
         write_gate_report(args, gate, gates, cleaned.read)
+        if args.gallery:
+            pictures = [r for r in cleaned.rows() if r.status == "ok" and run.source.gated(r)]
+            firsts = [frames[0] for frames in frames_by_clip(pictures).values()]
+            names = cleaned.classes or list(run.cfg.classes)
+            write_gallery(args.gallery, firsts, names, run.section("clean"), cleaned.read)
     else:
         rows, names, metrics, gate = clean(
             store, run.source, run.cfg, run.section("clean"), run.section("split"), gates
         )
         write_gate_report(args, gate, gates, store.read)
+        if args.gallery:
+            units = [f[0] for f in frames_by_clip(rows).values()] if run.source.video else rows
+            write_gallery(args.gallery, units, names, run.section("clean"), store.read)
         args.out.mkdir(parents=True)
         # Payloads are unchanged: the manifest points into the upstream shards.
         write_manifest(args.out, rebase(rows, args.inp, args.out), names)

@@ -18,11 +18,22 @@ import json
 import sys
 from pathlib import Path
 
+from stages.core.files import atomic_write
+from stages.core.gallery import draw as gallery
 from stages.core.itemdiff import KINDS, ItemDiff, compare, params_diff
+from stages.core.store import Row
 from stages.pipeline.entry import run_main
-from stages.pipeline.revisions import Revision, RevisionError, read_params, read_rows, resolve
+from stages.pipeline.revisions import (
+    Revision,
+    RevisionError,
+    payload,
+    read_params,
+    read_rows,
+    resolve,
+)
 
 STAGES = ("fetch", "frames", "clean")
+GALLERY = 12  # items drawn per source and kind of change
 
 
 def sources_of(params: dict, stage: str) -> set[str]:
@@ -139,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", choices=STAGES, default="clean")
     ap.add_argument("--format", choices=("table", "json", "csv"), default="table")
     ap.add_argument("--repo", type=Path, default=Path("."), help="repository (default: here)")
+    ap.add_argument(
+        "--gallery", type=Path, help="also draw the added, removed and relabelled items (PNG)"
+    )
     args = ap.parse_args(argv)
     root = args.repo.resolve()
     a, b = resolve(root, args.a), resolve(root, args.b)
@@ -150,7 +164,35 @@ def main(argv: list[str] | None = None) -> int:
     else:
         text = table(result, a, b, args.stage)
     sys.stdout.write(text)
+    if args.gallery:
+        atomic_write(args.gallery, picture(root, result, a, b, args.stage))
     return 0
+
+
+def picture(root: Path, result: dict, a: Revision, b: Revision, stage: str) -> bytes:
+    """Return a gallery of each source's first GALLERY added, removed and relabelled items,
+    each drawn from the version it shows (relabelled: the newer one, with both labels)."""
+    sections, where = [], {}
+    for name, part in result["sources"].items():
+        out_dir = f"data/{name}/{stage}"
+        for kind, rev, side in (("added", b, "b"), ("removed", a, "a"), ("relabelled", b, "b")):
+            picked = [c for c in part["diff"].items if kind in c.kinds][:GALLERY]
+            rows = [getattr(c, side) for c in picked]
+            for c, r in zip(picked, rows, strict=True):
+                where[id(r)] = (rev, out_dir, c)
+            sections.append((f"{name}: {kind}", rows))
+
+    def read(row: Row) -> bytes | None:
+        rev, out_dir, _ = where[id(row)]
+        return payload(root, rev, out_dir, row)
+
+    def caption(row: Row) -> str:
+        c = where[id(row)][2]
+        if "relabelled" in c.kinds:
+            return f"{c.item_id[-22:]}\n{','.join(c.a.labels)} -> {','.join(c.b.labels)}"
+        return f"{c.item_id[-22:]}\n{','.join(row.labels) or '-'}"
+
+    return gallery([(t, rs) for t, rs in sections if rs], read, caption)
 
 
 if __name__ == "__main__":

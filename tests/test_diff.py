@@ -9,6 +9,7 @@ import json
 import sys
 
 import pytest
+from PIL import Image
 
 from stages.core.itemdiff import compare, params_diff
 from stages.core.store import Row, Store
@@ -92,6 +93,16 @@ def test_diff_between_revisions_experiments_and_a_clone_that_pulled_one(project,
     assert {"key": "sources.lila.fetch.cap", "a": None, "b": 4} in doc["params"]
     text = diff(project, "v1").stdout
     assert "source lila:" in text and "sources.lila.fetch.cap: null -> 4" in text
+    # The removed items drawn from v1's shards, the same bytes every time.
+    pics = [tmp_path / f"diff{k}.png" for k in range(2)]
+    for pic in pics:
+        diff(project, "v1", "--gallery", str(pic))
+    assert pics[0].read_bytes() == pics[1].read_bytes()
+    with Image.open(pics[0]) as im:
+        assert im.format == "PNG" and im.height > 128  # a band of removed items
+    # The clean stage's per-class gallery is a DVC plot image.
+    shown = json.loads(project.dvc("plots", "show", "--json").stdout)["data"]
+    assert shown["data/lila/plots/gallery.png"][0]["type"] == "image"
     rows = list(csv.DictReader(io.StringIO(diff(project, "v1", "--format", "csv").stdout)))
     assert {r["item_id"] for r in rows} == v1 - v2 and all(r["source_id"] for r in rows)
 

@@ -96,9 +96,12 @@ class CleanConf:
     min_box_size: float = MISSING
     drop_unlabeled: bool = MISSING
     min_frames: int = MISSING  # video: clips with fewer clean frames are dropped
+    gallery_per_class: int = MISSING  # items per class on plots/gallery.png (0: none)
+    gallery_seed: int = MISSING
 
     def __post_init__(self) -> None:
         non_negative("clean", min_box_size=self.min_box_size)
+        non_negative("clean", gallery_per_class=self.gallery_per_class)
         positive("clean", min_frames=self.min_frames)
 
 

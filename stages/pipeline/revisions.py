@@ -4,6 +4,7 @@ remote, fetching that one file and not the dataset)."""
 
 from __future__ import annotations
 
+import posixpath
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,3 +136,22 @@ def read_rows(root: Path, rev: Revision, out_dir: str) -> list[Row]:
     except (pa.ArrowException, OSError) as exc:
         raise RevisionError(f"{out_dir}/{MANIFEST} at {rev.label} is not Parquet: {exc}") from None
     return [Row.from_record(r) for r in table.to_pylist()]
+
+
+def payload(root: Path, rev: Revision, out_dir: str, row: Row) -> bytes | None:
+    """Return one item's payload at a revision (None when it has none or it cannot be read)."""
+    if row.shard is None or row.offset is None or row.bytes is None:
+        return None
+    rel = posixpath.normpath(f"{out_dir}/{row.shard}")  # shards may sit in an upstream output
+    try:
+        if rev.commit is None:
+            with open(root / rel, "rb") as fh:
+                fh.seek(row.offset)
+                return fh.read(row.bytes)
+        import dvc.api
+
+        with dvc.api.open(rel, repo=str(root), rev=rev.commit, mode="rb") as fh:
+            fh.seek(row.offset)
+            return fh.read(row.bytes)
+    except Exception:  # a picture for a gallery: drawn as missing, never a crash
+        return None
