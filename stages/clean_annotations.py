@@ -290,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             metrics["gates"] = gate.metrics
         write_gate_report(args, gate, gates, cleaned.read)
         if args.gallery:
-            pictures = [r for r in cleaned.rows() if r.status == "ok" and run.source.gated(r)]
+            pictures = [
+                r for r in cleaned.rows() if r.status == "ok" and r.shard and run.source.gated(r)
+            ]
             firsts = [frames[0] for frames in frames_by_clip(pictures).values()]
             names = cleaned.classes or list(run.cfg.classes)
             write_gallery(args.gallery, firsts, names, run.section("clean"), cleaned.read)

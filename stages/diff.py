@@ -74,7 +74,9 @@ def diff_versions(
 
 def show(value) -> str:
     """Return a param value as YAML would show it, on one line."""
-    return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def table(result: dict, a: Revision, b: Revision, stage: str) -> str:
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 def picture(root: Path, result: dict, a: Revision, b: Revision, stage: str) -> bytes:
     """Return a gallery of each source's first GALLERY added, removed and relabelled items,
     each drawn from the version it shows (relabelled: the newer one, with both labels)."""
-    sections, where = [], {}
+    sections, where, opened = [], {}, {}
     for name, part in result["sources"].items():
         out_dir = f"data/{name}/{stage}"
         for kind, rev, side in (("added", b, "b"), ("removed", a, "a"), ("relabelled", b, "b")):
@@ -184,7 +186,7 @@ def picture(root: Path, result: dict, a: Revision, b: Revision, stage: str) -> b
 
     def read(row: Row) -> bytes | None:
         rev, out_dir, _ = where[id(row)]
-        return payload(root, rev, out_dir, row)
+        return payload(root, rev, out_dir, row, opened)
 
     def caption(row: Row) -> str:
         c = where[id(row)][2]

@@ -4,6 +4,7 @@ experiments and a clone that pulled only one version."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -11,8 +12,10 @@ import sys
 import pytest
 from PIL import Image
 
+from stages.core.gallery import draw as gallery
 from stages.core.itemdiff import compare, params_diff
 from stages.core.store import Row, Store
+from stages.pipeline.revisions import Revision, payload
 from tests.conftest import git
 
 
@@ -38,13 +41,15 @@ def test_each_kind_of_change_is_found_once_per_item_and_class():
     }  # fmt: skip
     assert d.unchanged == 1
     assert d.totals() == {"added": 1, "removed": 1, "relabelled": 2, "boxes": 1,
-                          "content": 2, "status": 1}  # fmt: skip
+                          "content": 2, "split": 0, "status": 1}  # fmt: skip
     assert d.per_class()["cougar"]["removed"] == 1 and d.per_class()["cougar"]["relabelled"] == 1
     two = next(c for c in d.items if c.item_id == "two")
     assert two.fields() == {
         "labels": {"a": ["cougar"], "b": ["deer"]},
         "sha256": {"a": "s", "b": "u"},
         "bytes": {"a": None, "b": None},
+        "width": {"a": None, "b": None},
+        "height": {"a": None, "b": None},
     }
     assert compare(new, new).items == []
 
@@ -55,10 +60,46 @@ def test_boxes_compare_to_a_thousandth_and_in_any_order():
     assert compare(a, b).items == []
 
 
+def test_splits_moves_frames_without_digests_and_odd_boxes_are_compared():
+    moved = dataclasses.replace(row("x"), split="test")
+    assert compare([dataclasses.replace(row("x"), split="train")], [moved]).items[0].kinds == [
+        "split"
+    ]
+    # Decoded frames carry no sha256: their size in bytes and pixels stands in.
+    a, b = row("f", sha=None), row("f", sha=None)
+    a.bytes, b.bytes = 100, 120
+    assert compare([a], [b]).items[0].kinds == ["content"]
+    nan = {**BOX, "x": float("nan")}
+    assert compare([row("n", boxes=[nan])], [row("n", boxes=[nan])]).items == []
+
+
 def test_params_diff_lists_changed_added_and_removed_keys():
     got = params_diff({"a": {"b": 1, "c": 2}, "d": [1]}, {"a": {"b": 1, "c": 3}, "e": True})
     assert got == [{"key": "a.c", "a": 2, "b": 3}, {"key": "d", "a": [1], "b": None},
                    {"key": "e", "a": None, "b": True}]  # fmt: skip
+    assert params_diff({}, {"f": {}}) == [{"key": "f", "a": None, "b": {}}]
+
+
+def test_gallery_tiles_survive_bad_boxes_and_missing_payloads(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(buf, format="PNG")
+    odd = row("o", boxes=[{**BOX, "w": -3.0}, {**BOX, "y": float("inf")}])
+    gone = row("g")
+    png = gallery([("deer", [odd, gone])], lambda r: buf.getvalue() if r is odd else None)
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.format == "PNG"
+    png2 = gallery([("deer", [odd, gone])], lambda r: 1 / 0)  # a reader that fails
+    assert png2.startswith(b"\x89PNG")
+
+
+def test_a_workspace_manifest_never_reads_outside_the_project(tmp_path):
+    (tmp_path / "repo/data/s/clean").mkdir(parents=True)
+    (tmp_path / "secret").write_bytes(b"not yours")
+    r = row("x")
+    r.shard, r.offset, r.bytes = "../../../../secret", 0, 9
+    assert payload(tmp_path / "repo", Revision("workspace", None), "data/s/clean", r) is None
+    r.shard = "/dev/zero"
+    assert payload(tmp_path / "repo", Revision("workspace", None), "data/s/clean", r) is None
 
 
 def diff(project, *args, check=True):
@@ -128,6 +169,11 @@ def test_diff_between_revisions_experiments_and_a_clone_that_pulled_one(project,
     got = json.loads(diff(other, "v1", "HEAD", "--format", "json").stdout)
     assert {c["item_id"] for c in got["sources"]["lila"]["changed"]} == v1 - v2
 
+    # DVC's own bookkeeping refs under refs/exps are not experiments.
+    head = other.git("rev-parse", "HEAD").strip()
+    other.git("update-ref", "refs/exps/celery/stash", head)
+    proc = diff(other, "stash", check=False)
+    assert proc.returncode == 2 and "experiments: none" in proc.stderr
     # Bad input: one clear message each.
     for args, message in (
         (("nope",), "unknown revision or experiment 'nope'"),

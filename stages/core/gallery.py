@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 from PIL import Image, ImageDraw, ImageFont
 
+from stages.core.boxes import finite, scale_of
 from stages.core.gates import grey8
 from stages.core.selection import ranker
 from stages.core.store import Row
@@ -20,6 +21,7 @@ THUMB = 128  # pixels of a thumbnail's longer side
 COLUMNS = 6
 CAPTION = 26
 HEADER = 16
+WHITE = (255, 255, 255)
 PALETTE = [(255, 80, 80), (80, 200, 255), (255, 210, 60), (120, 255, 120), (230, 120, 255)]
 
 
@@ -37,13 +39,16 @@ def tile(data: bytes | None, row: Row, colours: dict[str, tuple]) -> Image.Image
             im = grey8(im).convert("RGB")
     except Exception:  # a payload gone or damaged: drawn as missing, never a crash
         return Image.new("RGB", (THUMB, THUMB), (90, 90, 90))
+    sx, sy = scale_of(row, im.width, im.height)  # boxes may be in other units (normalised)
     scale = THUMB / max(im.size)
     im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
     draw = ImageDraw.Draw(im)
     for box in row.boxes:
-        x0, y0 = box["x"] * scale, box["y"] * scale
-        x1, y1 = x0 + box["w"] * scale, y0 + box["h"] * scale
-        draw.rectangle((x0, y0, x1, y1), outline=colours.get(box["label"], (255, 255, 255)))
+        if not finite(box):
+            continue
+        xs = sorted(((box["x"]) * sx * scale, (box["x"] + box["w"]) * sx * scale))
+        ys = sorted(((box["y"]) * sy * scale, (box["y"] + box["h"]) * sy * scale))
+        draw.rectangle((xs[0], ys[0], xs[1], ys[1]), outline=colours.get(box.get("label"), WHITE))
     return im
 
 
@@ -53,7 +58,7 @@ def draw(
     captions: Callable[[Row], str] | None = None,
 ) -> bytes:
     """Return a PNG: one titled band per section, its items in rows of COLUMNS."""
-    names = sorted({b["label"] for _, rows in sections for r in rows for b in r.boxes})
+    names = sorted({str(b.get("label")) for _, rows in sections for r in rows for b in r.boxes})
     colours = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
     caption = captions or (lambda r: f"{r.item_id[-22:]}\n{','.join(r.labels) or '-'}")
     heights = [
@@ -68,7 +73,11 @@ def draw(
         for k, row in enumerate(rows):
             r, c = divmod(k, COLUMNS)
             x, top = c * THUMB, y + HEADER + r * (THUMB + CAPTION)
-            canvas.paste(tile(read(row), row, colours), (x, top))
+            try:
+                data = read(row)
+            except Exception:  # a payload gone: a grey tile, never a failed stage
+                data = None
+            canvas.paste(tile(data, row, colours), (x, top))
             pen.text((x + 2, top + THUMB + 1), caption(row), fill=(230, 230, 230), font=font)
         y += height
     buf = io.BytesIO()

@@ -1,33 +1,45 @@
 """Item-level differences between two versions of a stage's manifest.
 
 An item is matched by its id. Added and removed items count once; an item in both versions
-counts once per kind of change: relabelled (its label set), boxes (its boxes, compared to
-1/1000 of a pixel or unit), content (its sha256, when both versions know it) and status
-(e.g. ok -> missing upstream). Per class counts use the item's labels in the newer version,
-else the older one; an item without labels counts under "(none)".
+counts once per kind of change: relabelled (its label set), boxes (its boxes, rounded to
+1/1000 of a pixel or unit), content (its sha256 when both versions know it, else its size in
+bytes and pixels), split and status (e.g. ok -> missing upstream). Per class counts use the
+item's labels in the newer version, else the older one; an item without labels counts under
+"(none)".
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
 from stages.core.store import Row
 
-KINDS = ("added", "removed", "relabelled", "boxes", "content", "status")
+KINDS = ("added", "removed", "relabelled", "boxes", "content", "split", "status")
 NO_CLASS = "(none)"
 FIELDS = {  # kind -> the row fields shown for both versions
     "relabelled": ("labels",),
     "boxes": ("boxes",),
-    "content": ("sha256", "bytes"),
+    "content": ("sha256", "bytes", "width", "height"),
+    "split": ("split",),
     "status": ("status", "reason"),
 }
+
+
+def coordinate(value) -> float | str:
+    """Return a box coordinate rounded to 1/1000, or its text when it is not a finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return round(number, 3) if math.isfinite(number) else str(number)
 
 
 def box_key(boxes: list[dict]) -> list[tuple]:
     """Return boxes comparable across versions: sorted, coordinates rounded."""
     return sorted(
-        (str(b.get("label")), *(round(float(b.get(k, 0.0)), 3) for k in ("x", "y", "w", "h")))
+        (str(b.get("label")), *(str(coordinate(b.get(k, 0.0))) for k in ("x", "y", "w", "h")))
         for b in boxes
     )
 
@@ -39,8 +51,13 @@ def changes(a: Row, b: Row) -> list[str]:
         out.append("relabelled")
     if box_key(a.boxes) != box_key(b.boxes):
         out.append("boxes")
-    if a.sha256 and b.sha256 and a.sha256 != b.sha256:
-        out.append("content")
+    if a.sha256 and b.sha256:
+        if a.sha256 != b.sha256:
+            out.append("content")
+    elif (a.bytes, a.width, a.height) != (b.bytes, b.width, b.height):
+        out.append("content")  # no digest on one side (e.g. decoded frames): size and shape
+    if a.split != b.split:
+        out.append("split")
     if a.status != b.status:
         out.append("status")
     return out
@@ -110,7 +127,7 @@ def compare(old: list[Row], new: list[Row]) -> ItemDiff:
 
 def flatten(data, prefix: str = "") -> dict[str, object]:
     """Return nested mappings as {"a.b.c": value}."""
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or (not data and prefix):
         return {prefix: data}
     out: dict[str, object] = {}
     for key, value in data.items():

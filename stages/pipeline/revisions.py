@@ -39,57 +39,74 @@ class Revision:
 
 
 def git(root: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run git in root, capturing its output."""
-    return subprocess.run(
-        ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=60
-    )
+    """Run git in root, capturing its output as bytes."""
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, check=False, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RevisionError(f"cannot run git in {root}: {exc}") from None
 
 
-def experiments(root: Path) -> dict[str, str]:
-    """Return the commit of each `dvc exp` by name (refs/exps/.../<name>)."""
-    out = git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps")
-    found: dict[str, str] = {}
-    for line in out.stdout.splitlines():
-        commit, ref = line.split(" ", 1)
+def experiments(root: Path) -> list[str]:
+    """Return the names of the `dvc exp`s (refs/exps/<sha[:2]>/<sha[2:]>/<name>), sorted."""
+    out = git(root, "for-each-ref", "--format=%(refname)", "refs/exps")
+    names = set()
+    for ref in out.stdout.decode(errors="replace").splitlines():
         parts = ref.split("/")
-        if len(parts) >= 4 and not parts[-1].startswith("exec"):  # exec refs: runs in flight
-            found.setdefault(parts[-1], commit)
-    return found
+        if len(parts) == 5 and len(parts[2]) == 2:  # not celery/stash, exec/..., apply/...
+            names.add(parts[4])
+    return sorted(names)
 
 
 def resolve(root: Path, name: str | None) -> Revision:
-    """Return the revision a git name (commit, branch, tag) or a `dvc exp` name means; None
-    or "workspace" is the workspace."""
+    """Return the revision a git name (commit, branch, tag) or a `dvc exp` name means, as DVC
+    resolves it (a branch wins over an experiment; an experiment of HEAD's baseline wins over
+    one of another); None or "workspace" is the workspace."""
     if name in (None, WORKSPACE):
         return Revision(WORKSPACE, None)
     if name.startswith("-"):
         raise RevisionError(f"unknown revision or experiment {name!r}")
-    out = git(root, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}")
-    if out.returncode == 0:
-        return Revision(name, out.stdout.strip())
-    exps = experiments(root)
-    if name in exps:
-        return Revision(name, exps[name])
-    known = ", ".join(sorted(exps)) or "none"
-    raise RevisionError(
-        f"unknown revision or experiment {name!r} (not a git commit, branch or tag; "
-        f"experiments: {known})"
-    )
+    if not (root / ".git").exists() and git(root, "rev-parse", "--git-dir").returncode != 0:
+        raise RevisionError(f"{root} is not in a git repository")
+    from dvc.scm import SCM, RevError, resolve_rev
+
+    try:
+        return Revision(name, resolve_rev(SCM(str(root)), name))
+    except RevError as exc:
+        known = ", ".join(experiments(root)) or "none"
+        raise RevisionError(
+            f"unknown revision or experiment {name!r} ({exc}; experiments: {known})"
+        ) from None
 
 
 def read_params(root: Path, rev: Revision) -> dict:
     """Return params.yaml at a revision ({} where it has none)."""
     if rev.commit is None:
         path = root / "params.yaml"
-        text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    else:
-        out = git(root, "show", f"{rev.commit}:params.yaml")
-        text = out.stdout if out.returncode == 0 else ""
+        raw = path.read_bytes() if path.is_file() else b""
+    else:  # ./ : relative to the project, which may sit in a subfolder of the git repo
+        out = git(root, "show", f"{rev.commit}:./params.yaml")
+        raw = out.stdout if out.returncode == 0 else b""
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise RevisionError(f"params.yaml at {rev.label} is not YAML: {exc}") from None
-    return data if isinstance(data, dict) else {}
+        data = yaml.safe_load(raw.decode("utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RevisionError(f"params.yaml at {rev.label} is not UTF-8 YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RevisionError(f"params.yaml at {rev.label} is not a mapping")
+    for key in ("sources", "frame_sources"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise RevisionError(f"params.yaml at {rev.label}: {key} is not a mapping")
+    return data
+
+
+def storage_missing(exc: BaseException) -> bool:
+    """Tell whether a DVC error comes from an object in no cache and no remote."""
+    while exc is not None:
+        if "No storage files available" in str(exc) or "not in cache" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def manifest_bytes(root: Path, rev: Revision, out_dir: str) -> bytes:
@@ -113,17 +130,15 @@ def manifest_bytes(root: Path, rev: Revision, out_dir: str) -> bytes:
     try:
         with dvc.api.open(rel, repo=str(root), rev=rev.commit, mode="rb") as fh:
             return fh.read()
-    except FileNotFoundError:
-        raise RevisionError(
-            f"{rel} is not tracked at {rev.label}: that revision predates this source or stage"
-        ) from None
     except DataIndexDirError:  # the output's directory listing could not be fetched
         raise RevisionError(absent) from None
     except DvcException as exc:
-        text = str(exc)
-        if "missing" in text.lower() or "not in cache" in text.lower():
-            raise RevisionError(f"{absent}: {text}") from None
-        raise RevisionError(f"cannot read {rel} at {rev.label}: {text}") from None
+        if storage_missing(exc):
+            raise RevisionError(absent) from None
+        raise RevisionError(
+            f"{rel} is not tracked at {rev.label}: that revision predates this source or stage "
+            f"({exc})"
+        ) from None
 
 
 def read_rows(root: Path, rev: Revision, out_dir: str) -> list[Row]:
@@ -135,22 +150,39 @@ def read_rows(root: Path, rev: Revision, out_dir: str) -> list[Row]:
         table = pq.read_table(pa.BufferReader(data), use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         raise RevisionError(f"{out_dir}/{MANIFEST} at {rev.label} is not Parquet: {exc}") from None
-    return [Row.from_record(r) for r in table.to_pylist()]
+    try:
+        return [Row.from_record(r) for r in table.to_pylist()]
+    except (TypeError, ValueError) as exc:
+        raise RevisionError(
+            f"{out_dir}/{MANIFEST} at {rev.label} is not a manifest: {exc}"
+        ) from None
 
 
-def payload(root: Path, rev: Revision, out_dir: str, row: Row) -> bytes | None:
-    """Return one item's payload at a revision (None when it has none or it cannot be read)."""
+def payload(
+    root: Path, rev: Revision, out_dir: str, row: Row, opened: dict | None = None
+) -> bytes | None:
+    """Return one item's payload at a revision (None when it has none or it cannot be read);
+    `opened` keeps one DVC file system per revision across calls."""
     if row.shard is None or row.offset is None or row.bytes is None:
         return None
     rel = posixpath.normpath(f"{out_dir}/{row.shard}")  # shards may sit in an upstream output
     try:
         if rev.commit is None:
-            with open(root / rel, "rb") as fh:
+            path = (root / rel).resolve()
+            # A manifest names its shards: never a file outside the project, never a device.
+            if not path.is_relative_to(root.resolve()) or not path.is_file():
+                return None
+            size = path.stat().st_size
+            with open(path, "rb") as fh:
                 fh.seek(row.offset)
-                return fh.read(row.bytes)
-        import dvc.api
+                return fh.read(max(0, min(row.bytes, size - row.offset)))
+        from dvc.api import DVCFileSystem
 
-        with dvc.api.open(rel, repo=str(root), rev=rev.commit, mode="rb") as fh:
+        cache = opened if opened is not None else {}
+        fs = cache.get(rev.commit) or cache.setdefault(
+            rev.commit, DVCFileSystem(url=str(root), rev=rev.commit)
+        )
+        with fs.open(rel, "rb") as fh:
             fh.seek(row.offset)
             return fh.read(row.bytes)
     except Exception:  # a picture for a gallery: drawn as missing, never a crash
