@@ -7,6 +7,8 @@ decoded is one row with status `corrupt` and the reason; the stage goes on with 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import shutil
@@ -152,14 +154,15 @@ def extract_frames(
             with open(task.spool, "rb") as jpegs:
                 for pos, rel, size in zip(res.indices, res.times, res.sizes, strict=True):
                     item_id = f"{clip.item_id}/{pos:06d}"
-                    shard, offset = writer.add(member_name(item_id, ".jpg"), jpegs, size)
+                    data = jpegs.read(size)  # one frame: hashed as it is packed
+                    shard, offset = writer.add(member_name(item_id, ".jpg"), io.BytesIO(data), size)
                     rows.append(
                         Row(
                             item_id=item_id,
                             source=clip.source,
                             source_id=clip.source_id,
                             url=clip.url,
-                            sha256=None,
+                            sha256=hashlib.sha256(data).hexdigest(),
                             bytes=size,
                             width=res.width,
                             height=res.height,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -79,6 +80,9 @@ def test_youtube_sections_give_exactly_the_window(kserver, kroot, tmp_path):
     assert fm["clips_ok"] == 8 and fm["clips_failed"] == 0
     fps = manifest(kroot)["args"]["fps"]
     got = frame_indices(Store(tmp_path / "frames"))
+    # Every frame records its payload's digest (diffs see a re-decoded frame change).
+    for frame, data in Store(tmp_path / "frames").iter_payloads():
+        assert frame.sha256 == hashlib.sha256(data).hexdigest()
     for row in rows:
         if row.status != "ok":
             continue
