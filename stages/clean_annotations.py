@@ -76,6 +76,11 @@ def inspect_image(
     return size, code
 
 
+def digest(row: Row, data: bytes) -> str:
+    """Return an item's sha256: as recorded upstream, else of its payload."""
+    return row.sha256 or hashlib.sha256(data).hexdigest()
+
+
 def clean_boxes(row: Row, width: int, height: int, min_size: float, counts: Counter) -> list[dict]:
     """Put boxes on the pixel edges of the image received (core.boxes), dropping tiny ones."""
     sx, sy = scale_of(row, width, height)
@@ -142,17 +147,16 @@ def clean(
 
     def probe(row: Row):
         data = store.read(row)
-        digest = row.sha256 or hashlib.sha256(data).hexdigest()
-        return row, inspect_image(data, decode, gates), digest
+        return row, inspect_image(data, decode, gates), digest(row, data)
 
     kept = []
     codes: dict[str, tuple[bytes | None, str]] = {}
-    for row, info, digest in pmap(probe, usable):
+    for row, info, sha in pmap(probe, usable):
         if info is None:
             dropped["corrupt_image"] += 1
             continue
         (width, height), code = info
-        codes[row.item_id] = code, digest
+        codes[row.item_id] = code, sha
         if (row.width, row.height) != (None, None) and (row.width, row.height) != (width, height):
             counts["size_mismatch"] += 1
         known = [lab for lab in row.labels if lab in ids]
@@ -231,7 +235,7 @@ def gate_store(store: Store, source: Source, src_cfg: SourceConf, gates: GatesCo
         info = inspect_image(data, False, gates)
         if info is None:  # written by this stage a moment ago
             raise StoreError(f"{row.item_id}: undecodable in the clean store: run it again")
-        return info[1], row.sha256 or hashlib.sha256(data).hexdigest()
+        return info[1], digest(row, data)
 
     if gates.dedupe:
         log.warning("%s: gates.dedupe does not apply to its own clean store", source.name)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from PIL import Image, ImageDraw, ImageFont
 
 from stages.core.boxes import finite, scale_of
-from stages.core.gates import grey8
+from stages.core.gates import rgb_of
 from stages.core.selection import ranker
 from stages.core.store import Row
 
@@ -35,8 +35,7 @@ def sample(rows: Iterable[Row], classes: list[str], per_class: int, seed: int) -
 def tile(data: bytes | None, row: Row, colours: dict[str, tuple]) -> Image.Image:
     """Return one item's thumbnail with its boxes drawn (a grey square if unreadable)."""
     try:
-        with Image.open(io.BytesIO(data or b"")) as im:
-            im = grey8(im).convert("RGB")
+        im = rgb_of(data or b"")
     except Exception:  # a payload gone or damaged: drawn as missing, never a crash
         return Image.new("RGB", (THUMB, THUMB), (90, 90, 90))
     sx, sy = scale_of(row, im.width, im.height)  # boxes may be in other units (normalised)

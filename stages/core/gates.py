@@ -60,6 +60,12 @@ def grey8(image: Image.Image) -> Image.Image:
     return image if image.mode in ("L", "RGB") else image.convert("RGB")
 
 
+def rgb_of(data: bytes) -> Image.Image:
+    """Return an image file's pixels as 8-bit RGB (deep greys stretched, see grey8)."""
+    with Image.open(io.BytesIO(data)) as im:
+        return grey8(im).convert("RGB")
+
+
 def code_of(image: Image.Image, cfg: GatesConf) -> bytes:
     """Return an image's perceptual hash as packed bits (hash_size² bits, zero padded), or
     FLAT for a picture with no structure to hash (blank, black, one colour)."""
@@ -318,10 +324,9 @@ def report_csv(pairs: list[Pair], drops: list[Pair]) -> str:
 
 def thumbnail(data: bytes) -> Image.Image:
     """Return an image scaled to fit THUMB pixels, as RGB."""
-    with Image.open(io.BytesIO(data)) as im:
-        im = grey8(im).convert("RGB")
-        im.thumbnail((THUMB, THUMB), Image.Resampling.BILINEAR)
-        return im
+    im = rgb_of(data)
+    im.thumbnail((THUMB, THUMB), Image.Resampling.BILINEAR)
+    return im
 
 
 def sheet(pairs: list[Pair], read: Callable[[Row], bytes], n: int) -> bytes:
