@@ -40,6 +40,8 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/clean.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/import.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/gates.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/growth.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/noop.py
 
 clean-demo:
 	rm -rf .demo data/videodir/input data/figure8/input

@@ -25,7 +25,15 @@ from stages.core.config import FramesConf, SourceConf
 from stages.core.errors import StoreError
 from stages.core.metrics import class_counts
 from stages.core.parallel import default_workers, pmap, progress
-from stages.core.store import Row, Segment, ShardWriter, Store, member_name, write_manifest
+from stages.core.store import (
+    Packer,
+    Row,
+    Segment,
+    Store,
+    member_name,
+    shard_group,
+    write_manifest,
+)
 from stages.formats.video import FrameSpec, VideoError, extract
 from stages.pipeline.entry import run_main, start
 from stages.sources import Source
@@ -129,7 +137,11 @@ def extract_frames(
     workers = workers or default_workers()
     threads = "NONE" if workers > 1 else "AUTO"
     clips = store.rows()
+    # Clips in their store's layout (class, then selection rank), so each class's frames fill
+    # shards of their own and a raised cap appends to the class's last one (see store.Packer).
+    rank = source.rank(cfg)
     ok = [r for r in clips if r.status == "ok" and r.shard is not None]
+    ok.sort(key=lambda r: (shard_group(r), rank(r), r.item_id))
     out_dir.mkdir(parents=True, exist_ok=True)
     spool = out_dir / SPOOL  # inside the output: a killed run's leftovers go with it
     spool.mkdir(exist_ok=True)
@@ -138,7 +150,7 @@ def extract_frames(
         task_for(store, r, source.frames(cfg, r), threads, spool / f"{i:08d}.jpgs", hold)
         for i, r in enumerate(ok)
     ]
-    writer = ShardWriter(out_dir, shard_bytes)
+    packer = Packer(out_dir, shard_bytes)
     rows: list[Row] = [r for r in clips if r.status != "ok"]  # fetch failures pass through
     reasons: Counter = Counter()
     n_frames, n_bytes = 0, 0
@@ -151,11 +163,14 @@ def extract_frames(
                 rows.append(_failed(clip, res))
                 Path(task.spool).unlink(missing_ok=True)
                 continue
+            group = shard_group(clip)
             with open(task.spool, "rb") as jpegs:
                 for pos, rel, size in zip(res.indices, res.times, res.sizes, strict=True):
                     item_id = f"{clip.item_id}/{pos:06d}"
                     data = jpegs.read(size)  # one frame: hashed as it is packed
-                    shard, offset = writer.add(member_name(item_id, ".jpg"), io.BytesIO(data), size)
+                    shard, offset = packer.add(
+                        group, member_name(item_id, ".jpg"), io.BytesIO(data), size
+                    )
                     rows.append(
                         Row(
                             item_id=item_id,
@@ -183,9 +198,9 @@ def extract_frames(
                     n_bytes += size
             Path(task.spool).unlink()
             n_frames += len(res.indices)
-        writer.close()
+        packer.close()
     except BaseException:
-        writer.abort()
+        packer.abort()
         raise
     finally:
         shutil.rmtree(spool, ignore_errors=True)

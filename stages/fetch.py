@@ -14,8 +14,9 @@ from stages.core.metrics import class_counts, status_summary
 from stages.core.store import MANIFEST, STATUSES, Row, write_store
 from stages.net.credentials import Credentials
 from stages.net.download import Downloader
+from stages.net.sharing import CacheUsers
 from stages.pipeline.entry import run_main, start
-from stages.sources import Context, Source
+from stages.sources import Context, Plan, Source
 
 log = logging.getLogger("stages.fetch")
 
@@ -39,6 +40,43 @@ def fetch(
         credentials=creds,
         throttled=source.throttled,
     )
+    # Held from planning to packing: no concurrent run deletes an object this one will read.
+    users = CacheUsers(dl.root)
+    try:
+        plan = plan_and_download(source, cfg, dl)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)  # DVC removes outputs too; never mix two runs' files
+        names = plan.classes if plan.classes is not None else source.classes(cfg)
+        rows = write_store(
+            out_dir,
+            plan.rows,
+            lambda r: dl.object_path(r.sha256),
+            store_cfg.shard_bytes,
+            classes=names,
+            rank=source.rank(cfg),
+        )
+        for rel, data in sorted(plan.files.items()):
+            write_beside(out_dir, rel, data)
+        transient = any(r.status == "failed" for r in rows)
+        if not fetch_cfg.keep_cache and (fetch_cfg.allow_transient_failures or not transient):
+            # Packed and verified (write_store checks each payload's sha256): the shards, then
+            # DVC's cache, hold the bytes. A run killed before this point, or ending with
+            # failures to retry (DVC keeps none of its output), keeps every download.
+            users.release(dl.object_path(r.sha256) for r in rows if r.status == "ok")
+    finally:
+        users.close()
+    metrics = {
+        **status_summary(rows),
+        "classes": class_counts(rows, names),
+        # ok / permanently gone (missing, corrupt) / transient-failed, per class.
+        "availability": {status: class_counts(rows, names, status) for status in STATUSES},
+        "selection": plan.stats,
+    }
+    return rows, metrics
+
+
+def plan_and_download(source: Source, cfg: SourceConf, dl: Downloader) -> Plan:
+    """Plan a source's items and download the pending ones; record the outcomes on the rows."""
     try:
         ctx = Context(downloader=dl, source_name=source.name)
         plan = source.plan(cfg, ctx)
@@ -54,30 +92,7 @@ def fetch(
             res.sha256,
             res.bytes,
         )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # DVC removes outputs too; never mix two runs' files
-    names = plan.classes if plan.classes is not None else source.classes(cfg)
-    rows = write_store(
-        out_dir,
-        plan.rows,
-        lambda r: dl.object_path(r.sha256),
-        store_cfg.shard_bytes,
-        classes=names,
-    )
-    for rel, data in sorted(plan.files.items()):
-        write_beside(out_dir, rel, data)
-    if not fetch_cfg.keep_cache:
-        for row in rows:
-            if row.status == "ok":
-                dl.object_path(row.sha256).unlink(missing_ok=True)
-    metrics = {
-        **status_summary(rows),
-        "classes": class_counts(rows, names),
-        # ok / permanently gone (missing, corrupt) / transient-failed, per class.
-        "availability": {status: class_counts(rows, names, status) for status in STATUSES},
-        "selection": plan.stats,
-    }
-    return rows, metrics
+    return plan
 
 
 def write_beside(out_dir: Path, rel: str, data: bytes) -> None:

@@ -189,3 +189,46 @@ def test_diff_between_revisions_experiments_and_a_clone_that_pulled_one(project,
     bare.dvc("remote", "modify", "local", "url", str(tmp_path / "no-remote"))
     proc = diff(bare, "v1", "HEAD", check=False)
     assert proc.returncode == 2 and "neither the local DVC cache nor the remote" in proc.stderr
+
+
+@pytest.mark.slow
+def test_diff_sees_a_class_added_an_image_replaced_and_one_removed_upstream(
+    tmp_path, standin_root, cache_dir
+):
+    import shutil
+
+    from standins.lila import LilaStandin
+    from tests.conftest import make_project
+
+    root = tmp_path / "standin"
+    shutil.copytree(standin_root, root)  # a stand-in of this test's own, to change upstream
+    with LilaStandin(root) as srv:
+        project = make_project(tmp_path / "repo", cache_dir, srv.index_url)
+        project.dvc("repro")
+        project.git("add", "-A")
+        project.git("commit", "-qm", "v1")
+        before = {r.item_id: r for r in Store(project.path / "data/lila/fetch").rows()}
+        ok = sorted(i for i, r in before.items() if r.status == "ok")
+        replaced, removed = before[ok[0]], before[ok[1]]
+
+        def upstream(row):  # where the stand-in keeps an image (under any cloud's prefix)
+            return root / "nacti-unzipped" / row.meta["file_name"]
+
+        with Image.open(upstream(replaced)) as im:  # new pixels, same name and size
+            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(upstream(replaced), quality=90)
+        upstream(removed).unlink()
+        project.set_conf("conf/source/lila.yaml", "  - empty\n", "  - empty\n  - domestic cow\n")
+        project.dvc("repro")  # the class list changed: fetch runs and sees upstream as it is now
+    after = {r.item_id: r for r in Store(project.path / "data/lila/fetch").rows()}
+    assert after[removed.item_id].status == "missing"
+    doc = json.loads(diff(project, "--stage", "fetch", "--format", "json").stdout)
+    kinds: dict[str, set] = {}
+    for change in doc["sources"]["lila"]["changed"]:
+        for kind in change["changes"]:
+            kinds.setdefault(kind, set()).add(change["item_id"])
+    cows = {i for i, r in after.items() if "domestic cow" in r.labels}
+    assert cows and kinds.get("added", set()) == cows - set(before)
+    assert kinds.get("relabelled", set()) == cows & set(before)
+    assert kinds["content"] == {replaced.item_id}
+    assert kinds["status"] == {removed.item_id}
+    assert "removed" not in kinds

@@ -291,3 +291,11 @@ def test_ctrl_c_stops_within_seconds_and_keeps_every_finished_result(tmp_path, s
         return server.requests[url[len(server.url) :]]
 
     assert {u for u in ok if requests(u) != seen[u[len(server.url) :]]} == {server.index_url}
+    # Once packed and verified, the images leave the download cache (keep_cache: false);
+    # the index and metadata stay, and so does every ledger record.
+    from stages.core.store import Store
+
+    packed = {r.sha256 for r in Store(proj.path / "data" / "lila" / "fetch").rows() if r.shard}
+    left = {p.name for p in objects.rglob("*") if p.is_file()}
+    assert len(packed) >= 15 and not packed & left and len(left) >= 2
+    assert not list((tmp_path / "cache" / "released").iterdir())

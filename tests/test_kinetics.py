@@ -50,8 +50,8 @@ def kconf(server, **fetch_changes):
     return source_defaults("kinetics", fetch=f, frames={"short_side": 64})
 
 
-def run_fetch(cfg, out: Path, cache: Path):
-    fetch_cfg = group_defaults("fetch", retries=2, backoff=0.01, backoff_max=0.05)
+def run_fetch(cfg, out: Path, cache: Path, **over):
+    fetch_cfg = group_defaults("fetch", retries=2, backoff=0.01, backoff_max=0.05, **over)
     return fetch(SOURCE, cfg, fetch_cfg, group_defaults("store"), out, cache)
 
 
@@ -191,7 +191,8 @@ def test_unknown_class_names_fail_with_close_matches():
 
 def test_archives_keep_only_selected_members_and_are_not_refetched(kserver, kroot, tmp_path):
     cfg = kconf(kserver, mode="archives", caps={"arm wrestling": 2})
-    rows, metrics = run_fetch(cfg, tmp_path / "fetch", tmp_path / "cache")
+    # Kept clips (keep_cache) are what lets a later run skip their archives.
+    rows, metrics = run_fetch(cfg, tmp_path / "fetch", tmp_path / "cache", keep_cache=True)
     ok = sorted(r.item_id for r in rows if r.status == "ok")
     assert metrics["selection"]["archives"]["fetched"] == 2
     # Every selected clip with a video is in some archive; unselected members are not kept.

@@ -256,3 +256,50 @@ def test_secret_never_reaches_params_lock_logs_or_git(tmp_path, standin_root, mo
             assert not any(n.encode() in blob for n in needles), path
     history = proj.run("git", "log", "-p", "--all").stdout
     assert not any(n in history for n in needles)
+
+
+def test_queued_experiments_build_two_at_a_time_on_one_download_cache(project):
+    import sqlite3
+
+    project.git("add", "-A")
+    project.git("commit", "-qm", "baseline", "--allow-empty")
+    for cap in (2, 4):
+        project.dvc(
+            "exp", "run", "--queue", "-n", f"q{cap}", "-S", f"conf/source/lila.yaml:fetch.cap={cap}"
+        )
+    project.dvc("queue", "start", "-j", "2")
+    deadline = time.monotonic() + 420
+    while True:
+        status = project.dvc("queue", "status").stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    show = json.loads(project.dvc("exp", "show", "--json").stdout)
+    exps = {e["name"]: e["revs"][0]["data"] for rev in show for e in rev.get("experiments") or []}
+    for cap in (2, 4):
+        data = exps[f"q{cap}"]
+        assert data["params"]["params.yaml"]["data"]["sources"]["lila"]["fetch"]["cap"] == cap
+        fetched = data["metrics"]["data/lila/metrics/fetch.json"]["data"]
+        assert fetched["ok"] == fetched["items"] and fetched["failed"] == 0
+        assert all(n <= max(cap, 8) for n in fetched["selection"]["selected"].values())
+    # Each experiment's outputs are complete in DVC's cache: check them out and read them.
+    project.dvc("exp", "apply", "q4")
+    project.dvc("checkout", "-f")
+    from stages.core.store import Store
+
+    store = Store(project.path / "data" / "lila" / "fetch")
+    for row, data in store.iter_payloads():
+        assert hashlib.sha256(data).hexdigest() == row.sha256
+    # The shared ledger is intact, one record per URL, and every object left in the shared
+    # cache holds the bytes its name says; once both runs are done, nothing stays listed.
+    db = sqlite3.connect(project.cache / "ledger-lila.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    urls = [u for (u,) in db.execute("SELECT url FROM results")]
+    db.close()
+    assert len(urls) == len(set(urls)) and len(urls) > 2
+    for path in (project.cache / "objects").rglob("*"):
+        if path.is_file():
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
+    assert not list((project.cache / "released").iterdir())

@@ -7,7 +7,17 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
-from stages.core.store import Row, Store, member_name, rebase, write_manifest, write_store
+from stages.core.selection import ranker
+from stages.core.store import (
+    Packer,
+    Row,
+    Store,
+    group_prefix,
+    member_name,
+    rebase,
+    write_manifest,
+    write_store,
+)
 
 
 def make_rows(tmp_path, n=30, size=3000):
@@ -132,8 +142,9 @@ def test_a_shard_that_fails_mid_write_never_gets_its_final_name(tmp_path):
         write_store(tmp_path / "out", rows, payload, shard_bytes=12_000)
     shards = tmp_path / "out" / "shards"
     # shard 0 (items 0, 1) was complete; shard 1 (items 2, 3, then the crash) never was.
-    assert sorted(p.name for p in shards.iterdir()) == ["shard-00000.tar"]
-    with tarfile.open(shards / "shard-00000.tar") as tar:
+    first = f"{group_prefix('')}-00000.tar"  # unlabelled items: one group
+    assert sorted(p.name for p in shards.iterdir()) == [first]
+    with tarfile.open(shards / first) as tar:
         assert len(tar.getmembers()) == 2
     assert not (tmp_path / "out" / "manifest.parquet").exists()
 
@@ -143,14 +154,83 @@ def test_rebase_keeps_workspace_paths_when_shards_are_symlinks(tmp_path):
     # manifest must still name ../fetch/shards/..., the same on every machine.
     rows, paths = make_rows(tmp_path, n=3)
     write_store(tmp_path / "fetch", rows, lambda r: paths.get(r.item_id), 1 << 20)
-    shard = tmp_path / "fetch" / "shards" / "shard-00000.tar"
+    name = f"{group_prefix('a')}-00000.tar"
+    shard = tmp_path / "fetch" / "shards" / name
     cache = tmp_path / "dvc-cache" / "ab" / "cdef"
     cache.parent.mkdir(parents=True)
     os.replace(shard, cache)
     shard.symlink_to(cache)
     (tmp_path / "clean").mkdir()
     moved = rebase(Store(tmp_path / "fetch").rows(), tmp_path / "fetch", tmp_path / "clean")
-    assert {r.shard for r in moved} == {"../fetch/shards/shard-00000.tar", None}
+    assert {r.shard for r in moved} == {f"../fetch/shards/{name}", None}
     write_manifest(tmp_path / "clean", moved)
     first = next(r for r in moved if r.shard)
     assert Store(tmp_path / "clean").read(first.item_id) == Store(tmp_path / "fetch").read(first)
+
+
+def layout_rows(classes, per_class, cap=None, size=600):
+    """Rows of classes (name -> pool size) whose first `cap` items by seeded rank are taken."""
+    rank = ranker(7)
+    rows = []
+    for name in classes:
+        pool = sorted((f"{name}/{i:04d}" for i in range(per_class[name])), key=rank)
+        for item in pool[:cap]:
+            data = hashlib.sha256(item.encode()).digest() * (size // 32)
+            rows.append((Row(item, "t", item, labels=[name], status="ok"), data))
+    return rows
+
+
+def pack(tmp_path, name, rows):
+    blobs = {}
+    for row, data in rows:
+        path = tmp_path / "blobs" / hashlib.sha1(row.item_id.encode()).hexdigest()
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        blobs[row.item_id] = path
+    fresh = [Row.from_record(r.to_record()) for r, _ in rows]
+    rank = ranker(7)
+    write_store(
+        tmp_path / name, fresh, lambda r: blobs[r.item_id], 8_000, rank=lambda r: rank(r.item_id)
+    )
+    return digests(tmp_path / name / "shards")
+
+
+def test_a_raised_cap_or_a_new_class_leaves_the_other_shards_byte_identical(tmp_path):
+    pools = {"deer": 120, "elk": 120, "fox": 120}
+    before = pack(tmp_path, "v1", layout_rows(["deer", "elk", "fox"], pools, cap=53))
+    # Raising the cap appends each class's next items by rank: each class's last shard
+    # changes and new ones follow; every shard before it keeps its bytes.
+    raised = pack(tmp_path, "v2", layout_rows(["deer", "elk", "fox"], pools, cap=60))
+    changed = {k for k in before if raised.get(k) != before[k]}
+    per_class = {c: sorted(k for k in before if k.startswith(group_prefix(c))) for c in pools}
+    assert all(len(v) >= 4 for v in per_class.values())
+    assert changed == {v[-1] for v in per_class.values()}
+    # A new class packs into shards of its own.
+    pools["owl"] = 40
+    added = pack(tmp_path, "v3", layout_rows(["deer", "elk", "fox", "owl"], pools, cap=53))
+    assert {k: v for k, v in added.items() if k in before} == before
+    assert all(k.startswith(group_prefix("owl")) for k in set(added) - set(before))
+    # Shards stay bounded: the limit plus one item and tar's end-of-archive record padding.
+    sizes = [(tmp_path / "v3" / "shards" / k).stat().st_size for k in added]
+    assert max(sizes) <= 8_000 + 1024 + tarfile.RECORDSIZE
+
+
+def test_the_packer_refuses_a_group_that_is_not_contiguous(tmp_path):
+    import io
+
+    packer = Packer(tmp_path, 1 << 20)
+    packer.add("a", "x", io.BytesIO(b"1"), 1)
+    packer.add("b", "y", io.BytesIO(b"2"), 1)
+    with pytest.raises(ValueError, match="not contiguous"):
+        packer.add("a", "z", io.BytesIO(b"3"), 1)
+    packer.abort()
+
+
+def test_a_payload_whose_bytes_changed_since_verification_is_refused(tmp_path):
+    from stages.core.errors import StoreError
+
+    rows, paths = make_rows(tmp_path, n=3)
+    paths[rows[1].item_id].write_bytes(b"replaced after it was verified")
+    with pytest.raises(StoreError, match="do not match its sha256"):
+        write_store(tmp_path / "out", rows, lambda r: paths.get(r.item_id), 1 << 20)
+    assert not (tmp_path / "out" / "manifest.parquet").exists()

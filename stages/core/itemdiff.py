@@ -2,10 +2,10 @@
 
 An item is matched by its id. Added and removed items count once; an item in both versions
 counts once per kind of change: relabelled (its label set), boxes (its boxes, rounded to
-1/1000 of a pixel or unit), content (its sha256 when both versions know it, else its size in
-bytes and pixels), split and status (e.g. ok -> missing upstream). Per class counts use the
-item's labels in the newer version, else the older one; an item without labels counts under
-"(none)".
+1/1000 of a pixel or unit), content (when both versions hold its payload: its sha256 when
+both know it, else its size in bytes and pixels), split and status (e.g. ok -> missing
+upstream). Per class counts use the item's labels in the newer version, else the older one;
+an item without labels counts under "(none)".
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def changes(a: Row, b: Row) -> list[str]:
         out.append("relabelled")
     if box_key(a.boxes) != box_key(b.boxes):
         out.append("boxes")
-    if a.sha256 and b.sha256:
+    if a.status != "ok" or b.status != "ok":
+        pass  # no payload on one side: its status change says it all
+    elif a.sha256 and b.sha256:
         if a.sha256 != b.sha256:
             out.append("content")
     elif (a.bytes, a.width, a.height) != (b.bytes, b.width, b.height):

@@ -136,10 +136,11 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 class ShardWriter:
     """Pack payloads into size-bounded deterministic tar shards, recording offsets."""
 
-    def __init__(self, out_dir: Path, shard_bytes: int):
+    def __init__(self, out_dir: Path, shard_bytes: int, prefix: str = "shard"):
         self.dir = Path(out_dir) / SHARD_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self.limit = max(int(shard_bytes), 1)
+        self.prefix = prefix
         self.index = -1
         self.tar: tarfile.TarFile | None = None
         self.fh = None
@@ -149,7 +150,7 @@ class ShardWriter:
     def _open(self) -> None:
         self._close()
         self.index += 1
-        self.path = self.dir / f"shard-{self.index:05d}.tar"
+        self.path = self.dir / f"{self.prefix}-{self.index:05d}.tar"
         self.fh = open(part_path(self.path), "wb")
         self.tar = tarfile.open(fileobj=self.fh, mode="w", format=tarfile.USTAR_FORMAT)
         self.size = 0
@@ -204,6 +205,80 @@ def write_manifest(out_dir: Path, rows: Iterable[Row], classes: list[str] | None
     return path
 
 
+def shard_group(row: Row) -> str:
+    """Return the shard sequence an item is packed in: its first class (config order)."""
+    return row.labels[0] if row.labels else ""
+
+
+def group_prefix(group: str) -> str:
+    """Return the file name prefix of a group's shards: readable, unique, short."""
+    digest = hashlib.sha1(group.encode()).hexdigest()[:8]
+    return f"{safe_name(group, 'none')[:40]}-{digest}"
+
+
+class Packer:
+    """Pack payloads group by group, each group (class) into its own sequence of shards.
+
+    Items come in group order and, within a group, in the selection's rank order, so raising
+    a class's cap appends to its last shard, and adding a class adds shards of its own: the
+    other shards keep their bytes (and DVC moves only what changed). Shard names depend on
+    the group and position only, so a fresh build and an incremental one are byte-identical.
+    """
+
+    def __init__(self, out_dir: Path, shard_bytes: int):
+        self.out_dir, self.shard_bytes = Path(out_dir), shard_bytes
+        self.group: str | None = None
+        self.writer: ShardWriter | None = None
+        self.done: set[str] = set()
+
+    def add(self, group: str, name: str, fileobj, size: int) -> tuple[str, int]:
+        """Append one payload to its group's shards; return (shard path, data offset)."""
+        if group != self.group or self.writer is None:
+            if group in self.done:
+                raise ValueError(f"items of group {group!r} are not contiguous")
+            self.close()
+            self.group, self.writer = (
+                group,
+                ShardWriter(self.out_dir, self.shard_bytes, group_prefix(group)),
+            )
+        return self.writer.add(name, fileobj, size)
+
+    def close(self) -> None:
+        """Finish the current group's last shard."""
+        if self.writer is not None:
+            self.writer.close()
+            self.done.add(self.group)
+        self.writer = None
+
+    def abort(self) -> None:
+        """Drop the shard being written."""
+        if self.writer is not None:
+            self.writer.abort()
+        self.writer = None
+
+
+def item_rank(row: Row) -> bytes:
+    """Return the default order of a group's items: by id."""
+    return row.item_id.encode()
+
+
+class HashingReader:
+    """A file reader that hashes what is read from it (what tarfile packs)."""
+
+    def __init__(self, fh):
+        self.fh, self.hash = fh, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        """Read and hash up to n bytes."""
+        data = self.fh.read(n)
+        self.hash.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        """Return the sha256 of the bytes read so far."""
+        return self.hash.hexdigest()
+
+
 def write_store(
     out_dir: Path,
     rows: Iterable[Row],
@@ -211,12 +286,16 @@ def write_store(
     shard_bytes: int,
     ext: Callable[[Row], str] = payload_ext,
     classes: list[str] | None = None,
+    rank: Callable[[Row], bytes] = item_rank,
 ) -> list[Row]:
-    """Pack each row's payload (a file path, or None for no payload) and write the manifest."""
+    """Pack each row's payload (a file path, or None for no payload) and write the manifest.
+
+    Payloads are laid out by class, then by `rank` (the source's selection order; see Packer).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=lambda r: r.item_id)
-    writer = ShardWriter(out_dir, shard_bytes)
+    rows = sorted(rows, key=lambda r: (shard_group(r), rank(r), r.item_id))
+    packer = Packer(out_dir, shard_bytes)
     try:
         for row in rows:
             src = payload(row) if row.status == "ok" else None
@@ -225,11 +304,18 @@ def write_store(
                 continue
             size = os.path.getsize(src)
             with open(src, "rb") as fh:
-                row.shard, row.offset = writer.add(member_name(row.item_id, ext(row)), fh, size)
+                name = member_name(row.item_id, ext(row))
+                reader = HashingReader(fh)
+                row.shard, row.offset = packer.add(shard_group(row), name, reader, size)
+            if row.sha256 is not None and reader.hexdigest() != row.sha256:
+                raise StoreError(
+                    f"{row.item_id}: the bytes packed from {src} do not match its sha256 "
+                    "(changed since it was verified): run the stage again"
+                )
             row.bytes = size
-        writer.close()
+        packer.close()
     except BaseException:
-        writer.abort()
+        packer.abort()
         raise
     write_manifest(out_dir, rows, classes)
     return rows

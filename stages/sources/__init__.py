@@ -13,13 +13,14 @@ import importlib
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from stages.core.config import CleanConf, ExportConf, FramesConf, SourceConf, SplitConf
 from stages.core.errors import ConfigError
-from stages.core.store import Row, Store
+from stages.core.store import Row, Store, item_rank
 
 if TYPE_CHECKING:  # only fetch imports the network code: other stages do not depend on it
     from stages.net.credentials import Credential
@@ -80,6 +81,11 @@ class Source(ABC):
     @abstractmethod
     def plan(self, cfg: SourceConf, ctx: Context) -> Plan:
         """Return the rows to download (from the source's index, metadata or API)."""
+
+    def rank(self, cfg: SourceConf) -> Callable[[Row], bytes]:
+        """Return the key that orders a class's items in its shards: the selection's seeded
+        rank, so raising a cap appends to the class's last shard (hook: default, the id)."""
+        return item_rank
 
     def credentials(self, cfg: SourceConf) -> list[Credential]:
         """Return the secrets this source needs, each scoped to its origins (hook)."""

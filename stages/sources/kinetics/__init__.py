@@ -9,6 +9,7 @@ extract-frames keeps exactly the frames inside it. Archive clips are already tri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Optional
@@ -17,7 +18,7 @@ from omegaconf import MISSING
 
 from stages.core.config import NoSettings, VideoSourceConf, non_negative, positive
 from stages.core.errors import ConfigError
-from stages.core.selection import check_caps
+from stages.core.selection import check_caps, ranker
 from stages.sources import Context, Plan, Source
 
 if TYPE_CHECKING:
@@ -94,6 +95,11 @@ class Kinetics(Source):
         """Return the clip's YouTube video as its group, and the CSV's own split if given."""
         group, _ = super().split_group(cfg, row)
         return group, row.meta.get("split") or None
+
+    def rank(self, cfg: KineticsConf) -> Callable[[Row], bytes]:
+        """Return the selection's rank of a clip (it ranks clip ids)."""
+        rank = ranker(cfg.fetch.seed)
+        return lambda row: rank(row.item_id)
 
     def plan(self, cfg: KineticsConf, ctx: Context) -> Plan:
         """Read the clip list, select clips per class, and return rows (archives: fetched)."""

@@ -6,6 +6,7 @@ in `fetch.py`, `index.py` and `rows.py`, imported when fetch runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Optional
@@ -14,7 +15,7 @@ from omegaconf import MISSING
 
 from stages.core.config import NoSettings, SourceConf, non_negative, positive
 from stages.core.origins import parse_origins
-from stages.core.selection import check_caps
+from stages.core.selection import check_caps, ranker
 from stages.sources import Context, Plan, Source
 
 if TYPE_CHECKING:
@@ -106,6 +107,11 @@ class Lila(Source):
         by = cfg.clean.split_by
         key = "seq_id" if by is SplitBy.sequence else self.split_key
         return group_key(row.meta, key, row.item_id, self.name), None
+
+    def rank(self, cfg: LilaConf) -> Callable[[Row], bytes]:
+        """Return the selection's rank of an image (it ranks image ids)."""
+        rank = ranker(cfg.fetch.seed)
+        return lambda row: rank(row.source_id)
 
     def credentials(self, cfg: LilaConf) -> list[Credential]:
         """Return the Azure SAS token, if configured, scoped to its origins."""
