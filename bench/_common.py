@@ -99,3 +99,33 @@ def tator_standin(*args: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def dvc_env(tmp: Path) -> dict:
+    """Return an environment that isolates DVC's global, system and site dirs inside tmp."""
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    for var, sub in (
+        ("DVC_SITE_CACHE_DIR", "site-cache"),
+        ("DVC_GLOBAL_CONFIG_DIR", "dvc-global"),
+        ("DVC_SYSTEM_CONFIG_DIR", "dvc-system"),
+    ):
+        (tmp / sub).mkdir(exist_ok=True)
+        env[var] = str(tmp / sub)
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.update(
+        GIT_AUTHOR_NAME="bench",
+        GIT_AUTHOR_EMAIL="bench@localhost",
+        GIT_COMMITTER_NAME="bench",
+        GIT_COMMITTER_EMAIL="bench@localhost",
+    )
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    """Run an untimed set-up command; fail loudly; return stdout."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout

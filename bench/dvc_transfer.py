@@ -6,9 +6,7 @@ import _unshadow  # noqa: F401  # isort: skip
 
 import argparse
 import hashlib
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +14,9 @@ from pathlib import Path
 from _common import (
     ROOT,
     bench_dir,
+    dvc_env,
     median,
+    run,
     settle,
     sha256_file,
     timed,
@@ -46,36 +46,6 @@ def make_items(root: Path, n: int, mean_bytes: int, seed: int = 0) -> list[Path]
             at += int(size)
             paths.append(path)
     return paths
-
-
-def dvc_env(tmp: Path) -> dict:
-    """Return an environment that isolates DVC's global, system and site dirs inside tmp."""
-    env = dict(os.environ)
-    bindir = str(Path(sys.executable).parent)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    for var, sub in (
-        ("DVC_SITE_CACHE_DIR", "site-cache"),
-        ("DVC_GLOBAL_CONFIG_DIR", "dvc-global"),
-        ("DVC_SYSTEM_CONFIG_DIR", "dvc-system"),
-    ):
-        (tmp / sub).mkdir(exist_ok=True)
-        env[var] = str(tmp / sub)
-    env["DVC_NO_ANALYTICS"] = "1"
-    env.update(
-        GIT_AUTHOR_NAME="bench",
-        GIT_AUTHOR_EMAIL="bench@localhost",
-        GIT_COMMITTER_NAME="bench",
-        GIT_COMMITTER_EMAIL="bench@localhost",
-    )
-    return env
-
-
-def run(cmd: list[str], cwd: Path, env: dict) -> str:
-    """Run an untimed set-up command; fail loudly; return stdout."""
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return proc.stdout
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -158,7 +128,7 @@ def main() -> None:
             lambda r: originals[r.item_id],
             shard_bytes=int(args.shard_mb * (1 << 20)),
         )
-        shards = sorted((store_dir / "shards").glob("shard-*.tar"))
+        shards = sorted((store_dir / "shards").glob("*.tar"))
         store_bytes = tree_bytes(store_dir)
         print(
             f"write_store: {len(shards)} shards of <= {args.shard_mb:g} MiB + manifest, "

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from _common import ROOT, bench_dir, tree_files
+from _common import ROOT, bench_dir, dvc_env, run, tree_files
 
 from stages.core.selection import labels_of, pick
 from stages.core.store import (
@@ -116,25 +116,6 @@ def rewrite_fraction(before: Path, after: Path) -> tuple[float, int, int]:
     changed = [size for digest, size in new.values() if digest not in old]
     total = sum(size for _, size in new.values())
     return sum(changed) / total, len(changed), len(new)
-
-
-def dvc_env(tmp: Path) -> dict:
-    """Return an environment isolating DVC's global and site dirs inside tmp."""
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    for var, sub in (("DVC_SITE_CACHE_DIR", "site"), ("DVC_GLOBAL_CONFIG_DIR", "global")):
-        (tmp / sub).mkdir(exist_ok=True)
-        env[var] = str(tmp / sub)
-    env["DVC_NO_ANALYTICS"] = "1"
-    return env
-
-
-def run(cmd: list[str], cwd: Path, env: dict) -> str:
-    """Run a set-up command; fail loudly; return stdout."""
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return proc.stdout
 
 
 def project_cache_type() -> str:

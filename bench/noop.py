@@ -13,7 +13,6 @@ import _unshadow  # noqa: F401  # isort: skip
 
 import argparse
 import io
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, bench_dir, median
+from _common import ROOT, bench_dir, dvc_env, median, timed
 
 from stages.core.store import Packer, Row, member_name, rebase, write_manifest
 
@@ -30,26 +29,11 @@ CLASSES = ("mule deer", "cougar", "wild turkey", "empty")
 
 
 def env_for(tmp: Path) -> dict:
-    """Return an environment with this venv first and DVC's global dirs inside tmp."""
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    for var, sub in (("DVC_SITE_CACHE_DIR", "site"), ("DVC_GLOBAL_CONFIG_DIR", "global")):
-        (tmp / sub).mkdir(exist_ok=True)
-        env[var] = str(tmp / sub)
+    """Return a DVC environment isolated in tmp, with its own download cache."""
+    env = dvc_env(tmp)
     env["DSREPO_CACHE_DIR"] = str(tmp / "dl-cache")
     env.pop("PYTHONPATH", None)
-    for who in ("AUTHOR", "COMMITTER"):
-        env[f"GIT_{who}_NAME"], env[f"GIT_{who}_EMAIL"] = "bench", "bench@localhost"
     return env
-
-
-def run(cmd: list[str], cwd: Path, env: dict) -> float:
-    """Run a command, failing loudly; return its wall-clock seconds."""
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start
 
 
 def copy_project(dest: Path, index_url: str, env: dict) -> None:
@@ -72,10 +56,10 @@ def copy_project(dest: Path, index_url: str, env: dict) -> None:
     lila.write_text(text.replace("http://127.0.0.1:8765/lila_camera_trap_datasets.csv", index_url))
     compose = [sys.executable, "-m", "stages.compose", "params.yaml", "--force"]
     subprocess.run(compose, cwd=dest, env=env, capture_output=True)  # asks for a second run
-    run(compose, dest, env)
-    run(["git", "init", "-q", "-b", "main"], dest, env)
-    run(["git", "add", "-A"], dest, env)
-    run(["git", "commit", "-qm", "init"], dest, env)
+    timed(compose, dest, env)
+    timed(["git", "init", "-q", "-b", "main"], dest, env)
+    timed(["git", "add", "-A"], dest, env)
+    timed(["git", "commit", "-qm", "init"], dest, env)
 
 
 def big_fetch(out: Path, n: int) -> list[Row]:
@@ -147,7 +131,7 @@ def main() -> None:
         t0 = time.perf_counter()
         with LilaStandin(tmp / "standin") as srv:
             copy_project(repo, srv.index_url, env)
-            run(["dvc", "repro", "-q"], repo, env)
+            timed(["dvc", "repro", "-q"], repo, env)
         print(
             f"built LILA's stages from the stand-in: {time.perf_counter() - t0:.1f} s", flush=True
         )
@@ -157,9 +141,9 @@ def main() -> None:
         big_clean(data / "fetch", data / "clean", rows)
         del rows
         big_npz(data / "npz", args.items, 1000)
-        run(["dvc", "commit", "-f", "-q"], repo, env)
-        run(["git", "add", "-A"], repo, env)
-        run(["git", "commit", "-qm", "1M items"], repo, env)
+        timed(["dvc", "commit", "-f", "-q"], repo, env)
+        timed(["git", "add", "-A"], repo, env)
+        timed(["git", "commit", "-qm", "1M items"], repo, env)
         shards = len(list((data / "fetch" / "shards").iterdir()))
         npz = sum(1 for _ in (data / "npz").rglob("*.npz"))
         print(
@@ -174,9 +158,9 @@ def main() -> None:
             raise RuntimeError(f"the pipeline is not up to date:\n{status.stdout}{status.stderr}")
         times = {"git status": [], "dvc status": [], "dvc repro": []}
         for _ in range(args.rounds):
-            times["git status"].append(run(["git", "status", "--porcelain"], repo, env))
-            times["dvc status"].append(run(["dvc", "status", "-q"], repo, env))
-            times["dvc repro"].append(run(["dvc", "repro", "-q"], repo, env))
+            times["git status"].append(timed(["git", "status", "--porcelain"], repo, env))
+            times["dvc status"].append(timed(["dvc", "status", "-q"], repo, env))
+            times["dvc repro"].append(timed(["dvc", "repro", "-q"], repo, env))
         med = {k: median(v) for k, v in times.items()}
         for name, value in med.items():
             runs = ", ".join(f"{t:.2f}" for t in times[name])

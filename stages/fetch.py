@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -11,11 +12,13 @@ from stages.core.config import FetchConf, SourceConf, StoreConf
 from stages.core.errors import TransientFailures
 from stages.core.files import atomic_write
 from stages.core.metrics import class_counts, status_summary
-from stages.core.store import MANIFEST, STATUSES, Row, write_store
+from stages.core.store import MANIFEST, STATUSES, PayloadMismatch, Row, write_store
 from stages.net.credentials import Credentials
 from stages.net.download import Downloader
+from stages.net.ledger import Result
 from stages.net.sharing import CacheUsers
 from stages.pipeline.entry import run_main, start
+from stages.pipeline.previous import previous_payloads
 from stages.sources import Context, Plan, Source
 
 log = logging.getLogger("stages.fetch")
@@ -43,18 +46,23 @@ def fetch(
     # Held from planning to packing: no concurrent run deletes an object this one will read.
     users = CacheUsers(dl.root)
     try:
-        plan = plan_and_download(source, cfg, dl)
+        plan = plan_and_download(source, cfg, dl, out_dir)
         if out_dir.exists():
             shutil.rmtree(out_dir)  # DVC removes outputs too; never mix two runs' files
         names = plan.classes if plan.classes is not None else source.classes(cfg)
-        rows = write_store(
-            out_dir,
-            plan.rows,
-            lambda r: dl.object_path(r.sha256),
-            store_cfg.shard_bytes,
-            classes=names,
-            rank=source.rank(cfg),
-        )
+        try:
+            rows = write_store(
+                out_dir,
+                plan.rows,
+                lambda r: dl.object_path(r.sha256),
+                store_cfg.shard_bytes,
+                classes=names,
+                rank=source.rank(cfg),
+            )
+        except PayloadMismatch as exc:
+            # A damaged cached object: dropped, so the next run downloads it again.
+            Path(exc.path).unlink(missing_ok=True)
+            raise
         for rel, data in sorted(plan.files.items()):
             write_beside(out_dir, rel, data)
         transient = any(r.status == "failed" for r in rows)
@@ -62,7 +70,9 @@ def fetch(
             # Packed and verified (write_store checks each payload's sha256): the shards, then
             # DVC's cache, hold the bytes. A run killed before this point, or ending with
             # failures to retry (DVC keeps none of its output), keeps every download.
-            users.release(dl.object_path(r.sha256) for r in rows if r.status == "ok")
+            users.release(r.sha256 for r in rows if r.status == "ok")
+        else:
+            users.keep = {r.sha256 for r in rows if r.status == "ok"}
     finally:
         users.close()
     metrics = {
@@ -75,12 +85,52 @@ def fetch(
     return rows, metrics
 
 
-def plan_and_download(source: Source, cfg: SourceConf, dl: Downloader) -> Plan:
-    """Plan a source's items and download the pending ones; record the outcomes on the rows."""
+def reuse_previous(dl: Downloader, rows: list[Row], previous: dict) -> int:
+    """Put back into the download cache the payloads of the previous build of this output
+    (DVC's cache holds them), each checked against its sha256; return how many."""
+    standing = dl.standing(r.url for r in rows)
+    reused = []
+    for row in rows:
+        found = previous.get(row.url)
+        if found is None or row.url in standing:
+            continue
+        sha256, path, offset, size = found
+        tmp = dl.work_path()
+        try:
+            digest = hashlib.sha256()
+            with open(path, "rb") as src, open(tmp, "wb") as dst:
+                src.seek(offset)
+                left = size
+                while left and (chunk := src.read(min(left, 1 << 20))):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                    left -= len(chunk)
+            if left == 0 and digest.hexdigest() == sha256:
+                dl.adopt(tmp, sha256)
+                reused.append(Result(row.url, "ok", sha256=sha256, bytes=size))
+        except OSError as exc:  # then it is downloaded as if there were no previous build
+            log.debug("cannot reuse %s from %s: %s", row.url, path, exc.strerror)
+        finally:
+            tmp.unlink(missing_ok=True)
+    dl.ledger.put(*reused)
+    return len(reused)
+
+
+def plan_and_download(
+    source: Source, cfg: SourceConf, dl: Downloader, previous: Path | None = None
+) -> Plan:
+    """Plan a source's items and download the pending ones; record the outcomes on the rows.
+
+    Items the previous build of the output dir `previous` packed are taken from DVC's cache.
+    """
     try:
         ctx = Context(downloader=dl, source_name=source.name)
         plan = source.plan(cfg, ctx)
         pending = [r for r in plan.rows if r.status == "pending"]
+        if previous is not None and not dl.cfg.refresh:
+            reused = reuse_previous(dl, pending, previous_payloads(previous))
+            if reused:
+                log.info("fetch@%s: %d item(s) taken from the previous build", source.name, reused)
         results = source.download(cfg, pending, ctx)
     finally:
         dl.close()

@@ -13,22 +13,26 @@ def put(root, data: bytes):
     return path
 
 
+def names(*paths):
+    return [p.name for p in paths]
+
+
 def test_objects_are_deleted_only_by_the_caches_sole_user(tmp_path):
     a, b = CacheUsers(tmp_path), CacheUsers(tmp_path)  # two runs (two open lock files)
     mine, theirs = put(tmp_path, b"packed by a"), put(tmp_path, b"packed by b")
     # b still runs: a's objects stay (b may read them), listed for later.
-    assert a.release([mine]) == 0
+    assert a.release(names(mine)) == 0
     assert mine.exists()
     assert len(list((tmp_path / "released").iterdir())) == 1
     a.close()
     # b is alone now: its objects and those a listed go, and the list with them.
-    assert b.release([theirs]) == 2
+    assert b.release(names(theirs)) == 2
     assert not mine.exists() and not theirs.exists()
     assert not list((tmp_path / "released").iterdir())
     # b still holds its shared lock after releasing: a new run waits for nothing but it.
     c = CacheUsers(tmp_path)
     kept = put(tmp_path, b"packed by c")
-    assert c.release([kept]) == 0 and kept.exists()
+    assert c.release(names(kept)) == 0 and kept.exists()
     b.close()
     assert c.release([]) == 1 and not kept.exists()
     c.close()
@@ -38,7 +42,7 @@ def test_a_release_list_never_deletes_outside_the_objects(tmp_path):
     outside = tmp_path / "precious.txt"
     outside.write_text("keep")
     (tmp_path / "cache" / "released").mkdir(parents=True)
-    (tmp_path / "cache" / "released" / "x.txt").write_text(f"{outside}\n")
+    (tmp_path / "cache" / "released" / "x.txt").write_text(f"{outside}\n../../precious.txt\n")
     users = CacheUsers(tmp_path / "cache")
     assert users.release([]) == 0
     users.close()
@@ -48,9 +52,56 @@ def test_a_release_list_never_deletes_outside_the_objects(tmp_path):
 def test_two_runs_releasing_at_once_leave_nothing_listed_once_both_close(tmp_path):
     a, b = CacheUsers(tmp_path), CacheUsers(tmp_path)
     first, second = put(tmp_path, b"a's"), put(tmp_path, b"b's")
-    assert a.release([first]) == 0 and b.release([second]) == 0  # each sees the other
+    assert a.release(names(first)) == 0 and b.release(names(second)) == 0  # each sees the other
     a.close()  # b still runs: nothing goes
     assert first.exists() and second.exists()
     b.close()  # the last user sweeps both lists
     assert not first.exists() and not second.exists()
     assert not list((tmp_path / "released").iterdir())
+
+
+def test_a_run_that_keeps_its_objects_never_sweeps_them(tmp_path):
+    a, b = CacheUsers(tmp_path), CacheUsers(tmp_path)
+    shared = put(tmp_path, b"used by both")
+    assert a.release(names(shared)) == 0  # a is done with it; b is still running
+    b.keep = {shared.name}  # b ends with failures to retry: it keeps what it downloaded
+    a.close()
+    b.close()
+    assert shared.exists()
+
+
+def test_a_relative_cache_root_still_deletes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    obj = put(tmp_path / "cache", b"x")
+    users = CacheUsers("cache")
+    assert users.release(names(obj)) == 1 and not obj.exists()
+    users.close()
+
+
+def test_only_previous_payloads_that_match_their_sha256_are_reused(tmp_path):
+    from stages.core.store import Row
+    from stages.fetch import reuse_previous
+    from stages.net.download import Downloader
+    from stages.pipeline.compose import group_defaults
+
+    def sha(data):
+        return hashlib.sha256(data).hexdigest()
+
+    good, bad = b"good bytes", b"bytes damaged in DVC's cache"
+    shard = tmp_path / "shard.tar"
+    shard.write_bytes(b"header" + good + bad)
+    previous = {
+        "http://h/a": (sha(good), str(shard), 6, len(good)),
+        "http://h/b": (sha(b"what was packed"), str(shard), 6 + len(good), len(bad)),
+        "http://h/c": (sha(good), str(tmp_path / "gone.tar"), 0, len(good)),
+    }
+    rows = [Row(k, "t", k, url=f"http://h/{k}", status="pending") for k in "abc"]
+    dl = Downloader(group_defaults("fetch"), tmp_path / "cache")
+    try:
+        assert reuse_previous(dl, rows, previous) == 1
+        assert dl.object_path(sha(good)).read_bytes() == good
+        assert dl.ledger.get("http://h/a").status == "ok"
+        assert dl.ledger.get("http://h/b") is None and dl.ledger.get("http://h/c") is None
+        assert not list((tmp_path / "cache" / "tmp").iterdir())
+    finally:
+        dl.close()

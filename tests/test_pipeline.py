@@ -303,3 +303,24 @@ def test_queued_experiments_build_two_at_a_time_on_one_download_cache(project):
         if path.is_file():
             assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
     assert not list((project.cache / "released").iterdir())
+
+
+def test_a_raised_cap_downloads_only_the_new_items(project, server):
+    from stages.core.store import Store
+
+    def packed():
+        rows = Store(project.path / "data/lila/fetch").rows()
+        return {r.url[len(server.url) :] for r in rows if r.shard}
+
+    project.set_conf("conf/source/lila.yaml", "cap: null", "cap: 2")
+    project.dvc("repro", "fetch@lila")
+    first, seen = packed(), dict(server.requests)
+    # Packed objects left the download cache; DVC's cache holds the build.
+    assert not [p for p in (project.cache / "objects").rglob("*.jpg") if p.is_file()]
+    project.set_conf("conf/source/lila.yaml", "cap: 2", "cap: 4")
+    project.dvc("repro", "fetch@lila")
+    second = packed()
+    downloaded = {p for p in second if server.requests[p] > seen.get(p, 0)}
+    rows = {r.url[len(server.url) :]: r for r in Store(project.path / "data/lila/fetch").rows()}
+    assert first < second, [(p, rows.get(p)) for p in first - second][:3]
+    assert downloaded == second - first

@@ -54,6 +54,7 @@ class FetchConf:
     retry_after_max: float = MISSING
     verify_decode: bool = MISSING
     retry_permanent: bool = MISSING
+    refresh: bool = MISSING
     allow_transient_failures: bool = MISSING
     keep_cache: bool = MISSING
 

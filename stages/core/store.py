@@ -206,7 +206,7 @@ def write_manifest(out_dir: Path, rows: Iterable[Row], classes: list[str] | None
 
 
 def shard_group(row: Row) -> str:
-    """Return the shard sequence an item is packed in: its first class (config order)."""
+    """Return the shard sequence an item is packed in: its first label."""
     return row.labels[0] if row.labels else ""
 
 
@@ -262,6 +262,14 @@ def item_rank(row: Row) -> bytes:
     return row.item_id.encode()
 
 
+class PayloadMismatch(StoreError):
+    """Raise when a payload's bytes no longer match the sha256 recorded for it."""
+
+    def __init__(self, message: str, path: Path):
+        super().__init__(message)
+        self.path = path
+
+
 class HashingReader:
     """A file reader that hashes what is read from it (what tarfile packs)."""
 
@@ -308,9 +316,10 @@ def write_store(
                 reader = HashingReader(fh)
                 row.shard, row.offset = packer.add(shard_group(row), name, reader, size)
             if row.sha256 is not None and reader.hexdigest() != row.sha256:
-                raise StoreError(
+                raise PayloadMismatch(
                     f"{row.item_id}: the bytes packed from {src} do not match its sha256 "
-                    "(changed since it was verified): run the stage again"
+                    "(changed since it was verified): run the stage again",
+                    src,
                 )
             row.bytes = size
         packer.close()

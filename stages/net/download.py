@@ -290,6 +290,8 @@ class Downloader:
         if res is None:
             return None
         if res.status == "ok":
+            if self.cfg.refresh:
+                return None  # the user asked for upstream as it is now
             path = self.object_path(res.sha256)
             if path.is_file() and path.stat().st_size == res.bytes:
                 return res

@@ -36,7 +36,16 @@ class ArchiveError(Exception):
     """An archive that cannot be read as it should (its message is the stable reason)."""
 
 
-READ_ERRORS = (tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile, ArchiveError)
+# FileNotFoundError: a concurrent run (queued experiments) deleted the archive it fetched too;
+# the item fails transiently and the next run fetches it again.
+READ_ERRORS = (
+    tarfile.TarError,
+    zlib.error,
+    EOFError,
+    gzip.BadGzipFile,
+    ArchiveError,
+    FileNotFoundError,
+)
 
 
 class Capped(io.RawIOBase):

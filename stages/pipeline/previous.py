@@ -1,0 +1,74 @@
+"""A stage output's last build as dvc.lock records it, read from DVC's cache.
+
+DVC deletes a stage's outputs before it runs the stage again, and fetch no longer keeps its
+downloads (fetch.keep_cache), so the payloads of the previous build live only in DVC's cache.
+Reading them from there lets a re-run (a raised cap, an added class) download only what is new.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from stages.core.store import MANIFEST
+
+log = logging.getLogger("stages.pipeline.previous")
+
+
+def locked_dir_md5(root: Path, rel: str) -> str | None:
+    """Return the `.dir` md5 dvc.lock records for an output directory, or None."""
+    from dvc.utils.serialize import load_yaml
+
+    try:
+        doc = load_yaml(root / "dvc.lock")
+    except Exception:  # noqa: BLE001 - no readable lock file: no previous build to reuse
+        return None
+    stages = doc.get("stages") if isinstance(doc, dict) else None
+    for stage in (stages or {}).values():
+        for out in (stage or {}).get("outs") or []:
+            md5 = out.get("md5") if isinstance(out, dict) else None
+            if out.get("path") == rel and isinstance(md5, str) and md5.endswith(".dir"):
+                return md5
+    return None
+
+
+def previous_payloads(out_dir: Path) -> dict[str, tuple[str, str, int, int]]:
+    """Map URL -> (sha256, shard file in DVC's cache, offset, size) for the payloads of
+    out_dir's last build that dvc.lock records and DVC's local cache holds; {} when none."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    start = Path(out_dir).absolute()
+    while not start.is_dir():  # DVC deleted the output before running its stage
+        start = start.parent
+    try:
+        root = Path(Repo.find_root(str(start)))
+    except NotDvcRepoError:
+        return {}
+    rel = Path(os.path.relpath(Path(out_dir).absolute(), root)).as_posix()
+    md5 = locked_dir_md5(root, rel)
+    if md5 is None:
+        return {}
+    repo = Repo(str(root))
+    try:
+        odb = repo.cache.local
+        try:
+            listing = json.loads(Path(odb.oid_to_path(md5)).read_text(encoding="utf-8"))
+            files = {e["relpath"]: odb.oid_to_path(e["md5"]) for e in listing}
+            columns = ["url", "sha256", "shard", "offset", "bytes"]
+            table = pq.read_table(files[MANIFEST], columns=columns)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.info("no previous build of %s to reuse (%s)", rel, exc)
+            return {}
+    finally:
+        repo.close()
+    out = {}
+    for rec in table.to_pylist():
+        path = files.get(rec["shard"]) if rec["shard"] else None
+        if path is not None and rec["url"] and rec["sha256"] and os.path.isfile(path):
+            out[rec["url"]] = (rec["sha256"], path, rec["offset"], rec["bytes"])
+    return out
