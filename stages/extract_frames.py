@@ -7,8 +7,6 @@ decoded is one row with status `corrupt` and the reason; the stage goes on with 
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
 import shutil
@@ -26,10 +24,12 @@ from stages.core.errors import StoreError
 from stages.core.metrics import class_counts
 from stages.core.parallel import default_workers, pmap, progress
 from stages.core.store import (
+    HashingReader,
     Packer,
     Row,
     Segment,
     Store,
+    layout_key,
     member_name,
     shard_group,
     write_manifest,
@@ -139,9 +139,8 @@ def extract_frames(
     clips = store.rows()
     # Clips in their store's layout (class, then selection rank), so each class's frames fill
     # shards of their own and a raised cap appends to the class's last one (see store.Packer).
-    rank = source.rank(cfg)
     ok = [r for r in clips if r.status == "ok" and r.shard is not None]
-    ok.sort(key=lambda r: (shard_group(r), rank(r), r.item_id))
+    ok.sort(key=layout_key(source.rank(cfg)))
     out_dir.mkdir(parents=True, exist_ok=True)
     spool = out_dir / SPOOL  # inside the output: a killed run's leftovers go with it
     spool.mkdir(exist_ok=True)
@@ -167,17 +166,15 @@ def extract_frames(
             with open(task.spool, "rb") as jpegs:
                 for pos, rel, size in zip(res.indices, res.times, res.sizes, strict=True):
                     item_id = f"{clip.item_id}/{pos:06d}"
-                    data = jpegs.read(size)  # one frame: hashed as it is packed
-                    shard, offset = packer.add(
-                        group, member_name(item_id, ".jpg"), io.BytesIO(data), size
-                    )
+                    frame = HashingReader(jpegs)  # one frame: hashed as it is packed
+                    shard, offset = packer.add(group, member_name(item_id, ".jpg"), frame, size)
                     rows.append(
                         Row(
                             item_id=item_id,
                             source=clip.source,
                             source_id=clip.source_id,
                             url=clip.url,
-                            sha256=hashlib.sha256(data).hexdigest(),
+                            sha256=frame.hexdigest(),
                             bytes=size,
                             width=res.width,
                             height=res.height,

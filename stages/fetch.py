@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -12,7 +11,15 @@ from stages.core.config import FetchConf, SourceConf, StoreConf
 from stages.core.errors import TransientFailures
 from stages.core.files import atomic_write
 from stages.core.metrics import class_counts, status_summary
-from stages.core.store import MANIFEST, STATUSES, PayloadMismatch, Row, write_store
+from stages.core.store import (
+    MANIFEST,
+    STATUSES,
+    HashingReader,
+    PayloadMismatch,
+    Row,
+    Segment,
+    write_store,
+)
 from stages.net.credentials import Credentials
 from stages.net.download import Downloader
 from stages.net.ledger import Result
@@ -88,6 +95,8 @@ def fetch(
 def reuse_previous(dl: Downloader, rows: list[Row], previous: dict) -> int:
     """Put back into the download cache the payloads of the previous build of this output
     (DVC's cache holds them), each checked against its sha256; return how many."""
+    if not previous:
+        return 0
     standing = dl.standing(r.url for r in rows)
     reused = []
     for row in rows:
@@ -97,15 +106,11 @@ def reuse_previous(dl: Downloader, rows: list[Row], previous: dict) -> int:
         sha256, path, offset, size = found
         tmp = dl.work_path()
         try:
-            digest = hashlib.sha256()
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
-                src.seek(offset)
-                left = size
-                while left and (chunk := src.read(min(left, 1 << 20))):
-                    digest.update(chunk)
-                    dst.write(chunk)
-                    left -= len(chunk)
-            if left == 0 and digest.hexdigest() == sha256:
+            with open(path, "rb") as shard, open(tmp, "wb") as dst:
+                src = HashingReader(Segment(shard, offset, size))
+                shutil.copyfileobj(src, dst)
+                copied = dst.tell()
+            if copied == size and src.hexdigest() == sha256:
                 dl.adopt(tmp, sha256)
                 reused.append(Result(row.url, "ok", sha256=sha256, bytes=size))
         except OSError as exc:  # then it is downloaded as if there were no previous build

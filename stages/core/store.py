@@ -262,6 +262,11 @@ def item_rank(row: Row) -> bytes:
     return row.item_id.encode()
 
 
+def layout_key(rank: Callable[[Row], bytes]) -> Callable[[Row], tuple]:
+    """Return the sort key that lays items out for a Packer: by class, then by `rank`."""
+    return lambda row: (shard_group(row), rank(row), row.item_id)
+
+
 class PayloadMismatch(StoreError):
     """Raise when a payload's bytes no longer match the sha256 recorded for it."""
 
@@ -302,7 +307,7 @@ def write_store(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=lambda r: (shard_group(r), rank(r), r.item_id))
+    rows = sorted(rows, key=layout_key(rank))
     packer = Packer(out_dir, shard_bytes)
     try:
         for row in rows:
