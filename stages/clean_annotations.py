@@ -16,6 +16,7 @@ from PIL import Image
 from stages.core.boxes import finite, pixel_edges, scale_of
 from stages.core.config import CleanConf, GatesConf, SourceConf, SplitConf
 from stages.core.errors import StoreError
+from stages.core.executor import Executor, LocalExecutor
 from stages.core.files import atomic_write
 from stages.core.gallery import draw as gallery
 from stages.core.gallery import sample
@@ -31,9 +32,8 @@ from stages.core.gates import (
     summary,
 )
 from stages.core.metrics import class_counts
-from stages.core.parallel import pmap
 from stages.core.splits import set_splits, split_metrics
-from stages.core.store import Row, Store, frames_by_clip, rebase, write_manifest
+from stages.core.store import Row, Store, frames_by_clip, read_payload, rebase, write_manifest
 from stages.pipeline.entry import run_main, start
 from stages.sources import Source
 
@@ -79,6 +79,51 @@ def inspect_image(
 def digest(row: Row, data: bytes) -> str:
     """Return an item's sha256: as recorded upstream, else of its payload."""
     return row.sha256 or hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """The items of one upstream shard to check (a task): shards located, settings."""
+
+    rows: tuple[Row, ...]
+    decode: bool
+    gates: GatesConf | None
+    strict: bool  # an undecodable item is the store's damage (a store this stage wrote)
+
+
+def probe_shard(task: ProbeTask) -> list[tuple[tuple[tuple[int, int], bytes | None] | None, str]]:
+    """Return each item's (size, perceptual hash) or None if unusable, and its sha256."""
+    out = []
+    for row in task.rows:
+        data = read_payload(row.shard, row)
+        info = inspect_image(data, task.decode, task.gates)
+        if info is None and task.strict:
+            raise StoreError(f"{row.item_id}: undecodable in the clean store: run it again")
+        out.append((info, digest(row, data)))
+    return out
+
+
+def probe(
+    store: Store,
+    rows: list[Row],
+    decode: bool,
+    gates: GatesConf | None,
+    executor: Executor | None = None,
+    strict: bool = False,
+) -> list:
+    """Return probe_shard's answer for every row, in order; one task per upstream shard."""
+    by_shard: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_shard.setdefault(row.shard, []).append(i)
+    located = store.located(rows)
+    order = [by_shard[k] for k in sorted(by_shard)]
+    tasks = [ProbeTask(tuple(located[i] for i in idx), decode, gates, strict) for idx in order]
+    out: list = [None] * len(rows)
+    done = (executor or LocalExecutor()).map(probe_shard, tasks, kind="thread")
+    for idx, results in zip(order, done, strict=True):
+        for i, res in zip(idx, results, strict=True):
+            out[i] = res
+    return out
 
 
 def clean_boxes(row: Row, width: int, height: int, min_size: float, counts: Counter) -> list[dict]:
@@ -128,6 +173,7 @@ def clean(
     cfg: CleanConf,
     split_cfg: SplitConf,
     gates: GatesConf | None = None,
+    executor: Executor | None = None,
 ) -> tuple[list[Row], list[str], dict, Gate | None]:
     """Return the cleaned rows (payloads unchanged), the class names, the metrics and what the
     quality gates found (None with gates off)."""
@@ -145,13 +191,10 @@ def clean(
             # For video sources a failed row is a whole clip (fetch or decoding failed).
             dropped[f"clip_{r.status}" if source.video else f"{r.status}_at_fetch"] += 1
 
-    def probe(row: Row):
-        data = store.read(row)
-        return row, inspect_image(data, decode, gates), digest(row, data)
-
     kept = []
     codes: dict[str, tuple[bytes | None, str]] = {}
-    for row, info, sha in pmap(probe, usable):
+    probed = probe(store, usable, decode, gates, executor)
+    for row, (info, sha) in zip(usable, probed, strict=True):
         if info is None:
             dropped["corrupt_image"] += 1
             continue
@@ -225,22 +268,21 @@ def clean(
     return kept, names, metrics, gate
 
 
-def gate_store(store: Store, source: Source, src_cfg: SourceConf, gates: GatesConf) -> Gate:
+def gate_store(
+    store: Store,
+    source: Source,
+    src_cfg: SourceConf,
+    gates: GatesConf,
+    executor: Executor | None = None,
+) -> Gate:
     """Check the quality gates over a store a source cleaned itself (its `gated` items; no
     dedupe: the source's store is not ours to thin)."""
     rows = [r for r in store.rows() if r.status == "ok" and r.shard and source.gated(r)]
-
-    def probe(row: Row):
-        data = store.read(row)
-        info = inspect_image(data, False, gates)
-        if info is None:  # written by this stage a moment ago
-            raise StoreError(f"{row.item_id}: undecodable in the clean store: run it again")
-        return info[1], digest(row, data)
-
     if gates.dedupe:
         log.warning("%s: gates.dedupe does not apply to its own clean store", source.name)
     groups = [source.split_group(src_cfg, r)[0] for r in rows]
-    return check(rows, list(pmap(probe, rows)), groups, gates, [])
+    probed = probe(store, rows, False, gates, executor, strict=True)
+    return check(rows, [(info[1], sha) for info, sha in probed], groups, gates, [])
 
 
 def check(
@@ -289,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
             run.cfg, run.section("clean"), run.section("split"), store, args.out, shard_bytes
         )
         cleaned = Store(args.out)
-        gate = gate_store(cleaned, run.source, run.cfg, gates) if gates.enabled else None
+        if gates.enabled:
+            with run.executor() as ex:
+                gate = gate_store(cleaned, run.source, run.cfg, gates, ex)
+        else:
+            gate = None
         if gate is not None:
             metrics["gates"] = gate.metrics
         write_gate_report(args, gate, gates, cleaned.read)
@@ -301,9 +347,10 @@ def main(argv: list[str] | None = None) -> int:
             names = cleaned.classes or list(run.cfg.classes)
             write_gallery(args.gallery, firsts, names, run.section("clean"), cleaned.read)
     else:
-        rows, names, metrics, gate = clean(
-            store, run.source, run.cfg, run.section("clean"), run.section("split"), gates
-        )
+        with run.executor() as ex:
+            rows, names, metrics, gate = clean(
+                store, run.source, run.cfg, run.section("clean"), run.section("split"), gates, ex
+            )
         write_gate_report(args, gate, gates, store.read)
         if args.gallery:
             units = [f[0] for f in frames_by_clip(rows).values()] if run.source.video else rows

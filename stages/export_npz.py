@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from stages.core.config import Aspect, ExportConf
-from stages.core.parallel import pmap
+from stages.core.executor import Executor, LocalExecutor
 from stages.core.selection import even_indices
-from stages.core.store import Row, Store, frames_by_clip
+from stages.core.store import Row, Store, frames_by_clip, read_payload
 from stages.formats.npz import write_npz
 from stages.pipeline.entry import run_main, start
 
@@ -65,13 +66,19 @@ def by_split(rows: list[Row], splits: list[str]) -> dict[str, list[Row]]:
 
 
 def export_splits(
-    store: Store, names: list[str], cfg: ExportConf, out_dir: Path, splits: list[str], video: bool
+    store: Store,
+    names: list[str],
+    cfg: ExportConf,
+    out_dir: Path,
+    splits: list[str],
+    video: bool,
+    executor: Executor | None = None,
 ) -> dict:
     """Write each split's shards under out_dir/<split>/; return totals and per-split metrics."""
     usable = [r for r in store.rows() if r.status == "ok" and r.shard is not None]
     run = export_clips if video else export
     per = {
-        split: run(rows, store, names, cfg, out_dir / split)
+        split: run(rows, store, names, cfg, out_dir / split, executor)
         for split, rows in by_split(usable, splits).items()
     }
     totals = {
@@ -84,116 +91,174 @@ def export_splits(
     return {**totals, shape: per[splits[0]][shape], "classes": classes, "splits": per}
 
 
-def export(rows: list[Row], store: Store, names: list[str], cfg: ExportConf, out_dir: Path) -> dict:
-    """Write npz shards of X, y, multi-hot labels, ragged boxes, classes and ids."""
+@dataclass(frozen=True)
+class ShardTask:
+    """One npz shard to write (a task): its rows (shards located), settings and path."""
+
+    rows: tuple[Row, ...]
+    names: tuple[str, ...]
+    cfg: ExportConf
+    path: str
+    clips: tuple[tuple[str, int], ...] = ()  # clip shards: (clip id, its frames among rows)
+
+
+@dataclass
+class ShardDone:
+    """What a shard task reports (small: never the arrays)."""
+
+    items: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+
+
+def run_tasks(tasks: list[ShardTask], fn, executor: Executor | None) -> list[ShardDone]:
+    """Run shard tasks on the executor (default: this machine's threads), in order."""
+    executor = executor or LocalExecutor()
+    return list(executor.map(fn, tasks, kind="thread"))
+
+
+def _transformed(task: ShardTask, rows) -> list:
+    return [transform(read_payload(r.shard, r), r, task.cfg) for r in rows]
+
+
+def image_shard(task: ShardTask) -> ShardDone:
+    """Write one shard of X, y, multi-hot labels, ragged boxes, classes and ids."""
+    names = list(task.names)
     ids = {n: i for i, n in enumerate(names)}
+    pairs = zip(task.rows, _transformed(task, task.rows), strict=True)
+    kept = [(r, res) for r, res in pairs if res is not None]
+    done = ShardDone(skipped=len(task.rows) - len(kept))
+    if not kept:
+        return done
+    chunk, results = [r for r, _ in kept], [res for _, res in kept]
+    n = len(chunk)
+    multi = np.zeros((n, len(names)), np.uint8)
+    for i, r in enumerate(chunk):
+        multi[i, r.label_ids or []] = 1
+        for lab in r.labels:
+            done.classes[lab] = done.classes.get(lab, 0) + 1
+    offsets = np.zeros(n + 1, np.int64)
+    offsets[1:] = np.cumsum([len(b) for _, b, _ in results])
+    write_npz(
+        Path(task.path),
+        {
+            "X": np.stack([a for a, _, _ in results]),
+            "y": np.array([r.label_ids[0] if r.label_ids else -1 for r in chunk], np.int64),
+            "labels": multi,
+            "boxes": np.concatenate([b for _, b, _ in results]).astype(np.float32),
+            "box_offsets": offsets,
+            "box_labels": np.array([ids[lab] for _, _, labs in results for lab in labs], np.int64),
+            "classes": np.array(names, dtype=str),
+            "ids": np.array([r.item_id for r in chunk], dtype=str),
+        },
+        task.cfg.compress,
+    )
+    done.items, done.bytes = n, Path(task.path).stat().st_size
+    return done
+
+
+def export(
+    rows: list[Row],
+    store: Store,
+    names: list[str],
+    cfg: ExportConf,
+    out_dir: Path,
+    executor: Executor | None = None,
+) -> dict:
+    """Write npz shards of X, y, multi-hot labels, ragged boxes, classes and ids.
+
+    Shard i holds the i-th `items_per_shard` rows: the cut depends on the rows alone.
+    """
     per = cfg.items_per_shard
     out_dir.mkdir(parents=True, exist_ok=True)
-    classes = np.array(names, dtype=str)
-    counts = dict.fromkeys(names, 0)
-    shards, nbytes, skipped = 0, 0, 0
-    for first in range(0, len(rows), per):
-        chunk = rows[first : first + per]
-        pairs = zip(chunk, pmap(lambda r: transform(store.read(r), r, cfg), chunk), strict=True)
-        kept = [(r, res) for r, res in pairs if res is not None]
-        skipped += len(chunk) - len(kept)
-        if not kept:
-            continue
-        chunk, results = [r for r, _ in kept], [res for _, res in kept]
-        n = len(chunk)
-        X = np.stack([a for a, _, _ in results])
-        y = np.array([r.label_ids[0] if r.label_ids else -1 for r in chunk], np.int64)
-        multi = np.zeros((n, len(names)), np.uint8)
-        for i, r in enumerate(chunk):
-            multi[i, r.label_ids or []] = 1
-            for lab in r.labels:
-                counts[lab] += 1
-        offsets = np.zeros(n + 1, np.int64)
-        offsets[1:] = np.cumsum([len(b) for _, b, _ in results])
-        boxes = np.concatenate([b for _, b, _ in results])
-        box_labels = np.array([ids[lab] for _, _, labs in results for lab in labs], np.int64)
-        path = out_dir / f"shard-{shards:05d}.npz"
-        write_npz(
-            path,
-            {
-                "X": X,
-                "y": y,
-                "labels": multi,
-                "boxes": boxes.astype(np.float32),
-                "box_offsets": offsets,
-                "box_labels": box_labels,
-                "classes": classes,
-                "ids": np.array([r.item_id for r in chunk], dtype=str),
-            },
-            cfg.compress,
+    located = store.located(rows)
+    tasks = [
+        ShardTask(
+            tuple(located[first : first + per]),
+            tuple(names),
+            cfg,
+            str(out_dir.absolute() / f"shard-{first // per:05d}.npz"),
         )
-        nbytes += path.stat().st_size
-        shards += 1
+        for first in range(0, len(located), per)
+    ]
+    done = run_tasks(tasks, image_shard, executor)
     return {
-        "items": len(rows) - skipped,
-        "skipped_undecodable": skipped,
-        "shards": shards,
-        "bytes": nbytes,
+        "items": sum(d.items for d in done),
+        "skipped_undecodable": sum(d.skipped for d in done),
+        "shards": sum(1 for d in done if d.items),
+        "bytes": sum(d.bytes for d in done),
         "image_size": [cfg.height, cfg.width],
-        "classes": counts,
+        "classes": {n: sum(d.classes.get(n, 0) for d in done) for n in names},
     }
 
 
+def clip_shard(task: ShardTask) -> ShardDone:
+    """Write one shard of clips: X (N,T,H,W,3) of T evenly spaced frames, y, classes, ids."""
+    T = task.cfg.frames
+    done = ShardDone()
+    results = _transformed(task, task.rows)
+    arrays, kept = [], []
+    first = 0
+    for clip, count in task.clips:
+        frames, got = task.rows[first : first + count], results[first : first + count]
+        first += count
+        if count < T or any(res is None for res in got):
+            done.skipped += 1  # short: only with clean.min_frames below export.frames
+            continue
+        arrays.append(np.stack([a for a, _, _ in got]))
+        kept.append((clip, frames[0]))
+    if not kept:
+        return done
+    for _, r in kept:
+        for lab in r.labels:
+            done.classes[lab] = done.classes.get(lab, 0) + 1
+    write_npz(
+        Path(task.path),
+        {
+            "X": np.stack(arrays),
+            "y": np.array([r.label_ids[0] if r.label_ids else -1 for _, r in kept], np.int64),
+            "classes": np.array(task.names, dtype=str),
+            "ids": np.array([clip for clip, _ in kept], dtype=str),
+        },
+        task.cfg.compress,
+    )
+    done.items, done.bytes = len(kept), Path(task.path).stat().st_size
+    return done
+
+
 def export_clips(
-    rows: list[Row], store: Store, names: list[str], cfg: ExportConf, out_dir: Path
+    rows: list[Row],
+    store: Store,
+    names: list[str],
+    cfg: ExportConf,
+    out_dir: Path,
+    executor: Executor | None = None,
 ) -> dict:
     """Write npz shards of clips: X (N,T,H,W,3) of T evenly spaced frames, y, classes, ids."""
-    by_clip = frames_by_clip(rows)
+    by_clip = frames_by_clip(store.located(rows))
     clips = sorted(by_clip)
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts = dict.fromkeys(names, 0)
-    shards, nbytes, skipped, written = 0, 0, 0, 0
-    T = cfg.frames
-    for first in range(0, len(clips), cfg.clips_per_shard):
-        chunk = clips[first : first + cfg.clips_per_shard]
-        picked: list[tuple[Row, list[Row]]] = []
-        for clip in chunk:
+    T, per = cfg.frames, cfg.clips_per_shard
+    tasks = []
+    for first in range(0, len(clips), per):
+        picked: list[Row] = []
+        counts: list[tuple[str, int]] = []  # each clip's frames among picked: T, or 0 if short
+        for clip in clips[first : first + per]:
             frames = by_clip[clip]
-            if len(frames) < T:
-                skipped += 1  # only with clean.min_frames below export.frames
-                continue
-            picked.append((frames[0], [frames[i] for i in even_indices(len(frames), T)]))
-        flat = [r for _, frames in picked for r in frames]
-        done = list(pmap(lambda r: transform(store.read(r), r, cfg), flat))
-        arrays, kept = [], []
-        for n, (first_frame, _) in enumerate(picked):
-            results = done[n * T : (n + 1) * T]
-            if any(res is None for res in results):
-                skipped += 1
-                continue
-            arrays.append(np.stack([a for a, _, _ in results]))
-            kept.append(first_frame)
-        if not kept:
-            continue
-        for r in kept:
-            for lab in r.labels:
-                counts[lab] += 1
-        path = out_dir / f"shard-{shards:05d}.npz"
-        write_npz(
-            path,
-            {
-                "X": np.stack(arrays),
-                "y": np.array([r.label_ids[0] if r.label_ids else -1 for r in kept], np.int64),
-                "classes": np.array(names, dtype=str),
-                "ids": np.array([r.meta["clip"] for r in kept], dtype=str),
-            },
-            cfg.compress,
-        )
-        nbytes += path.stat().st_size
-        shards += 1
-        written += len(kept)
+            chosen = [frames[i] for i in even_indices(len(frames), T)] if len(frames) >= T else []
+            picked += chosen
+            counts.append((clip, len(chosen)))
+        path = out_dir.absolute() / f"shard-{first // per:05d}.npz"
+        tasks.append(ShardTask(tuple(picked), tuple(names), cfg, str(path), tuple(counts)))
+    done = run_tasks(tasks, clip_shard, executor)
     return {
-        "items": written,
-        "skipped_short_or_undecodable": skipped,
-        "shards": shards,
-        "bytes": nbytes,
+        "items": sum(d.items for d in done),
+        "skipped_short_or_undecodable": sum(d.skipped for d in done),
+        "shards": sum(1 for d in done if d.items),
+        "bytes": sum(d.bytes for d in done),
         "clip_shape": [T, cfg.height, cfg.width, 3],
-        "classes": counts,
+        "classes": {n: sum(d.classes.get(n, 0) for d in done) for n in names},
     }
 
 
@@ -213,9 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         names = run.source.names(run.cfg, store)
-        metrics = export_splits(
-            store, names, run.section("export"), run.args.out, splits, run.source.video
-        )
+        with run.executor() as ex:
+            metrics = export_splits(
+                store, names, run.section("export"), run.args.out, splits, run.source.video, ex
+            )
     run.finish(metrics, per_split={s: m["classes"] for s, m in metrics["splits"].items()})
     log.info(
         "export@%s: %d items in %d shards", run.args.source, metrics["items"], metrics["shards"]

@@ -11,9 +11,6 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +18,10 @@ import av
 
 from stages.core.config import FramesConf, SourceConf
 from stages.core.errors import StoreError
+from stages.core.executor import Executor, LocalExecutor
+from stages.core.files import atomic_path
 from stages.core.metrics import class_counts
-from stages.core.parallel import default_workers, pmap, progress
+from stages.core.parallel import default_workers, progress
 from stages.core.store import (
     HashingReader,
     Packer,
@@ -83,7 +82,7 @@ def run_task(task: Task):
         if os.fstat(fh.fileno()).st_size < task.offset + task.size:
             raise StoreError(f"{task.shard} is truncated: run the fetch stage again")
         try:  # read in place and spool the JPEGs: a long video never sits in memory
-            with open(task.spool, "wb") as out:
+            with atomic_path(task.spool) as tmp, open(tmp, "wb") as out:
                 frames = extract(
                     Segment(fh, task.offset, task.size),
                     task.spec,
@@ -103,28 +102,6 @@ def run_task(task: Task):
     return frames
 
 
-def run_isolated(task: Task):
-    """Run one task in a process of its own, so a crash (a segfault in a codec) is its own."""
-    with ProcessPoolExecutor(1) as ex:
-        try:
-            return ex.submit(run_task, task).result()
-        except BrokenProcessPool:
-            return "decoder process died"
-
-
-def results_of(tasks: list[Task], workers: int) -> Iterator:
-    """Yield each task's result in order; after a worker crash, run the rest one by one."""
-    done = 0
-    try:
-        for res in pmap(run_task, tasks, kind="process", workers=workers, window=2 * workers):
-            done += 1
-            yield res
-    except BrokenProcessPool:
-        log.warning("a decoder process died: decoding the remaining clips one per process")
-        for task in tasks[done:]:
-            yield run_isolated(task)
-
-
 def extract_frames(
     store: Store,
     source: Source,
@@ -132,17 +109,24 @@ def extract_frames(
     out_dir: Path,
     shard_bytes: int,
     workers: int | None = None,
+    executor: Executor | None = None,
 ) -> tuple[list[Row], dict]:
-    """Decode every ok clip (in parallel processes) into frame rows; return rows and metrics."""
-    workers = workers or default_workers()
-    threads = "NONE" if workers > 1 else "AUTO"
+    """Decode every ok clip into frame rows; return rows and metrics.
+
+    Each clip is a task of `executor` (default: `workers` local processes): it spools its
+    JPEGs into the output dir and returns their sizes; this process packs them in order.
+    """
+    executor = executor or LocalExecutor(workers)
+    workers = executor.slots if not executor.remote else default_workers()
+    threads = "NONE" if workers > 1 or executor.remote else "AUTO"
     clips = store.rows()
     # Clips in their store's layout (class, then selection rank), so each class's frames fill
     # shards of their own and a raised cap appends to the class's last one (see store.Packer).
     ok = [r for r in clips if r.status == "ok" and r.shard is not None]
     ok.sort(key=layout_key(source.rank(cfg)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    spool = out_dir / SPOOL  # inside the output: a killed run's leftovers go with it
+    executor.check_visible(out_dir, *{store.shard_path(r).parent for r in ok[:1]})
+    spool = out_dir.absolute() / SPOOL  # inside the output: a killed run's leftovers go with it
     spool.mkdir(exist_ok=True)
     hold = HOLD_BYTES // workers  # N-of-M sampling's decoded frames, per worker
     tasks = [
@@ -154,7 +138,7 @@ def extract_frames(
     reasons: Counter = Counter()
     n_frames, n_bytes = 0, 0
     try:
-        results = results_of(tasks, workers)
+        results = executor.map(run_task, tasks, kind="process", lost=_decoder_died)
         bar = progress(results, total=len(tasks), desc=f"frames@{source.name}", unit="clip")
         for clip, task, res in zip(ok, tasks, bar, strict=True):
             if isinstance(res, str):
@@ -219,6 +203,11 @@ def extract_frames(
     return rows, metrics
 
 
+def _decoder_died(task: Task) -> str:
+    """Return the reason of a clip whose decoding kept killing its process."""
+    return "decoder process died"
+
+
 def _failed(clip: Row, reason: str) -> Row:
     """Return a clip's row marked corrupt (no payload), keeping its identity and labels."""
     return Row(
@@ -243,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     if "extract-frames" in run.source.own_stages:  # frames that are not decoded video
         rows, metrics = run.source.extract(run.cfg, store, args.out, shard_bytes)
     else:
-        rows, metrics = extract_frames(store, run.source, run.cfg, args.out, shard_bytes)
+        with run.executor() as ex:
+            rows, metrics = extract_frames(
+                store, run.source, run.cfg, args.out, shard_bytes, executor=ex
+            )
     run.finish(metrics)
     log.info(
         "frames@%s: %d frames from %d clips, %d failed (%s)",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import shutil
 from pathlib import Path
 
 from stages.core.config import FetchConf, SourceConf, StoreConf
 from stages.core.errors import TransientFailures
+from stages.core.executor import Executor
 from stages.core.files import atomic_write
 from stages.core.metrics import class_counts, status_summary
 from stages.core.store import (
@@ -38,8 +40,12 @@ def fetch(
     store_cfg: StoreConf,
     out_dir: Path,
     cache_dir: Path | None = None,
+    executor: Executor | None = None,
 ) -> tuple[list[Row], dict]:
-    """Plan, download and pack one source; return the rows and the metrics."""
+    """Plan, download and pack one source; return the rows and the metrics.
+
+    Downloads and shards are tasks of `executor` (default: this machine).
+    """
     creds = Credentials(source.credentials(cfg))
     workers = fetch_cfg.source_workers.get(source.name, fetch_cfg.workers)
     fetch_cfg = dataclasses.replace(fetch_cfg, workers=workers)
@@ -49,7 +55,11 @@ def fetch(
         ledger_name=f"ledger-{source.name}",
         credentials=creds,
         throttled=source.throttled,
+        executor=executor,
+        worker_credentials=functools.partial(source_credentials, source.name, cfg),
     )
+    if executor is not None:
+        executor.check_visible(dl.root, Path(out_dir).absolute().parent)
     # Held from planning to packing: no concurrent run deletes an object this one will read.
     users = CacheUsers(dl.root)
     try:
@@ -65,6 +75,7 @@ def fetch(
                 store_cfg.shard_bytes,
                 classes=names,
                 rank=source.rank(cfg),
+                executor=executor,
             )
         except PayloadMismatch as exc:
             # A damaged cached object: dropped, so the next run downloads it again.
@@ -90,6 +101,13 @@ def fetch(
         "selection": plan.stats,
     }
     return rows, metrics
+
+
+def source_credentials(name: str, cfg: SourceConf) -> Credentials:
+    """Return a source's credentials from this process's environment (on a Dask worker)."""
+    from stages.sources import load
+
+    return Credentials(load(name).credentials(cfg))
 
 
 def reuse_previous(dl: Downloader, rows: list[Row], previous: dict) -> int:
@@ -163,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     # The output is replaced only once planning and downloads are done.
     run = start(argv, "stages.fetch", __doc__, has_input=False, clear=False)
     args, fetch_cfg = run.args, run.section("fetch")
-    rows, metrics = fetch(run.source, run.cfg, fetch_cfg, run.section("store"), args.out)
+    with run.executor() as ex:
+        rows, metrics = fetch(
+            run.source, run.cfg, fetch_cfg, run.section("store"), args.out, executor=ex
+        )
     run.finish(metrics)
     log.info(
         "fetch@%s: %d ok, %d failed, %d missing, %d corrupt, %.1f MB",

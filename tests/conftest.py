@@ -225,3 +225,32 @@ def fetched(tmp_path_factory) -> Path:
         tmp / "c",
     )
     return tmp / "fetch"
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """One 2-worker Dask cluster of processes for the session (about 1 s to start).
+
+    A task may kill its worker once before it is lost, and workers hold only the task they
+    run, so a killed worker's death is blamed on that task alone.
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    settings = {
+        "distributed.scheduler.allowed-failures": 1,
+        "distributed.scheduler.worker-saturation": 1.0,
+    }
+    with (
+        dask.config.set(settings),
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            host="127.0.0.1",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.wait_for_workers(2, timeout=60)
+        yield client

@@ -10,6 +10,7 @@ import pytest
 from stages.core.selection import ranker
 from stages.core.store import (
     Packer,
+    PayloadMismatch,
     Row,
     Store,
     group_prefix,
@@ -131,19 +132,17 @@ def test_member_names_are_safe_and_unique():
 def test_a_shard_that_fails_mid_write_never_gets_its_final_name(tmp_path):
     src = tmp_path / "blob.jpg"
     src.write_bytes(b"\xff\xd8" + b"x" * 5000 + b"\xff\xd9")
-    rows = [Row(f"t/{i}", "t", str(i), url=f"http://h/{i}.jpg") for i in range(6)]
-
-    def payload(row):
-        if row.item_id == "t/4":
-            raise KeyboardInterrupt  # Ctrl-C while the shard is half written
-        return src
-
-    with pytest.raises(KeyboardInterrupt):
-        write_store(tmp_path / "out", rows, payload, shard_bytes=12_000)
+    good = hashlib.sha256(src.read_bytes()).hexdigest()
+    rows = [
+        Row(f"t/{i}", "t", str(i), url=f"http://h/{i}.jpg", sha256=good if i != 4 else "0" * 64)
+        for i in range(6)
+    ]
+    # Shards of two items each; t/4's recorded hash is not its bytes: shard 2 fails mid-write.
+    with pytest.raises(PayloadMismatch, match="t/4"):
+        write_store(tmp_path / "out", rows, lambda row: src, shard_bytes=12_000)
     shards = tmp_path / "out" / "shards"
-    # shard 0 (items 0, 1) was complete; shard 1 (items 2, 3, then the crash) never was.
-    first = f"{group_prefix('')}-00000.tar"  # unlabelled items: one group
-    assert sorted(p.name for p in shards.iterdir()) == [first]
+    first, second = (f"{group_prefix('')}-{i:05d}.tar" for i in (0, 1))
+    assert sorted(p.name for p in shards.iterdir()) == [first, second]  # no part file either
     with tarfile.open(shards / first) as tar:
         assert len(tar.getmembers()) == 2
     assert not (tmp_path / "out" / "manifest.parquet").exists()

@@ -359,6 +359,59 @@ class ImportConf:
         return out
 
 
+class ExecutorKind(Enum):
+    """Where a stage's per-item work runs."""
+
+    local = "local"  # this machine's threads and processes
+    dask = "dask"  # a Dask distributed cluster
+
+
+@dataclass
+class ExecutorConf:
+    """Where the per-item work of the stages runs (`conf/executor/`, chosen at run time).
+
+    Never part of params.yaml: where a build runs is the machine's business, not the
+    dataset's, and outputs are the same bytes whichever executor makes them.
+    """
+
+    kind: ExecutorKind = MISSING
+    workers: Optional[int] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
+    address: Optional[str] = MISSING  # noqa: UP045
+    scheduler_file: Optional[str] = MISSING  # noqa: UP045
+    cluster: Optional[dict[str, Any]] = MISSING  # noqa: UP045
+    scale: Optional[dict[str, Any]] = MISSING  # noqa: UP045
+    adapt: Optional[dict[str, Any]] = MISSING  # noqa: UP045
+    window: int = MISSING
+    items_per_task: int = MISSING
+    retries: int = MISSING
+    allowed_failures: int = MISSING
+    resources: dict[str, float] = MISSING
+    wait_workers: int = MISSING
+    wait_timeout: float = MISSING
+
+    def __post_init__(self) -> None:
+        positive("executor", window=self.window, items_per_task=self.items_per_task)
+        non_negative(
+            "executor",
+            workers=self.workers,
+            retries=self.retries,
+            allowed_failures=self.allowed_failures,
+            wait_workers=self.wait_workers,
+        )
+        if self.kind is ExecutorKind.dask:
+            given = [k for k in ("address", "scheduler_file", "cluster") if getattr(self, k)]
+            if len(given) > 1:
+                raise ConfigError(f"executor: give one of {', '.join(given)}, not several")
+            if self.scale and self.adapt:
+                raise ConfigError("executor: give scale or adapt, not both")
+            if (self.scale or self.adapt) and not self.cluster:
+                raise ConfigError("executor: scale and adapt apply to a `cluster` it starts")
+            if self.cluster and "_target_" not in self.cluster:
+                raise ConfigError(
+                    "executor.cluster needs `_target_` (e.g. dask_jobqueue.SLURMCluster)"
+                )
+
+
 GROUPS: dict[str, type] = {
     "fetch": FetchConf,
     "store": StoreConf,

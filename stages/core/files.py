@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +15,18 @@ def part_path(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 
 
+def unique_part_path(path: Path) -> Path:
+    """Return a temporary name of this writer's own: a task Dask runs twice at once (after a
+    worker was lost) never writes into the other's file."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; rename it to `path` on success, delete it on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = part_path(path)
+    tmp = unique_part_path(path)
     try:
         yield tmp
     except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -270,9 +271,12 @@ def layout_key(rank: Callable[[Row], bytes]) -> Callable[[Row], tuple]:
 class PayloadMismatch(StoreError):
     """Raise when a payload's bytes no longer match the sha256 recorded for it."""
 
-    def __init__(self, message: str, path: Path):
+    def __init__(self, message: str, path: Path | str):
         super().__init__(message)
         self.path = path
+
+    def __reduce__(self):  # raised on a Dask worker, re-raised by the driver
+        return type(self), (str(self), self.path)
 
 
 class HashingReader:
@@ -292,6 +296,94 @@ class HashingReader:
         return self.hash.hexdigest()
 
 
+@dataclass(frozen=True)
+class Member:
+    """One payload to pack: its member name, where its bytes are, and what they must be."""
+
+    name: str
+    src: str
+    size: int
+    sha256: str | None
+    item_id: str
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to write (a task: picklable, and the same bytes however often it runs)."""
+
+    path: str
+    members: tuple[Member, ...]
+
+
+def _padded(size: int) -> int:
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def plan_shards(
+    out_dir: Path, rows: list[Row], members: list[Member], shard_bytes: int
+) -> list[ShardJob]:
+    """Cut rows (in layout order, each with its Member) into each class's size-bounded shards,
+    setting every row's shard and offset; return the shards to write.
+
+    The cut depends on the payload sizes alone, as a ShardWriter would make it: a member is a
+    512-byte header then its data padded to whole blocks, and a shard takes members until the
+    next would pass `shard_bytes`.
+    """
+    limit, jobs = max(int(shard_bytes), 1), []
+    group, index, pos, current = None, -1, 0, []
+
+    def flush() -> None:
+        if current:
+            jobs.append(ShardJob(str(Path(out_dir).absolute() / path), tuple(current)))
+
+    for row, member in zip(rows, members, strict=True):
+        g = shard_group(row)
+        if g != group:
+            flush()
+            group, index, pos, current = g, -1, 0, []
+        if index < 0 or (pos and pos + member.size + 512 > limit):
+            flush()
+            index, pos, current = index + 1, 0, []
+            path = f"{SHARD_DIR}/{group_prefix(g)}-{index:05d}.tar"
+        row.shard, row.offset = path, pos + tarfile.BLOCKSIZE
+        pos += tarfile.BLOCKSIZE + _padded(member.size)
+        current.append(member)
+    flush()
+    return jobs
+
+
+def pack_shard(job: ShardJob) -> int:
+    """Write one shard under a temporary name, checking each payload, then publish it;
+    return its size. Raise PayloadMismatch for bytes that changed since they were verified."""
+    path = Path(job.path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        tar = tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT)
+        for m in job.members:
+            try:
+                src = open(m.src, "rb")
+            except FileNotFoundError:
+                msg = f"{m.item_id}: {m.src} vanished: run the stage again"
+                raise PayloadMismatch(msg, m.src) from None
+            with src:
+                if os.fstat(src.fileno()).st_size != m.size:
+                    raise PayloadMismatch(
+                        f"{m.item_id}: {m.src} is not the size recorded for it: run the stage "
+                        "again",
+                        m.src,
+                    )
+                reader = HashingReader(src)
+                tar.addfile(_tarinfo(m.name, m.size), reader)
+            if m.sha256 is not None and reader.hexdigest() != m.sha256:
+                raise PayloadMismatch(
+                    f"{m.item_id}: the bytes packed from {m.src} do not match its sha256 "
+                    "(changed since it was verified): run the stage again",
+                    m.src,
+                )
+        tar.close()
+        size = fh.tell()
+    return size
+
+
 def write_store(
     out_dir: Path,
     rows: Iterable[Row],
@@ -300,37 +392,40 @@ def write_store(
     ext: Callable[[Row], str] = payload_ext,
     classes: list[str] | None = None,
     rank: Callable[[Row], bytes] = item_rank,
+    executor=None,
 ) -> list[Row]:
     """Pack each row's payload (a file path, or None for no payload) and write the manifest.
 
     Payloads are laid out by class, then by `rank` (the source's selection order; see Packer).
+    Each shard is a task of `executor` (default: this machine's threads); its bytes depend on
+    the rows alone.
     """
+    from stages.core.executor import LocalExecutor
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=layout_key(rank))
-    packer = Packer(out_dir, shard_bytes)
+    packed, members = [], []
+    for row in rows:
+        src = payload(row) if row.status == "ok" else None
+        if src is None:
+            row.shard, row.offset = None, None
+            continue
+        src = os.path.abspath(src)
+        size = row.bytes if row.bytes is not None else os.path.getsize(src)
+        row.bytes = size
+        name = member_name(row.item_id, ext(row))
+        members.append(Member(name, src, size, row.sha256, row.item_id))
+        packed.append(row)
+    jobs = plan_shards(out_dir, packed, members, shard_bytes)
+    executor = executor or LocalExecutor()
     try:
-        for row in rows:
-            src = payload(row) if row.status == "ok" else None
-            if src is None:
-                row.shard, row.offset = None, None
-                continue
-            size = os.path.getsize(src)
-            with open(src, "rb") as fh:
-                name = member_name(row.item_id, ext(row))
-                reader = HashingReader(fh)
-                row.shard, row.offset = packer.add(shard_group(row), name, reader, size)
-            if row.sha256 is not None and reader.hexdigest() != row.sha256:
-                raise PayloadMismatch(
-                    f"{row.item_id}: the bytes packed from {src} do not match its sha256 "
-                    "(changed since it was verified): run the stage again",
-                    src,
-                )
-            row.bytes = size
-        packer.close()
-    except BaseException:
-        packer.abort()
-        raise
+        for _ in executor.map(pack_shard, jobs, kind="thread"):
+            pass
+    finally:
+        # A task's worker killed mid-write leaves its temporary file: never part of a store.
+        for leftover in (out_dir / SHARD_DIR).glob("*.part"):
+            leftover.unlink(missing_ok=True)
     write_manifest(out_dir, rows, classes)
     return rows
 
@@ -419,15 +514,14 @@ class Store:
         row = item_id_or_row if isinstance(item_id_or_row, Row) else self.row(item_id_or_row)
         if row.shard is None:
             raise KeyError(f"{row.item_id} has no payload (status {row.status})")
-        try:
-            with open(self.shard_path(row), "rb") as fh:
-                fh.seek(row.offset)
-                data = fh.read(row.bytes)
-        except OSError as exc:
-            raise StoreError(f"cannot read {row.shard}: {exc.strerror}") from None
-        if len(data) != row.bytes:
-            raise StoreError(f"{row.shard} is truncated at item {row.item_id}")
-        return data
+        return read_payload(self.shard_path(row), row)
+
+    def located(self, rows: Iterable[Row]) -> list[Row]:
+        """Return copies of rows whose shard is an absolute path: readable by read_payload
+        anywhere the store's directory is (a task on a Dask worker)."""
+        return [
+            dataclasses.replace(r, shard=str(self.shard_path(r))) if r.shard else r for r in rows
+        ]
 
     def open(self, row: Row) -> io.BufferedReader:
         """Return a reader of one item's payload, read in place from its shard."""
@@ -455,6 +549,19 @@ class Store:
         finally:
             if fh:
                 fh.close()
+
+
+def read_payload(shard: Path | str, row: Row) -> bytes:
+    """Return one item's payload bytes from its shard file, without unpacking it."""
+    try:
+        with open(shard, "rb") as fh:
+            fh.seek(row.offset)
+            data = fh.read(row.bytes)
+    except OSError as exc:
+        raise StoreError(f"cannot read {row.shard}: {exc.strerror}") from None
+    if len(data) != row.bytes:
+        raise StoreError(f"{row.shard} is truncated at item {row.item_id}")
+    return data
 
 
 def frames_by_clip(rows: Iterable[Row]) -> dict[str, list[Row]]:

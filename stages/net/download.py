@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 from stages.core.config import FetchConf
 from stages.core.errors import StageError
+from stages.core.executor import Executor
 from stages.core.files import sha256_file
 from stages.core.origins import origin_of, redact
 from stages.core.parallel import progress
@@ -206,21 +208,30 @@ class Downloader:
         cfg: FetchConf,
         cache_dir: Path | None = None,
         *,
-        ledger_name: str = "ledger",
+        ledger_name: str | None = "ledger",
         credentials: Credentials | None = None,
         throttled: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        executor: Executor | None = None,
+        worker_credentials: Callable[[], Credentials] | None = None,
     ):
         self.cfg = cfg
         # A 400 whose body matches is a throttle (Tator): retried, after the seconds it names.
+        self.throttled_text = throttled
         self.throttled = re.compile(throttled.encode()) if throttled else None
-        self.root = Path(cache_dir) if cache_dir else cache_root()
+        # Absolute: Dask workers write into the same cache, at the same path.
+        self.root = (Path(cache_dir) if cache_dir else cache_root()).absolute()
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
         self.objects.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.ledger = Ledger(self.root / f"{ledger_name}.sqlite")
+        # Only the driver records outcomes (workers return them): None on a worker.
+        self.ledger = Ledger(self.root / f"{ledger_name}.sqlite") if ledger_name else None
+        self.executor = executor
+        # How a worker builds this run's credentials from its own environment (secrets never
+        # travel with the tasks).
+        self.worker_credentials = worker_credentials
         # Secrets are attached per request to their own origins: never stored or logged.
         self.creds = credentials or Credentials()
         self.clock, self.sleep = clock, sleep
@@ -363,7 +374,10 @@ class Downloader:
                 bar.set_postfix_str(f"{nbytes / elapsed / 1e6:.1f} MB/s", refresh=False)
 
         try:
-            self._run(todo, done)
+            if self.executor is not None and self.executor.remote and todo:
+                self._run_remote([j.url for j in todo], kind, max_bytes, done)
+            else:
+                self._run(todo, done)
         finally:
             if batch:
                 self.ledger.put(*batch)
@@ -385,6 +399,31 @@ class Downloader:
         )
         return results
 
+    def _run_remote(
+        self,
+        urls: list[str],
+        kind: str | None,
+        max_bytes: int | None,
+        done: Callable[[Result], None],
+    ) -> None:
+        """Download on the executor's workers, in batches cut from the sorted URLs alone."""
+        if self.creds and self.worker_credentials is None:
+            raise StageError("this source's credentials cannot be rebuilt on Dask workers")
+        spec = WorkerSpec(
+            self.cfg,
+            str(self.root),
+            self.throttled_text,
+            self.worker_credentials,
+            tuple(sorted(c.label for c in self.creds.creds)),
+        )
+        per = self.executor.items_per_task
+        batches = [
+            Batch(spec, tuple(urls[i : i + per]), kind, max_bytes) for i in range(0, len(urls), per)
+        ]
+        for results in self.executor.map(download_batch, batches, lost=lost_batch):
+            for res in results:
+                done(res)
+
     def forget(self, url: str) -> None:
         """Drop a URL's recorded result, so the next fetch downloads it again."""
         self.ledger.forget(url)
@@ -393,7 +432,8 @@ class Downloader:
         """Release connections, the commit threads and the ledger."""
         self.transport.close()
         self.committer.shutdown(wait=True)
-        self.ledger.close()
+        if self.ledger is not None:
+            self.ledger.close()
 
     # ------------------------------------------------------------------ the loop
 
@@ -618,6 +658,65 @@ class Downloader:
         os.replace(part.path, self.object_file(sha))
         part.path = None
         return Result(job.url, "ok", "", sha, part.size, 200)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How a Dask worker rebuilds the driver's downloader (no secrets, no ledger)."""
+
+    cfg: FetchConf
+    root: str
+    throttled: str | None
+    credentials: Callable[[], Credentials] | None
+    labels: tuple[str, ...]  # the driver's credentials, by env var name: the worker's must match
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One download task: URLs cut from the sorted list, never from the worker count."""
+
+    spec: WorkerSpec
+    urls: tuple[str, ...]
+    kind: str | None
+    max_bytes: int | None
+
+
+_WORKER_DOWNLOADERS: dict[str, Downloader] = {}
+
+
+def download_batch(batch: Batch) -> list[Result]:
+    """Download a batch on a worker into the shared cache; return the outcomes (small)."""
+    spec = batch.spec
+    key = f"{threading.get_ident()}:{spec!r}"  # a transport serves one thread
+    dl = _WORKER_DOWNLOADERS.get(key)
+    if dl is None:  # one per worker thread and run: pooled connections across its tasks
+        try:
+            creds = spec.credentials() if spec.credentials is not None else Credentials()
+        except StageError as exc:
+            raise StageError(
+                f"on Dask worker {HOST}: {exc} (workers read secrets from their own environment)"
+            ) from None
+        labels = tuple(sorted(c.label for c in creds.creds))
+        if labels != spec.labels:
+            raise StageError(
+                f"on Dask worker {HOST}: credentials from {list(labels)}, the driver has "
+                f"{list(spec.labels)}: give the workers the same environment"
+            )
+        dl = Downloader(
+            spec.cfg, Path(spec.root), ledger_name=None, credentials=creds, throttled=spec.throttled
+        )
+        _WORKER_DOWNLOADERS[key] = dl
+    jobs = [dl._job(url, batch.kind, batch.max_bytes, None) for url in batch.urls]
+    out: list[Result] = []
+    dl._run(jobs, out.append)
+    return out
+
+
+def lost_batch(batch: Batch) -> list[Result]:
+    """Return a batch's outcomes when its task kept killing its worker: failed, retried by
+    the next run."""
+    reason = "its Dask worker died while fetching"
+    return [Result(url, "failed", reason, None, None, None) for url in batch.urls]
 
 
 def _unwrap(out: Result | BaseException) -> Result:

@@ -54,6 +54,12 @@ class StageRun:
         """Return a shared section (fetch, store, clean, export) as its schema's dataclass."""
         return typed(GROUPS[name], self.params.get(name), "params.yaml", name)
 
+    def executor(self):
+        """Start the executor this run asked for (DSREPO_EXECUTOR; never params.yaml)."""
+        from stages.core.executor import load_conf, open_executor
+
+        return open_executor(load_conf())
+
     def finish(self, metrics: dict, per_split: dict[str, dict[str, int]] | None = None) -> None:
         """Write the stage's metrics JSON and per-class plot data (and per split and class,
         where argv names a --splits-plot)."""

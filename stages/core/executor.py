@@ -1,0 +1,295 @@
+"""One executor interface: ordered, bounded maps on this machine or on a Dask cluster.
+
+Which one runs is chosen at run time, never by params.yaml: `DSREPO_EXECUTOR` names a file in
+conf/executor/ (default: `site` if that git-ignored file exists, else `local`), and
+`DSREPO_EXECUTOR_OVERRIDES` holds Hydra overrides for it (`address=tcp://h:8786 window=128`).
+Stages partition their work from the item list alone and publish outputs under names fixed
+by it, so the bytes are the same whichever executor runs them and however many workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shlex
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+from stages.core.config import ExecutorConf, ExecutorKind, typed
+from stages.core.errors import ConfigError, StageError
+from stages.core.parallel import default_workers, make_executor, pmap
+
+log = logging.getLogger("stages.executor")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+ENV = "DSREPO_EXECUTOR"
+ENV_OVERRIDES = "DSREPO_EXECUTOR_OVERRIDES"
+SITE = "site"
+PROBE = ".dsrepo-visible-"
+
+
+def load_conf(conf_dir: Path = Path("conf"), env: dict | None = None) -> ExecutorConf:
+    """Compose the executor config this run asked for (env), validated by its schema."""
+    env = os.environ if env is None else env
+    folder = Path(conf_dir).resolve() / "executor"
+    name = env.get(ENV) or (SITE if (folder / f"{SITE}.yaml").is_file() else "local")
+    if name.startswith("_") or "/" in name:
+        raise ConfigError(f"{ENV}={name}: name a file of conf/executor/ (local, dask, slurm)")
+    overrides = shlex.split(env.get(ENV_OVERRIDES, ""))
+    if not (folder / f"{name}.yaml").is_file():
+        if name == "local" and not overrides:
+            return ExecutorConf(kind=ExecutorKind.local, workers=None)  # no conf/executor/
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"{ENV}={name}: no conf/executor/{name}.yaml (have: {known})")
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_dir(config_dir=str(folder), version_base=None):
+            data = OmegaConf.to_container(compose(config_name=name, overrides=overrides))
+    except Exception as exc:  # Hydra raises many types; the user needs the message only.
+        raise ConfigError(f"cannot compose conf/executor/{name}.yaml: {exc}") from exc
+    return typed(ExecutorConf, data, f"conf/executor/{name}.yaml ({ENV_OVERRIDES})", "executor")
+
+
+class Executor(ABC):
+    """Run a function over items in parallel, yielding results in input order."""
+
+    remote = False  # whether tasks run in other processes that may sit on other machines
+    items_per_task = 64  # items a task takes where one item is too little work (downloads)
+
+    @property
+    @abstractmethod
+    def slots(self) -> int:
+        """Return how many tasks run at once."""
+
+    @abstractmethod
+    def map(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        *,
+        kind: str = "thread",
+        lost: Callable[[T], R] | None = None,
+    ) -> Iterator[R]:
+        """Yield fn(item) in input order with bounded work in flight.
+
+        `kind` is a hint for local runs (`process` for CPU-bound Python); `lost(item)` gives
+        the result of an item whose task kept killing its process (a crashing decoder), which
+        otherwise stops the map.
+        """
+
+    def check_visible(self, *dirs: Path) -> None:  # noqa: B027 - nothing to check locally
+        """Fail fast unless every worker sees these directories as the driver does."""
+
+    def close(self) -> None:  # noqa: B027 - nothing to release locally
+        """Release the executor's workers."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """This machine's threads or processes."""
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or default_workers()
+
+    @property
+    def slots(self) -> int:
+        return self.workers
+
+    def map(self, fn, items, *, kind="thread", lost=None):
+        items = list(items) if lost is not None else items
+        done = 0
+        try:
+            for res in pmap(fn, items, kind=kind, workers=self.workers, window=2 * self.workers):
+                done += 1
+                yield res
+        except BrokenProcessPool:
+            if lost is None:
+                raise
+            # A process died (a codec crash, the OOM killer): the rest run one per process,
+            # so the item that kills its process again is the one recorded as lost.
+            log.warning("a worker process died: running the remaining items one per process")
+            for item in items[done:]:
+                yield _isolated(fn, item, lost)
+
+
+def _isolated(fn, item, lost):
+    """Run one item in a process of its own; lost(item) if that process dies."""
+    with make_executor("process", 1) as ex:
+        try:
+            return ex.submit(fn, item).result()
+        except BrokenProcessPool:
+            return lost(item)
+
+
+class _Raised:
+    """A user-facing error raised by a task: re-raised by the driver, never retried."""
+
+    def __init__(self, exc: StageError):
+        self.exc = exc
+
+
+def _call(fn, item):
+    """Run one task on a worker; a StageError comes back as a value (retrying won't help)."""
+    try:
+        return fn(item)
+    except StageError as exc:
+        return _Raised(exc)
+
+
+def _missing(probes: list[tuple[str, str]]) -> list[str]:
+    """Return the probe files a worker cannot read with the driver's content."""
+    out = []
+    for path, token in probes:
+        try:
+            with open(path, encoding="ascii") as fh:
+                if fh.read() == token:
+                    continue
+        except OSError:
+            pass
+        out.append(path)
+    return out
+
+
+class DaskExecutor(Executor):
+    """A Dask distributed cluster: windowed futures, released as their results are read."""
+
+    remote = True
+
+    def __init__(self, cfg: ExecutorConf, client=None):
+        import dask
+        from distributed import Client, LocalCluster
+
+        self.cfg, self.cluster, self.own_client = cfg, None, client is None
+        self.items_per_task = cfg.items_per_task
+        if client is None:
+            # The scheduler reads allowed-failures when it starts: a cluster we start gets it;
+            # an external scheduler keeps its own (DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES).
+            with dask.config.set({"distributed.scheduler.allowed-failures": cfg.allowed_failures}):
+                if cfg.address:
+                    client = Client(cfg.address, timeout=cfg.wait_timeout)
+                elif cfg.scheduler_file:
+                    client = Client(scheduler_file=cfg.scheduler_file, timeout=cfg.wait_timeout)
+                elif cfg.cluster:
+                    from hydra.utils import instantiate
+
+                    self.cluster = instantiate(cfg.cluster, _convert_="all")
+                    if cfg.adapt:
+                        self.cluster.adapt(**cfg.adapt)
+                    else:
+                        self.cluster.scale(**(cfg.scale or {}))
+                    client = Client(self.cluster)
+                else:
+                    self.cluster = LocalCluster(
+                        n_workers=cfg.workers or default_workers(),
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=":0",
+                        host="127.0.0.1",
+                    )
+                    client = Client(self.cluster)
+        self.client = client
+        try:
+            client.wait_for_workers(cfg.wait_workers, timeout=cfg.wait_timeout)
+        except TimeoutError:
+            self.close()
+            raise StageError(
+                f"executor: fewer than {cfg.wait_workers} Dask worker(s) joined within "
+                f"{cfg.wait_timeout:g} s"
+            ) from None
+        log.info(
+            "executor: Dask scheduler %s, %d task slot(s)", client.scheduler.address, self.slots
+        )
+
+    @property
+    def slots(self) -> int:
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        return max(1, sum(w.get("nthreads", 1) for w in workers))
+
+    def map(self, fn, items, *, kind="thread", lost=None):
+        from distributed import KilledWorker
+
+        items = iter(items)
+        submit_opts: dict[str, Any] = {"pure": False, "retries": self.cfg.retries}
+        if self.cfg.resources:
+            submit_opts["resources"] = dict(self.cfg.resources)
+        window: deque = deque()
+
+        def submit(item) -> None:
+            window.append((item, self.client.submit(_call, fn, item, **submit_opts)))
+
+        try:
+            for item in islice(items, self.cfg.window):
+                submit(item)
+            while window:
+                item, future = window.popleft()
+                nxt = next(items, _END)
+                if nxt is not _END:
+                    submit(nxt)
+                try:
+                    res = future.result()
+                except KilledWorker:
+                    if lost is None:
+                        raise
+                    log.warning("a task kept killing its worker: its items are recorded as lost")
+                    res = lost(item)
+                finally:
+                    future.release()  # a finished task held here would be re-run if its worker died
+                if isinstance(res, _Raised):
+                    raise res.exc
+                yield res
+        finally:
+            for _, future in window:
+                future.cancel()
+
+    def check_visible(self, *dirs: Path) -> None:
+        token = secrets.token_hex(16)
+        probes = []
+        try:
+            for folder in dirs:
+                folder = Path(folder).absolute()
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"{PROBE}{token}"
+                path.write_text(token, encoding="ascii")
+                probes.append((str(path), token))
+            seen = self.client.run(_missing, probes)
+        finally:
+            for path, _ in probes:
+                Path(path).unlink(missing_ok=True)
+        for worker, missing in sorted(seen.items()):
+            if missing:
+                raise StageError(
+                    f"Dask worker {worker} cannot see {Path(missing[0]).parent}: the download "
+                    "cache and the stage outputs must be on storage the workers share with "
+                    "this machine, at the same path (README: Scale out; DSREPO_CACHE_DIR)"
+                )
+
+    def close(self) -> None:
+        if self.own_client:
+            self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+_END = object()
+
+
+def open_executor(cfg: ExecutorConf | None = None) -> Executor:
+    """Start the executor a config describes (default: this machine's cores)."""
+    if cfg is None or cfg.kind is ExecutorKind.local:
+        return LocalExecutor(cfg.workers if cfg is not None else None)
+    return DaskExecutor(cfg)

@@ -1,0 +1,248 @@
+"""The stages on a real Dask cluster: same bytes as a local run, worker deaths, a poison item."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from distributed import WorkerPlugin
+
+from stages.core.errors import StageError
+from stages.core.executor import DaskExecutor, LocalExecutor, load_conf
+from stages.core.store import Row, Store, write_store
+from stages.export_npz import export_splits
+from stages.extract_frames import extract_frames
+from stages.fetch import fetch
+from stages.net.ledger import Ledger
+from stages.pipeline.compose import group_defaults, source_defaults
+from stages.sources import load
+from standins.video import make_clip
+from tests.conftest import ROOT, lila_conf, make_project
+from tests.test_pipeline import tree_digest
+
+LILA = load("lila")
+KINETICS = load("kinetics")
+
+
+def executor_for(client, **over) -> DaskExecutor:
+    """A dask executor on the session cluster, configured as conf/executor/dask.yaml says."""
+    overrides = " ".join(f"{k}={v}" for k, v in over.items())
+    env = {"DSREPO_EXECUTOR": "dask", "DSREPO_EXECUTOR_OVERRIDES": overrides}
+    return DaskExecutor(load_conf(ROOT / "conf", env), client=client)
+
+
+def run_fetch(cfg, out: Path, cache: Path, executor=None):
+    return fetch(
+        LILA, cfg, group_defaults("fetch"), group_defaults("store"), out, cache, executor=executor
+    )
+
+
+def test_fetch_is_byte_identical_on_dask_and_every_batch_returns_records(
+    dask_client, server, tmp_path
+):
+    cfg = lila_conf(index_url=server.index_url, dataset="NACTI-demo")
+    run_fetch(cfg, tmp_path / "local", tmp_path / "c1", LocalExecutor(2))
+    with executor_for(dask_client, items_per_task=4, window=3) as ex:
+        rows, metrics = run_fetch(cfg, tmp_path / "dask", tmp_path / "c2", ex)
+    assert metrics["ok"] > 8  # several batches, more than the window
+    assert tree_digest(tmp_path / "dask") == tree_digest(tmp_path / "local")
+    # The driver recorded every outcome in the ledger, as a local run does.
+    recorded = Ledger(tmp_path / "c2" / "ledger-lila.sqlite").all()
+    assert {u for u, r in recorded.items() if r.status == "ok"} >= {
+        r.url for r in rows if r.status == "ok"
+    }
+
+
+def busy_workers(client) -> list[str]:
+    return [w for w, keys in client.processing().items() if keys]
+
+
+def test_a_worker_killed_mid_fetch_changes_nothing(dask_client, server, tmp_path):
+    cfg = lila_conf(index_url=server.index_url, dataset="NACTI-demo")
+    ref, _ = run_fetch(cfg, tmp_path / "ref", tmp_path / "c1", LocalExecutor(2))
+    wanted = sorted(r.url for r in ref if r.status == "ok")
+    victim = wanted[len(wanted) // 2].rsplit("/", 1)[1]
+    # The victim's first request stalls: its batch is then the only task still running.
+    server.faults.add(f"*/{victim}", "stall:60")
+    asked = lambda: sum(n for p, n in server.requests.items() if p.endswith("/" + victim))  # noqa: E731
+    before = asked()
+    box: dict = {}
+
+    def build():
+        with executor_for(dask_client, items_per_task=4, window=4) as ex:
+            box["result"] = run_fetch(cfg, tmp_path / "dask", tmp_path / "c2", ex)
+
+    runner = threading.Thread(target=build)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        # Stalled, and every other task of the window done: only the victim's batch runs.
+        running = [k for keys in dask_client.processing().values() for k in keys]
+        if not server.faults.pending() and len(running) == 1:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the stalled request never became the only running task")
+    (addr,) = busy_workers(dask_client)
+    pid = dask_client.run(os.getpid, workers=[addr])[addr]
+    os.kill(pid, signal.SIGKILL)
+    runner.join(120)
+    assert not runner.is_alive()
+    dask_client.wait_for_workers(2, timeout=60)  # the nanny restarts it
+    assert pid not in dask_client.run(os.getpid).values()
+    # Its batch ran again elsewhere: the victim was asked for twice, and landed once.
+    assert asked() - before == 2
+    rows, metrics = box["result"]
+    assert metrics["failed"] == 0
+    assert tree_digest(tmp_path / "dask") == tree_digest(tmp_path / "ref")
+    assert not list((tmp_path / "dask").rglob("*.part"))
+
+
+class Poison(WorkerPlugin):
+    """Make a worker process die, as a crashing codec would, on a clip marked POISON."""
+
+    name = "poison"
+
+    def setup(self, worker):
+        import stages.extract_frames as ef
+
+        real = ef.extract
+
+        def extract(segment, *args, **kw):
+            if segment.read(6) == b"POISON":
+                os.kill(os.getpid(), signal.SIGKILL)
+            segment.seek(0)
+            return real(segment, *args, **kw)
+
+        ef.extract = extract
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """A store of three short clips and a poison one, as fetch writes it."""
+    root = tmp_path_factory.mktemp("clips")
+    paths = {
+        f"c{i}": make_clip(root / f"c{i}.mp4", seconds=1, fps=10, width=96, height=64, seed=i)
+        for i in range(3)
+    }
+    (root / "bad.mp4").write_bytes(b"POISON" + os.urandom(4000))
+    paths["bad"] = root / "bad.mp4"
+    rows = [
+        Row(item_id=k, source="kinetics", source_id=k, url=f"file:{k}.mp4", labels=["x"])
+        for k in sorted(paths)
+    ]
+    write_store(root / "fetch", rows, lambda r: paths[r.item_id], 1 << 30)
+    return root / "fetch"
+
+
+def test_extract_frames_on_dask_matches_local_and_a_poison_clip_is_one_failure(
+    dask_client, clips, tmp_path
+):
+    cfg = source_defaults("kinetics", classes=["x"], frames={"short_side": None})
+    _, local = extract_frames(Store(clips), KINETICS, cfg, tmp_path / "local", 1 << 20, 2)
+    assert list(local["reasons"]) == [
+        "undecodable video: InvalidDataError (Invalid data found when processing input)"
+    ]
+    dask_client.register_plugin(Poison())
+    try:
+        with executor_for(dask_client) as ex:
+            rows, metrics = extract_frames(
+                Store(clips), KINETICS, cfg, tmp_path / "dask", 1 << 20, executor=ex
+            )
+    finally:
+        dask_client.unregister_worker_plugin(Poison.name)
+        dask_client.wait_for_workers(2, timeout=60)
+    assert metrics["reasons"] == {"decoder process died": 1}
+    assert metrics["clips_ok"] == 3 and metrics["frames"] == local["frames"]
+    by_id = {r.item_id: r for r in rows}
+    assert by_id["bad"].status == "corrupt"
+    for name in ("shards",):
+        assert tree_digest(tmp_path / "dask" / name) == tree_digest(tmp_path / "local" / name)
+
+
+def test_export_npz_on_dask_is_byte_identical(dask_client, clips, tmp_path):
+    cfg = source_defaults("kinetics", classes=["x"], frames={"short_side": None})
+    extract_frames(Store(clips), KINETICS, cfg, tmp_path / "frames", 1 << 20, 2)
+    store = Store(tmp_path / "frames")
+    export = group_defaults("export")
+    export.frames, export.clips_per_shard = 4, 2
+    a = export_splits(store, ["x"], export, tmp_path / "local", ["all"], True, LocalExecutor(2))
+    with executor_for(dask_client) as ex:
+        b = export_splits(store, ["x"], export, tmp_path / "dask", ["all"], True, ex)
+    assert a == b and a["items"] == 3 and a["shards"] == 2
+    assert tree_digest(tmp_path / "dask") == tree_digest(tmp_path / "local")
+
+
+def test_a_worker_that_cannot_see_the_output_fails_fast(tmp_path):
+    """A `dask worker` in a mount namespace of its own, where tmp_path is an empty tmpfs."""
+    from distributed import Client, LocalCluster
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    dask = str(Path(sys.executable).parent / "dask")
+    with LocalCluster(n_workers=0, dashboard_address=":0", host="127.0.0.1") as cluster:
+        blind = subprocess.Popen(
+            [
+                "unshare",
+                "-rm",
+                "sh",
+                "-c",
+                f'mount -t tmpfs none "{tmp_path}" && exec "$0" worker "$1" --nthreads 1 '
+                "--no-dashboard --no-nanny",
+                dask,
+                cluster.scheduler_address,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            with Client(cluster) as client:
+                client.wait_for_workers(1, timeout=60)
+                with executor_for(client) as ex, pytest.raises(StageError) as err:
+                    ex.check_visible(tmp_path / "out")
+        finally:
+            blind.kill()
+            blind.wait()
+    assert "cannot see" in str(err.value) and str(tmp_path / "out") in str(err.value)
+    assert not list((tmp_path / "out").iterdir())  # the probe is gone
+
+
+@pytest.mark.slow
+def test_dvc_lock_is_the_same_whichever_executor_builds(dask_client, server, tmp_path):
+    """fetch, extract-frames, clean and export through `dvc repro`, local then on the cluster."""
+    proj = make_project(
+        tmp_path / "repo",
+        tmp_path / "cache",
+        server.index_url,
+        kinetics_url="http://127.0.0.1:9",
+        disable=("kinetics",),
+    )
+    proj.dvc("repro")
+    lock, data = (proj.path / "dvc.lock").read_text(), tree_digest(proj.path / "data")
+    env = {
+        **proj.env,
+        "DSREPO_EXECUTOR": "dask",
+        "DSREPO_EXECUTOR_OVERRIDES": f"address={dask_client.scheduler.address} items_per_task=8",
+    }
+    # Switching the executor invalidates nothing...
+    assert "up to date" in proj.dvc("status", env=env).stdout
+    # ...and a forced rebuild on the cluster writes the same bytes and the same dvc.lock.
+    stages = [
+        "fetch@lila",
+        "extract-frames@videodir",
+        "clean-annotations@videodir",
+        "export-npz@lila",
+        "export-npz@videodir",
+    ]
+    out = proj.dvc("repro", "-f", "-s", *stages, env=env)
+    assert out.stdout.count("Running stage") == len(stages), out.stdout
+    assert "Dask" in out.stderr or "dask" in out.stderr  # it ran there, not locally
+    assert (proj.path / "dvc.lock").read_text() == lock
+    assert tree_digest(proj.path / "data") == data
