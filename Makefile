@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 # other pillow/pyarrow versions than the project.
 DM_VENV := .venv-datumaro
 DM_STAMP := $(DM_VENV)/.installed
+# Azurite, the Azure Storage emulator the Azure Blob tests run (npm, pinned by its lockfile).
+AZ_DIR := tests/tools/azurite
+AZ_STAMP := $(AZ_DIR)/node_modules/.installed
 
 .PHONY: demo test lint bench clean-demo
 
@@ -21,10 +24,14 @@ $(DM_STAMP): Makefile tests/tools/datumaro-constraints.txt
 		-c tests/tools/datumaro-constraints.txt
 	touch $(DM_STAMP)
 
+$(AZ_STAMP): $(AZ_DIR)/package.json $(AZ_DIR)/package-lock.json
+	npm ci --prefix $(AZ_DIR) --no-audit --no-fund --loglevel=error
+	touch $(AZ_STAMP)
+
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m stages.demo
 
-test: $(STAMP) $(DM_STAMP)
+test: $(STAMP) $(DM_STAMP) $(AZ_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -42,6 +49,7 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/gates.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/growth.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/noop.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/scale.py
 
 clean-demo:
 	rm -rf .demo data/videodir/input data/figure8/input

@@ -10,6 +10,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
@@ -116,6 +117,8 @@ def probe(
     for i, row in enumerate(rows):
         by_shard.setdefault(row.shard, []).append(i)
     located = store.located(rows)
+    if executor is not None:
+        executor.check_visible(files={Path(r.shard) for r in located[:1]})
     order = [by_shard[k] for k in sorted(by_shard)]
     tasks = [ProbeTask(tuple(located[i] for i in idx), decode, gates, strict) for idx in order]
     out: list = [None] * len(rows)

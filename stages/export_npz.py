@@ -76,6 +76,8 @@ def export_splits(
 ) -> dict:
     """Write each split's shards under out_dir/<split>/; return totals and per-split metrics."""
     usable = [r for r in store.rows() if r.status == "ok" and r.shard is not None]
+    if executor is not None:
+        executor.check_visible(out_dir, files={store.shard_path(r) for r in usable[:1]})
     run = export_clips if video else export
     per = {
         split: run(rows, store, names, cfg, out_dir / split, executor)

@@ -125,7 +125,7 @@ def extract_frames(
     ok = [r for r in clips if r.status == "ok" and r.shard is not None]
     ok.sort(key=layout_key(source.rank(cfg)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    executor.check_visible(out_dir, *{store.shard_path(r).parent for r in ok[:1]})
+    executor.check_visible(out_dir, files={store.shard_path(r) for r in ok[:1]})
     spool = out_dir.absolute() / SPOOL  # inside the output: a killed run's leftovers go with it
     spool.mkdir(exist_ok=True)
     hold = HOLD_BYTES // workers  # N-of-M sampling's decoded frames, per worker

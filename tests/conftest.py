@@ -240,6 +240,7 @@ def dask_client():
     settings = {
         "distributed.scheduler.allowed-failures": 1,
         "distributed.scheduler.worker-saturation": 1.0,
+        "distributed.worker.daemon": False,
     }
     with (
         dask.config.set(settings),

@@ -10,8 +10,9 @@ import yaml
 from omegaconf import MISSING
 
 from stages import sources
-from stages.core.config import GROUPS, SourceConf, typed
+from stages.core.config import GROUPS, ExecutorConf, ExecutorKind, SourceConf, typed
 from stages.core.errors import ConfigError
+from stages.core.executor import load_conf
 from stages.pipeline.compose import compose, compose_text, source_files, write_params
 from stages.pipeline.params import hand_edited, load_params
 
@@ -282,3 +283,59 @@ def test_changing_the_set_of_sources_asks_for_a_second_run(tmp_path):
         write_params(conf, params)
     assert "lila" not in yaml.safe_load(params.read_text())["pipeline"]  # written all the same
     assert not write_params(conf, params)
+
+
+# --- the executor: chosen at run time, never part of params.yaml ---------------------------
+
+
+@pytest.mark.parametrize("name", ["local", "dask", "slurm"])
+def test_every_executor_composes_with_every_key_from_conf(name):
+    cfg = load_conf(CONF, {"DSREPO_EXECUTOR": name})
+    for f in dataclasses.fields(ExecutorConf):
+        assert getattr(cfg, f.name) is not MISSING and f.default is MISSING, f.name
+    assert cfg.kind.value == ("local" if name == "local" else "dask")
+
+
+def test_no_executor_asked_is_local_and_site_yaml_is_this_machines(tmp_path):
+    assert load_conf(CONF, {}).kind is ExecutorKind.local
+    conf = copy_conf(tmp_path)
+    (conf / "executor" / "site.yaml").write_text(
+        "defaults: [dask, _self_]\naddress: tcp://10.0.0.5:8786\n"
+    )
+    cfg = load_conf(conf, {})
+    assert cfg.kind is ExecutorKind.dask and cfg.address == "tcp://10.0.0.5:8786"
+    # ...and neither the site file nor any executor setting changes params.yaml.
+    assert compose_text(conf) == compose_text(CONF)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"DSREPO_EXECUTOR": "dask", "DSREPO_EXECUTOR_OVERRIDES": "windw=3"}, "windw"),
+        ({"DSREPO_EXECUTOR": "dask", "DSREPO_EXECUTOR_OVERRIDES": "window=0"}, "window"),
+        ({"DSREPO_EXECUTOR": "nope"}, "no conf/executor/nope.yaml"),
+        ({"DSREPO_EXECUTOR": "_common"}, "name a file"),
+        (
+            {"DSREPO_EXECUTOR": "slurm", "DSREPO_EXECUTOR_OVERRIDES": "address=tcp://h:1"},
+            "give one of address, cluster",
+        ),
+    ],
+)
+def test_a_bad_executor_setting_is_one_clear_error(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_conf(CONF, env)
+
+
+def test_the_slurm_executor_renders_a_job_script_from_conf():
+    """The cluster spec is instantiated by Hydra as dask-jobqueue's SLURMCluster."""
+    from hydra.utils import instantiate
+
+    env = {"DSREPO_EXECUTOR": "slurm", "DSREPO_EXECUTOR_OVERRIDES": "cluster.queue=gpu"}
+    cfg = load_conf(CONF, env)
+    cluster = instantiate(cfg.cluster, _convert_="all", scheduler_options={"host": "127.0.0.1"})
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -p gpu" in script and "#SBATCH --cpus-per-task=8" in script
+    assert "--lifetime 230m" in script and "DASK_DISTRIBUTED__WORKER__DAEMON=False" in script

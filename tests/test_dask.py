@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from distributed import WorkerPlugin
 
-from stages.core.errors import StageError
+from stages.core.errors import StageError, TransientFailures
 from stages.core.executor import DaskExecutor, LocalExecutor, load_conf
 from stages.core.store import Row, Store, write_store
 from stages.export_npz import export_splits
@@ -23,8 +23,10 @@ from stages.fetch import fetch
 from stages.net.ledger import Ledger
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.sources import load
+from standins.kinetics import KineticsStandin, generate
 from standins.video import make_clip
 from tests.conftest import ROOT, lila_conf, make_project
+from tests.test_kinetics import kconf
 from tests.test_pipeline import tree_digest
 
 LILA = load("lila")
@@ -60,6 +62,17 @@ def test_fetch_is_byte_identical_on_dask_and_every_batch_returns_records(
     }
 
 
+def wait_for_only_the_victim(client, server) -> None:
+    """Wait until the stalled request's batch is the only task running."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running = [k for keys in client.processing().values() for k in keys]
+        if not server.faults.pending() and len(running) == 1:
+            return
+        time.sleep(0.05)
+    pytest.fail("the stalled request never became the only running task")
+
+
 def busy_workers(client) -> list[str]:
     return [w for w, keys in client.processing().items() if keys]
 
@@ -81,15 +94,7 @@ def test_a_worker_killed_mid_fetch_changes_nothing(dask_client, server, tmp_path
 
     runner = threading.Thread(target=build)
     runner.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        # Stalled, and every other task of the window done: only the victim's batch runs.
-        running = [k for keys in dask_client.processing().values() for k in keys]
-        if not server.faults.pending() and len(running) == 1:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the stalled request never became the only running task")
+    wait_for_only_the_victim(dask_client, server)
     (addr,) = busy_workers(dask_client)
     pid = dask_client.run(os.getpid, workers=[addr])[addr]
     os.kill(pid, signal.SIGKILL)
@@ -103,6 +108,70 @@ def test_a_worker_killed_mid_fetch_changes_nothing(dask_client, server, tmp_path
     assert metrics["failed"] == 0
     assert tree_digest(tmp_path / "dask") == tree_digest(tmp_path / "ref")
     assert not list((tmp_path / "dask").rglob("*.part"))
+
+
+def test_kinetics_clips_fetch_on_dask_as_locally(dask_client, tmp_path):
+    """Each yt-dlp section is a task on a worker, into the shared cache."""
+    root = tmp_path / "kinetics"
+    generate(root)
+    with KineticsStandin(root=root).start() as kserver:
+        cfg = kconf(kserver)
+        fetch_cfg = group_defaults("fetch", retries=2, backoff=0.01, backoff_max=0.05)
+        store = group_defaults("store")
+        _, local = fetch(KINETICS, cfg, fetch_cfg, store, tmp_path / "local", tmp_path / "c1")
+        before = sum(kserver.requests.values())
+        with executor_for(dask_client) as ex:
+            rows, metrics = fetch(
+                KINETICS, cfg, fetch_cfg, store, tmp_path / "dask", tmp_path / "c2", executor=ex
+            )
+        assert sum(kserver.requests.values()) > before  # it did fetch, on the workers
+    assert metrics == local and metrics["ok"] == 8
+    assert tree_digest(tmp_path / "dask") == tree_digest(tmp_path / "local")
+
+
+def test_a_lost_scheduler_loses_no_finished_download(server, tmp_path):
+    """The scheduler dies mid-fetch: the stage stops (to resume), the re-run fetches only what
+    was still running, and ends byte-identical to an uninterrupted build."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    cfg = lila_conf(index_url=server.index_url, dataset="NACTI-demo")
+    ref, _ = run_fetch(cfg, tmp_path / "ref", tmp_path / "c1", LocalExecutor(2))
+    wanted = sorted(r.url for r in ref if r.status == "ok")
+    victim = wanted[len(wanted) // 2]
+    server.faults.add("*/" + victim.rsplit("/", 1)[1], "stall:60")
+    box: dict = {}
+    settings = {"distributed.scheduler.worker-saturation": 1.0}
+    with dask.config.set(settings):
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1"
+        )
+    client = Client(cluster)
+
+    def build():
+        with executor_for(client, items_per_task=4, window=4) as ex:
+            try:
+                run_fetch(cfg, tmp_path / "out", tmp_path / "c2", ex)
+            except TransientFailures as exc:
+                box["error"] = exc
+
+    runner = threading.Thread(target=build)
+    runner.start()
+    try:
+        wait_for_only_the_victim(client, server)
+    finally:
+        client.close()
+        cluster.close()  # the scheduler (and its workers) gone mid-run
+    runner.join(120)
+    assert "lost the Dask scheduler" in str(box["error"])
+    assert not (tmp_path / "out").exists()
+    before = dict(server.requests)
+    run_fetch(cfg, tmp_path / "out", tmp_path / "c2", LocalExecutor(2))
+    again = {p for p, n in server.requests.items() if n > before.get(p, 0)}
+    images = {p for p in again if p.endswith(".jpg")}
+    # Only the stalled batch (at most items_per_task images, the victim among them) again.
+    assert any(victim.endswith(p) for p in images) and len(images) <= 4, images
+    assert tree_digest(tmp_path / "out") == tree_digest(tmp_path / "ref")
 
 
 class Poison(WorkerPlugin):
@@ -205,12 +274,17 @@ def test_a_worker_that_cannot_see_the_output_fails_fast(tmp_path):
         try:
             with Client(cluster) as client:
                 client.wait_for_workers(1, timeout=60)
-                with executor_for(client) as ex, pytest.raises(StageError) as err:
-                    ex.check_visible(tmp_path / "out")
+                shard = tmp_path / "in.tar"
+                shard.write_bytes(b"x" * 1024)
+                with executor_for(client) as ex:
+                    with pytest.raises(StageError, match=f"cannot see {shard}:"):
+                        ex.check_visible(files=[shard])  # an input: only read, never probed
+                    with pytest.raises(StageError) as err:
+                        ex.check_visible(tmp_path / "out")
         finally:
             blind.kill()
             blind.wait()
-    assert "cannot see" in str(err.value) and str(tmp_path / "out") in str(err.value)
+    assert f"cannot see {tmp_path / 'out'}:" in str(err.value)
     assert not list((tmp_path / "out").iterdir())  # the probe is gone
 
 

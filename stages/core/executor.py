@@ -9,12 +9,13 @@ by it, so the bytes are the same whichever executor runs them and however many w
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import shlex
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from stages.core.config import ExecutorConf, ExecutorKind, typed
-from stages.core.errors import ConfigError, StageError
+from stages.core.errors import ConfigError, StageError, TransientFailures
 from stages.core.parallel import default_workers, make_executor, pmap
 
 log = logging.getLogger("stages.executor")
@@ -79,16 +80,19 @@ class Executor(ABC):
         *,
         kind: str = "thread",
         lost: Callable[[T], R] | None = None,
+        ordered: bool = True,
     ) -> Iterator[R]:
-        """Yield fn(item) in input order with bounded work in flight.
+        """Yield fn(item) in input order (or as finished, if not `ordered`), with bounded work
+        in flight.
 
         `kind` is a hint for local runs (`process` for CPU-bound Python); `lost(item)` gives
         the result of an item whose task kept killing its process (a crashing decoder), which
         otherwise stops the map.
         """
 
-    def check_visible(self, *dirs: Path) -> None:  # noqa: B027 - nothing to check locally
-        """Fail fast unless every worker sees these directories as the driver does."""
+    def check_visible(self, *dirs: Path, files: Iterable[Path] = ()) -> None:  # noqa: B027
+        """Fail fast unless every worker sees these directories (a probe file written there)
+        and these existing files as the driver does."""
 
     def close(self) -> None:  # noqa: B027 - nothing to release locally
         """Release the executor's workers."""
@@ -110,7 +114,7 @@ class LocalExecutor(Executor):
     def slots(self) -> int:
         return self.workers
 
-    def map(self, fn, items, *, kind="thread", lost=None):
+    def map(self, fn, items, *, kind="thread", lost=None, ordered=True):
         items = list(items) if lost is not None else items
         done = 0
         try:
@@ -151,8 +155,17 @@ def _call(fn, item):
         return _Raised(exc)
 
 
-def _missing(probes: list[tuple[str, str]]) -> list[str]:
-    """Return the probe files a worker cannot read with the driver's content."""
+def _scheduler_gone(exc: Exception) -> bool:
+    """Tell whether a future failed because the scheduler went away, not the task."""
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+
+    return isinstance(exc, FutureCancelledError | CommClosedError | asyncio.CancelledError)
+
+
+def _missing(probes: list[tuple[str, str]], sizes: list[tuple[str, int]]) -> list[str]:
+    """Return the directories (of probe files) and files this worker does not see as the
+    driver does."""
     out = []
     for path, token in probes:
         try:
@@ -161,8 +174,27 @@ def _missing(probes: list[tuple[str, str]]) -> list[str]:
                     continue
         except OSError:
             pass
+        out.append(os.path.dirname(path))
+    for path, size in sizes:
+        try:
+            if os.path.getsize(path) == size:
+                continue
+        except OSError:
+            pass
         out.append(path)
     return out
+
+
+def cluster_settings(cfg: ExecutorConf) -> dict:
+    """Return the Dask settings a cluster started for a run gets (read when it starts)."""
+    return {
+        "distributed.scheduler.allowed-failures": cfg.allowed_failures,
+        # A worker holds only the task it runs: a dead worker's death is blamed on that task,
+        # never on tasks merely queued there.
+        "distributed.scheduler.worker-saturation": 1.0,
+        # Tasks start processes of their own (yt-dlp attempts, isolated decoders).
+        "distributed.worker.daemon": False,
+    }
 
 
 class DaskExecutor(Executor):
@@ -179,7 +211,7 @@ class DaskExecutor(Executor):
         if client is None:
             # The scheduler reads allowed-failures when it starts: a cluster we start gets it;
             # an external scheduler keeps its own (DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES).
-            with dask.config.set({"distributed.scheduler.allowed-failures": cfg.allowed_failures}):
+            with dask.config.set(cluster_settings(cfg)):
                 if cfg.address:
                     client = Client(cfg.address, timeout=cfg.wait_timeout)
                 elif cfg.scheduler_file:
@@ -220,43 +252,63 @@ class DaskExecutor(Executor):
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
         return max(1, sum(w.get("nthreads", 1) for w in workers))
 
-    def map(self, fn, items, *, kind="thread", lost=None):
-        from distributed import KilledWorker
+    def map(self, fn, items, *, kind="thread", lost=None, ordered=True):
+        from distributed import as_completed
 
         items = iter(items)
-        submit_opts: dict[str, Any] = {"pure": False, "retries": self.cfg.retries}
+        opts: dict[str, Any] = {"pure": False, "retries": self.cfg.retries}
         if self.cfg.resources:
-            submit_opts["resources"] = dict(self.cfg.resources)
-        window: deque = deque()
+            opts["resources"] = dict(self.cfg.resources)
+        pending: dict = {}  # future -> item, in submission order
+        done = as_completed() if not ordered else None
 
         def submit(item) -> None:
-            window.append((item, self.client.submit(_call, fn, item, **submit_opts)))
+            future = self.client.submit(_call, fn, item, **opts)
+            pending[future] = item
+            if done is not None:
+                done.add(future)
 
         try:
             for item in islice(items, self.cfg.window):
                 submit(item)
-            while window:
-                item, future = window.popleft()
+            while pending:
+                future = next(iter(pending)) if done is None else next(done)
+                item = pending.pop(future)
                 nxt = next(items, _END)
                 if nxt is not _END:
                     submit(nxt)
-                try:
-                    res = future.result()
-                except KilledWorker:
-                    if lost is None:
-                        raise
-                    log.warning("a task kept killing its worker: its items are recorded as lost")
-                    res = lost(item)
-                finally:
-                    future.release()  # a finished task held here would be re-run if its worker died
-                if isinstance(res, _Raised):
-                    raise res.exc
-                yield res
+                yield self._result(future, item, lost)
         finally:
-            for _, future in window:
-                future.cancel()
+            for future in pending:
+                with contextlib.suppress(Exception):  # no scheduler left to tell
+                    future.cancel()
 
-    def check_visible(self, *dirs: Path) -> None:
+    def _result(self, future, item, lost):
+        """Return a finished task's result (or `lost`'s), then release the future."""
+        from distributed import KilledWorker
+
+        try:
+            res = future.result()
+        except KilledWorker:
+            if lost is None:
+                raise
+            log.warning("a task kept killing its worker: its items are recorded as lost")
+            res = lost(item)
+        except Exception as exc:
+            if self.client.status == "running" and not _scheduler_gone(exc):
+                raise
+            raise TransientFailures(
+                f"lost the Dask scheduler ({type(exc).__name__}): re-run `dvc repro` to resume; "
+                "finished work is kept"
+            ) from None
+        finally:
+            with contextlib.suppress(Exception):  # no scheduler left to tell
+                future.release()  # a finished task held would re-run if its worker died
+        if isinstance(res, _Raised):
+            raise res.exc
+        return res
+
+    def check_visible(self, *dirs: Path, files: Iterable[Path] = ()) -> None:
         token = secrets.token_hex(16)
         probes = []
         try:
@@ -266,16 +318,19 @@ class DaskExecutor(Executor):
                 path = folder / f"{PROBE}{token}"
                 path.write_text(token, encoding="ascii")
                 probes.append((str(path), token))
-            seen = self.client.run(_missing, probes)
+            # Inputs are only read (never probed by writing into a tracked output): a worker
+            # must find each with the size the driver sees.
+            sizes = [(str(Path(f).absolute()), os.path.getsize(f)) for f in files]
+            seen = self.client.run(_missing, probes, sizes)
         finally:
             for path, _ in probes:
                 Path(path).unlink(missing_ok=True)
         for worker, missing in sorted(seen.items()):
             if missing:
                 raise StageError(
-                    f"Dask worker {worker} cannot see {Path(missing[0]).parent}: the download "
-                    "cache and the stage outputs must be on storage the workers share with "
-                    "this machine, at the same path (README: Scale out; DSREPO_CACHE_DIR)"
+                    f"Dask worker {worker} cannot see {missing[0]}: the download cache and the "
+                    "stage outputs must be on storage the workers share with this machine, at "
+                    "the same path (README: Scale out; DSREPO_CACHE_DIR)"
                 )
 
     def close(self) -> None:

@@ -41,6 +41,7 @@ REDIRECT_HTTP = {301, 302, 303, 307, 308}
 SPILL = 8 << 20  # bodies up to this size stay in memory until verified
 LEDGER_BATCH = 256
 COMMIT_THREADS = 2
+WORKER_DIED = "its Dask worker died while fetching"  # a task that kept killing its worker
 
 
 class Retry(Exception):
@@ -399,6 +400,18 @@ class Downloader:
         )
         return results
 
+    def worker_spec(self) -> WorkerSpec:
+        """Return how a Dask worker rebuilds this downloader (no secrets, no ledger)."""
+        if self.creds and self.worker_credentials is None:
+            raise StageError("this source's credentials cannot be rebuilt on Dask workers")
+        return WorkerSpec(
+            self.cfg,
+            str(self.root),
+            self.throttled_text,
+            self.worker_credentials,
+            tuple(sorted(c.label for c in self.creds.creds)),
+        )
+
     def _run_remote(
         self,
         urls: list[str],
@@ -407,20 +420,13 @@ class Downloader:
         done: Callable[[Result], None],
     ) -> None:
         """Download on the executor's workers, in batches cut from the sorted URLs alone."""
-        if self.creds and self.worker_credentials is None:
-            raise StageError("this source's credentials cannot be rebuilt on Dask workers")
-        spec = WorkerSpec(
-            self.cfg,
-            str(self.root),
-            self.throttled_text,
-            self.worker_credentials,
-            tuple(sorted(c.label for c in self.creds.creds)),
-        )
+        spec = self.worker_spec()
         per = self.executor.items_per_task
         batches = [
             Batch(spec, tuple(urls[i : i + per]), kind, max_bytes) for i in range(0, len(urls), per)
         ]
-        for results in self.executor.map(download_batch, batches, lost=lost_batch):
+        # As they finish: a lost scheduler then costs only the batches still running.
+        for results in self.executor.map(download_batch, batches, lost=lost_batch, ordered=False):
             for res in results:
                 done(res)
 
@@ -684,12 +690,11 @@ class Batch:
 _WORKER_DOWNLOADERS: dict[str, Downloader] = {}
 
 
-def download_batch(batch: Batch) -> list[Result]:
-    """Download a batch on a worker into the shared cache; return the outcomes (small)."""
-    spec = batch.spec
+def worker_downloader(spec: WorkerSpec) -> Downloader:
+    """Return this worker thread's downloader for a run (pooled connections across tasks)."""
     key = f"{threading.get_ident()}:{spec!r}"  # a transport serves one thread
     dl = _WORKER_DOWNLOADERS.get(key)
-    if dl is None:  # one per worker thread and run: pooled connections across its tasks
+    if dl is None:
         try:
             creds = spec.credentials() if spec.credentials is not None else Credentials()
         except StageError as exc:
@@ -706,6 +711,12 @@ def download_batch(batch: Batch) -> list[Result]:
             spec.cfg, Path(spec.root), ledger_name=None, credentials=creds, throttled=spec.throttled
         )
         _WORKER_DOWNLOADERS[key] = dl
+    return dl
+
+
+def download_batch(batch: Batch) -> list[Result]:
+    """Download a batch on a worker into the shared cache; return the outcomes (small)."""
+    dl = worker_downloader(batch.spec)
     jobs = [dl._job(url, batch.kind, batch.max_bytes, None) for url in batch.urls]
     out: list[Result] = []
     dl._run(jobs, out.append)
@@ -715,8 +726,7 @@ def download_batch(batch: Batch) -> list[Result]:
 def lost_batch(batch: Batch) -> list[Result]:
     """Return a batch's outcomes when its task kept killing its worker: failed, retried by
     the next run."""
-    reason = "its Dask worker died while fetching"
-    return [Result(url, "failed", reason, None, None, None) for url in batch.urls]
+    return [Result(url, "failed", WORKER_DIED, None, None, None) for url in batch.urls]
 
 
 def _unwrap(out: Result | BaseException) -> Result:

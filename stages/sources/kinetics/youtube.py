@@ -22,10 +22,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from stages.core.errors import StageError
 from stages.core.files import sha256_file
 from stages.core.parallel import pmap, progress
 from stages.core.store import Row
+from stages.net.download import WORKER_DIED, WorkerSpec, worker_downloader
 from stages.net.ledger import Result
 from stages.sources import Context
 
@@ -279,6 +282,34 @@ def fetch_clip(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
     return res
 
 
+@dataclass(frozen=True)
+class ClipTask:
+    """One clip to fetch on a Dask worker (into the shared cache; the driver keeps the ledger)."""
+
+    spec: WorkerSpec
+    row: Row
+    cfg: Any
+    bindir: str
+    source_name: str
+
+
+def clip_task(task: ClipTask) -> Result:
+    """Fetch one clip on a worker; return its outcome (small)."""
+    if multiprocessing.current_process().daemon:  # each attempt runs in a child process
+        raise StageError(
+            "Dask workers run as daemon processes, which cannot start yt-dlp's child process: "
+            "start them with DASK_DISTRIBUTED__WORKER__DAEMON=False (README: Scale out)"
+        )
+    dl = worker_downloader(task.spec)
+    ctx = Context(downloader=dl, source_name=task.source_name)
+    return fetch_clip(task.row, task.cfg, ctx, Path(task.bindir))
+
+
+def lost_clip(task: ClipTask) -> Result:
+    """Return the outcome of a clip whose task kept killing its worker (retried next run)."""
+    return Result(task.row.url, "failed", WORKER_DIED)
+
+
 def download(cfg, rows: list[Row], ctx: Context) -> dict[str, Result]:
     """Fetch pending clips (reusing the ledger's outcomes); return results by row URL."""
     dl = ctx.downloader
@@ -291,14 +322,20 @@ def download(cfg, rows: list[Row], ctx: Context) -> dict[str, Result]:
     start = time.monotonic()
     workers = cfg.fetch.clip_workers
     _stop.clear()
-    try:
-        for res in pmap(
+    if dl.executor is not None and dl.executor.remote:  # each clip a task on a Dask worker
+        spec = dl.worker_spec()
+        tasks = [ClipTask(spec, r, cfg, str(bindir), ctx.source_name) for r in todo]
+        done = dl.executor.map(clip_task, tasks, lost=lost_clip, ordered=False)
+    else:
+        done = pmap(
             lambda r: fetch_clip(r, cfg, ctx, bindir),
             todo,
             workers=workers,
             window=2 * workers,
             on_abort=_stop.set,
-        ):
+        )
+    try:
+        for res in done:
             dl.ledger.put(res)  # at once: a killed run keeps every finished clip
             results[res.url] = res
             bar.update(1)

@@ -1,0 +1,261 @@
+"""Compare the local executor with a 2-worker Dask LocalCluster on the same work, alternating
+rounds: fetch@lila of 5,000 JPEGs served by nginx (index, metadata and images as static
+files), and extract-frames of 20 clips. Checks both executors write identical bytes, measures
+the Dask per-task overhead with no-op tasks, and predicts NACTI (500 GB) at 8 and 64 workers.
+
+On 2 cores no speed-up is possible: the point is the distributed path's overhead."""
+
+from __future__ import annotations
+
+import _unshadow  # noqa: F401  # isort: skip
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+
+from _common import bench_dir, median, settle, tree_files
+from fetch import ensure_nginx, free_port, nginx_conf, start_nginx, stop_nginx
+from frames import build_store, ensure_clips
+
+NACTI_BYTES = 500e9
+NACTI_IMAGES = 3.4e6
+
+
+def digest(root: Path) -> str:
+    """Return one sha256 over every file's relative path and bytes under root."""
+    h = hashlib.sha256()
+    for rel, path in sorted(tree_files(root).items()):
+        h.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def make_site(docroot: Path, n: int) -> tuple[list[str], int]:
+    """Write a LILA-like dataset of n images as static files; return its classes and bytes."""
+    from standins.lila import CLOUDS, generate_dataset
+
+    data = docroot / "data"
+    summary = generate_dataset(data, n_images=n, sizes=((640, 480),), box_fraction=0.0)
+    for cloud in CLOUDS:
+        (docroot / cloud).symlink_to(data, target_is_directory=True)
+    return sorted(summary["class_counts"]), summary["bytes"]
+
+
+def write_index(docroot: Path, url: str) -> None:
+    """Write the datasets index with nginx's URLs (what the stand-in renders per request)."""
+    from standins.lila import INDEX_NAME, LilaStandin
+
+    standin = LilaStandin(docroot / "data", metadata_base=url, images_base=url)
+    try:
+        (docroot / INDEX_NAME).write_text(standin.index_csv())
+    finally:
+        standin.stop()
+
+
+def fetch_once(cfg, out: Path, cache: Path, executor) -> tuple[float, dict]:
+    """Run the fetch stage's function into out with a fresh cache; return seconds, metrics."""
+    from stages.fetch import fetch
+    from stages.pipeline.compose import group_defaults
+    from stages.sources import load
+
+    settle()
+    start = time.perf_counter()
+    _rows, metrics = fetch(
+        load("lila"),
+        cfg,
+        group_defaults("fetch"),
+        group_defaults("store"),
+        out,
+        cache,
+        executor=executor,
+    )
+    return time.perf_counter() - start, metrics
+
+
+def frames_once(inp: Path, out: Path, executor) -> tuple[float, dict]:
+    """Run extract-frames' function; return seconds and metrics."""
+    from stages.core.store import Store
+    from stages.extract_frames import extract_frames
+    from stages.pipeline.compose import source_defaults
+    from stages.sources import load
+
+    cfg = source_defaults("kinetics", frames={"short_side": 256, "num_frames": None})
+    settle()
+    start = time.perf_counter()
+    _rows, metrics = extract_frames(Store(inp), load("kinetics"), cfg, out, 1 << 28, None, executor)
+    return time.perf_counter() - start, metrics
+
+
+def noop(x: int) -> int:
+    """Do nothing (the per-task overhead probe)."""
+    return x
+
+
+def task_overhead(executor, n: int) -> float:
+    """Return seconds per task of n no-op tasks through the executor's windowed map."""
+    list(executor.map(noop, range(50)))  # warm: functions shipped, connections open
+    start = time.perf_counter()
+    for _ in executor.map(noop, range(n)):
+        pass
+    return (time.perf_counter() - start) / n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--images", type=int, default=5000)
+    ap.add_argument("--clips", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--noop-tasks", type=int, default=1000)
+    args = ap.parse_args()
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    from stages.core.config import ExecutorConf, ExecutorKind
+    from stages.core.executor import DaskExecutor, LocalExecutor
+    from stages.pipeline.compose import source_defaults
+
+    nginx = ensure_nginx()
+    with bench_dir("bench-scale-") as tmp:
+        docroot = tmp / "www"
+        docroot.mkdir()
+        t0 = time.perf_counter()
+        classes, _ = make_site(docroot, args.images)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        write_index(docroot, url)
+        print(f"site: {args.images} images generated in {time.perf_counter() - t0:.1f}s")
+        clips = ensure_clips(
+            Path("/tmp/bench-scale/clips"),
+            args.clips,
+            {
+                "seconds": 4,
+                "fps": 25,
+                "width": 640,
+                "height": 360,
+                "gop": 50,
+                "preset": "veryfast",
+                "noise": 24,
+            },
+        )
+        store = build_store(tmp / "clips", clips)
+        cfg = source_defaults(
+            "lila",
+            classes=classes,
+            fetch={
+                "dataset": "NACTI-demo",
+                "index_url": f"{url}/lila_camera_trap_datasets.csv",
+                "caps": {},
+                "est_bytes_per_image": 100_000,
+            },
+        )
+        proc = start_nginx(
+            nginx, nginx_conf(tmp, docroot, port), port, "lila_camera_trap_datasets.csv"
+        )
+        settings = {
+            "distributed.scheduler.allowed-failures": 3,
+            "distributed.scheduler.worker-saturation": 1.0,
+        }
+        conf = ExecutorConf(
+            kind=ExecutorKind.dask,
+            workers=2,
+            address=None,
+            scheduler_file=None,
+            cluster=None,
+            scale=None,
+            adapt=None,
+            window=64,
+            items_per_task=64,
+            retries=2,
+            allowed_failures=3,
+            resources={},
+            wait_workers=2,
+            wait_timeout=60.0,
+        )
+        try:
+            with (
+                dask.config.set(settings),
+                LocalCluster(
+                    n_workers=2,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=":0",
+                    host="127.0.0.1",
+                ) as cluster,
+                Client(cluster) as client,
+            ):
+                client.wait_for_workers(2)
+                times: dict[str, list[float]] = {k: [] for k in ("fl", "fd", "xl", "xd")}
+                digests: dict[str, set[str]] = {k: set() for k in times}
+                metrics = {}
+                for r in range(args.rounds):
+                    for key, what in (
+                        ("fl", "local"),
+                        ("fd", "dask"),
+                        ("xl", "local"),
+                        ("xd", "dask"),
+                    ):
+                        ex = (
+                            LocalExecutor()
+                            if what == "local"
+                            else DaskExecutor(conf, client=client)
+                        )
+                        out = tmp / f"out-{key}-{r}"
+                        with ex:
+                            if key.startswith("f"):
+                                sec, m = fetch_once(cfg, out, tmp / f"cache-{key}-{r}", ex)
+                            else:
+                                sec, m = frames_once(store, out, ex)
+                        times[key].append(sec)
+                        digests[key].add(digest(out))
+                        metrics[key] = m
+                        print(f"round {r} {key}: {sec:.2f}s", flush=True)
+                with DaskExecutor(conf, client=client) as ex:
+                    overhead = task_overhead(ex, args.noop_tasks)
+                local_overhead = task_overhead(LocalExecutor(), args.noop_tasks)
+        finally:
+            stop_nginx(proc)
+
+    fetched = metrics["fl"]
+    n_ok, nbytes = fetched["ok"], fetched["bytes"]
+    assert metrics["fd"]["ok"] == n_ok == args.images, (fetched, metrics["fd"])
+    identical = int(
+        len(digests["fl"] | digests["fd"]) == 1 and len(digests["xl"] | digests["xd"]) == 1
+    )
+    fl, fd, xl, xd = (median(times[k]) for k in ("fl", "fd", "xl", "xd"))
+    print(
+        f"fetch  {n_ok} images {nbytes / 1e6:.0f} MB: local {fl:.2f}s ({n_ok / fl:.0f}/s, "
+        f"{nbytes / 1e6 / fl:.1f} MB/s)  dask 2 workers {fd:.2f}s ({n_ok / fd:.0f}/s, "
+        f"{nbytes / 1e6 / fd:.1f} MB/s)  ratio {fl / fd:.3f}"
+    )
+    frames = metrics["xl"]["frames"]
+    print(
+        f"frames {args.clips} clips -> {frames} frames: local {xl:.2f}s  dask {xd:.2f}s  "
+        f"ratio {xl / xd:.3f}"
+    )
+    print(
+        f"per-task overhead (no-op tasks, windowed map): dask {overhead * 1e3:.2f} ms, "
+        f"local threads {local_overhead * 1e3:.3f} ms"
+    )
+    # The scheduler hands out tasks one at a time: with 64 images a task it caps the cluster
+    # at 64/overhead images/s; below that each worker adds what one worker fetched here.
+    per_task = conf.items_per_task
+    per_worker = n_ok / fd / 2
+    avg = NACTI_BYTES / NACTI_IMAGES
+    ceiling = per_task / overhead
+    for workers in (8, 64):
+        rate = min(workers * per_worker, ceiling)
+        hours = NACTI_IMAGES / rate / 3600
+        print(
+            f"predicted NACTI ({NACTI_BYTES / 1e9:.0f} GB, {NACTI_IMAGES / 1e6:.1f}M images) at "
+            f"{workers} workers: {rate:.0f} images/s ({rate * avg / 1e6:.0f} MB/s), "
+            f"{hours:.1f} h; scheduler ceiling {ceiling:.0f} images/s "
+            f"(assumes each worker has the bandwidth one worker had here)"
+        )
+    ratio = (fl + xl) / (fd + xd)
+    print(f"dask_vs_local={ratio:.3f} identical={identical}")
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
