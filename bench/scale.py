@@ -238,19 +238,24 @@ def main() -> int:
         f"local threads {local_overhead * 1e3:.3f} ms"
     )
     # The scheduler hands out tasks one at a time: with 64 images a task it caps the cluster
-    # at 64/overhead images/s; below that each worker adds what one worker fetched here.
+    # at 64/overhead images/s. Below that, each worker adds the bandwidth one worker had here
+    # (bytes, not images: NACTI's images are larger than these).
     per_task = conf.items_per_task
-    per_worker = n_ok / fd / 2
+    per_worker = nbytes / fd / 2
     avg = NACTI_BYTES / NACTI_IMAGES
     ceiling = per_task / overhead
+    print(
+        f"per worker here: {per_worker / 1e6:.1f} MB/s; scheduler ceiling at {per_task} images "
+        f"a task: {ceiling:.0f} tasks' images/s ({ceiling * avg / 1e6:.0f} MB/s of NACTI)"
+    )
     for workers in (8, 64):
-        rate = min(workers * per_worker, ceiling)
+        rate = min(workers * per_worker / avg, ceiling)
         hours = NACTI_IMAGES / rate / 3600
+        bound = "scheduler" if rate == ceiling else "bandwidth"
         print(
-            f"predicted NACTI ({NACTI_BYTES / 1e9:.0f} GB, {NACTI_IMAGES / 1e6:.1f}M images) at "
-            f"{workers} workers: {rate:.0f} images/s ({rate * avg / 1e6:.0f} MB/s), "
-            f"{hours:.1f} h; scheduler ceiling {ceiling:.0f} images/s "
-            f"(assumes each worker has the bandwidth one worker had here)"
+            f"predicted NACTI ({NACTI_BYTES / 1e9:.0f} GB, {NACTI_IMAGES / 1e6:.1f}M images of "
+            f"{avg / 1e3:.0f} KB) at {workers} workers: {rate:.0f} images/s "
+            f"({rate * avg / 1e6:.0f} MB/s), {hours:.2f} h ({bound}-bound)"
         )
     ratio = (fl + xl) / (fd + xd)
     print(f"dask_vs_local={ratio:.3f} identical={identical}")
