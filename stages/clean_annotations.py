@@ -33,6 +33,7 @@ from stages.core.gates import (
     summary,
 )
 from stages.core.metrics import class_counts
+from stages.core.parallel import pmap
 from stages.core.splits import set_splits, split_metrics
 from stages.core.store import Row, Store, frames_by_clip, read_payload, rebase, write_manifest
 from stages.pipeline.entry import run_main, start
@@ -90,18 +91,22 @@ class ProbeTask:
     decode: bool
     gates: GatesConf | None
     strict: bool  # an undecodable item is the store's damage (a store this stage wrote)
+    threads: int = 1  # reading threads inside the task (a local run: one shard at a time)
 
 
 def probe_shard(task: ProbeTask) -> list[tuple[tuple[tuple[int, int], bytes | None] | None, str]]:
     """Return each item's (size, perceptual hash) or None if unusable, and its sha256."""
-    out = []
-    for row in task.rows:
+
+    def one(row: Row):
         data = read_payload(row.shard, row)
         info = inspect_image(data, task.decode, task.gates)
         if info is None and task.strict:
             raise StoreError(f"{row.item_id}: undecodable in the clean store: run it again")
-        out.append((info, digest(row, data)))
-    return out
+        return info, digest(row, data)
+
+    if task.threads > 1:
+        return list(pmap(one, task.rows, workers=task.threads))
+    return [one(row) for row in task.rows]
 
 
 def probe(
@@ -122,7 +127,11 @@ def probe(
     order = [by_shard[k] for k in sorted(by_shard)]
     tasks = [ProbeTask(tuple(located[i] for i in idx), decode, gates, strict) for idx in order]
     out: list = [None] * len(rows)
-    done = (executor or LocalExecutor()).map(probe_shard, tasks, kind="thread")
+    executor = executor or LocalExecutor()
+    if executor.remote:
+        done = executor.map(probe_shard, tasks)
+    else:  # one shard at a time, its items on every core
+        done = (probe_shard(dataclasses.replace(t, threads=executor.slots)) for t in tasks)
     for idx, results in zip(order, done, strict=True):
         for i, res in zip(idx, results, strict=True):
             out[i] = res

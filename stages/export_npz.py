@@ -3,6 +3,7 @@ per split (`npz/<split>/shard-NNNNN.npz`, in the order of split.names)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from PIL import Image
 
 from stages.core.config import Aspect, ExportConf
 from stages.core.executor import Executor, LocalExecutor
+from stages.core.parallel import pmap
 from stages.core.selection import even_indices
 from stages.core.store import Row, Store, frames_by_clip, read_payload
 from stages.formats.npz import write_npz
@@ -102,6 +104,7 @@ class ShardTask:
     cfg: ExportConf
     path: str
     clips: tuple[tuple[str, int], ...] = ()  # clip shards: (clip id, its frames among rows)
+    threads: int = 1  # decoding threads inside the task (a local run: one shard at a time)
 
 
 @dataclass
@@ -114,14 +117,29 @@ class ShardDone:
     classes: dict[str, int] = field(default_factory=dict)
 
 
-def run_tasks(tasks: list[ShardTask], fn, executor: Executor | None) -> list[ShardDone]:
-    """Run shard tasks on the executor (default: this machine's threads), in order."""
+def run_tasks(
+    tasks: list[ShardTask], fn, executor: Executor | None, out_dir: Path
+) -> list[ShardDone]:
+    """Run shard tasks in order: on a cluster one task per shard; locally one shard at a time,
+    its items decoded on every core (a shard's arrays are large: never many at once)."""
     executor = executor or LocalExecutor()
-    return list(executor.map(fn, tasks, kind="thread"))
+    try:
+        if executor.remote:
+            return list(executor.map(fn, tasks))
+        return [fn(dataclasses.replace(t, threads=executor.slots)) for t in tasks]
+    finally:
+        # A task's worker killed mid-write leaves its temporary file: never part of the output.
+        for leftover in out_dir.glob("*.part"):
+            leftover.unlink(missing_ok=True)
 
 
 def _transformed(task: ShardTask, rows) -> list:
-    return [transform(read_payload(r.shard, r), r, task.cfg) for r in rows]
+    def one(r: Row):
+        return transform(read_payload(r.shard, r), r, task.cfg)
+
+    if task.threads > 1:
+        return list(pmap(one, rows, workers=task.threads))
+    return [one(r) for r in rows]
 
 
 def image_shard(task: ShardTask) -> ShardDone:
@@ -184,7 +202,7 @@ def export(
         )
         for first in range(0, len(located), per)
     ]
-    done = run_tasks(tasks, image_shard, executor)
+    done = run_tasks(tasks, image_shard, executor, out_dir)
     return {
         "items": sum(d.items for d in done),
         "skipped_undecodable": sum(d.skipped for d in done),
@@ -253,7 +271,7 @@ def export_clips(
             counts.append((clip, len(chosen)))
         path = out_dir.absolute() / f"shard-{first // per:05d}.npz"
         tasks.append(ShardTask(tuple(picked), tuple(names), cfg, str(path), tuple(counts)))
-    done = run_tasks(tasks, clip_shard, executor)
+    done = run_tasks(tasks, clip_shard, executor, out_dir)
     return {
         "items": sum(d.items for d in done),
         "skipped_short_or_undecodable": sum(d.skipped for d in done),

@@ -58,11 +58,11 @@ def fetch(
         executor=executor,
         worker_credentials=functools.partial(source_credentials, source.name, cfg),
     )
-    if executor is not None:
-        executor.check_visible(dl.root, Path(out_dir).absolute().parent)
     # Held from planning to packing: no concurrent run deletes an object this one will read.
     users = CacheUsers(dl.root)
     try:
+        if executor is not None:
+            executor.check_visible(dl.root, Path(out_dir).absolute().parent)
         plan = plan_and_download(source, cfg, dl, out_dir)
         if out_dir.exists():
             shutil.rmtree(out_dir)  # DVC removes outputs too; never mix two runs' files

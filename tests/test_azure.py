@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -56,7 +57,7 @@ def azurite(tmp_path_factory):
             found = LISTENING.search(log.read_text())
             if found or proc.poll() is not None:
                 break
-            subprocess.run(["sleep", "0.05"])
+            time.sleep(0.05)
         if not found:
             pytest.fail(f"Azurite did not start: {log.read_text()}")
         yield f"{found.group(1)}/{ACCOUNT}"
@@ -123,7 +124,7 @@ def mirror(azurite, standin_root):
     return f"{azurite}/lila-wildlife"
 
 
-def sas_token(account_url: str, **over) -> str:
+def sas_token(**over) -> str:
     return generate_container_sas(
         ACCOUNT,
         "lila-wildlife",
@@ -146,7 +147,7 @@ def azure_fetch(index, mirror, out, cache):
 
 
 def test_lila_from_the_azure_mirror_with_a_sas_token(standin_root, mirror, monkeypatch, tmp_path):
-    token = sas_token(mirror)
+    token = sas_token()
     monkeypatch.setenv("LILA_SAS", token)
     # The index is on another origin (as lila.science is): it must never see the token.
     with LilaStandin(standin_root, metadata_base=mirror, images_base=mirror) as index:
@@ -168,7 +169,7 @@ def test_lila_from_the_azure_mirror_with_a_sas_token(standin_root, mirror, monke
 def test_a_wrong_sas_token_is_one_clear_error(standin_root, mirror, monkeypatch, tmp_path):
     import base64
 
-    monkeypatch.setenv("LILA_SAS", sas_token(mirror, key=base64.b64encode(b"x" * 64).decode()))
+    monkeypatch.setenv("LILA_SAS", sas_token(key=base64.b64encode(b"x" * 64).decode()))
     with (
         LilaStandin(standin_root, metadata_base=mirror, images_base=mirror) as index,
         pytest.raises(StageError, match="LILA_SAS"),

@@ -390,7 +390,12 @@ class ExecutorConf:
     wait_timeout: float = MISSING
 
     def __post_init__(self) -> None:
-        positive("executor", window=self.window, items_per_task=self.items_per_task)
+        positive(
+            "executor",
+            window=self.window,
+            items_per_task=self.items_per_task,
+            wait_timeout=self.wait_timeout,
+        )
         non_negative(
             "executor",
             workers=self.workers,

@@ -9,12 +9,12 @@ by it, so the bytes are the same whichever executor runs them and however many w
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import secrets
 import shlex
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +35,7 @@ ENV = "DSREPO_EXECUTOR"
 ENV_OVERRIDES = "DSREPO_EXECUTOR_OVERRIDES"
 SITE = "site"
 PROBE = ".dsrepo-visible-"
+WATCH = 5.0  # seconds between checks that the cluster still has workers
 
 
 def load_conf(conf_dir: Path = Path("conf"), env: dict | None = None) -> ExecutorConf:
@@ -160,7 +161,14 @@ def _scheduler_gone(exc: Exception) -> bool:
     from distributed.client import FutureCancelledError
     from distributed.comm.core import CommClosedError
 
-    return isinstance(exc, FutureCancelledError | CommClosedError | asyncio.CancelledError)
+    return isinstance(exc, FutureCancelledError | CommClosedError)
+
+
+def KilledWorker_() -> type:  # noqa: N802 - reads as the exception class it returns
+    """Return distributed's KilledWorker (imported late: local runs never load Dask)."""
+    from distributed import KilledWorker
+
+    return KilledWorker
 
 
 def _missing(probes: list[tuple[str, str]], sizes: list[tuple[str, int]]) -> list[str]:
@@ -183,6 +191,16 @@ def _missing(probes: list[tuple[str, str]], sizes: list[tuple[str, int]]) -> lis
             pass
         out.append(path)
     return out
+
+
+@contextlib.contextmanager
+def _reaching(cfg: ExecutorConf):
+    """Turn a scheduler that cannot be reached into one clear error."""
+    try:
+        yield
+    except (OSError, TimeoutError) as exc:
+        where = cfg.address or cfg.scheduler_file or "the cluster"
+        raise StageError(f"executor: cannot reach the Dask scheduler at {where}: {exc}") from None
 
 
 def cluster_settings(cfg: ExecutorConf) -> dict:
@@ -211,7 +229,7 @@ class DaskExecutor(Executor):
         if client is None:
             # The scheduler reads allowed-failures when it starts: a cluster we start gets it;
             # an external scheduler keeps its own (DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES).
-            with dask.config.set(cluster_settings(cfg)):
+            with dask.config.set(cluster_settings(cfg)), _reaching(cfg):
                 if cfg.address:
                     client = Client(cfg.address, timeout=cfg.wait_timeout)
                 elif cfg.scheduler_file:
@@ -222,8 +240,8 @@ class DaskExecutor(Executor):
                     self.cluster = instantiate(cfg.cluster, _convert_="all")
                     if cfg.adapt:
                         self.cluster.adapt(**cfg.adapt)
-                    else:
-                        self.cluster.scale(**(cfg.scale or {}))
+                    elif cfg.scale:
+                        self.cluster.scale(**cfg.scale)
                     client = Client(self.cluster)
                 else:
                     self.cluster = LocalCluster(
@@ -236,7 +254,8 @@ class DaskExecutor(Executor):
                     client = Client(self.cluster)
         self.client = client
         try:
-            client.wait_for_workers(cfg.wait_workers, timeout=cfg.wait_timeout)
+            if cfg.wait_workers:  # 0: submit at once (an adaptive cluster starts empty)
+                client.wait_for_workers(cfg.wait_workers, timeout=cfg.wait_timeout)
         except TimeoutError:
             self.close()
             raise StageError(
@@ -253,54 +272,99 @@ class DaskExecutor(Executor):
         return max(1, sum(w.get("nthreads", 1) for w in workers))
 
     def map(self, fn, items, *, kind="thread", lost=None, ordered=True):
-        from distributed import as_completed
-
         items = iter(items)
         opts: dict[str, Any] = {"pure": False, "retries": self.cfg.retries}
         if self.cfg.resources:
             opts["resources"] = dict(self.cfg.resources)
         pending: dict = {}  # future -> item, in submission order
-        done = as_completed() if not ordered else None
 
         def submit(item) -> None:
-            future = self.client.submit(_call, fn, item, **opts)
-            pending[future] = item
-            if done is not None:
-                done.add(future)
+            pending[self.client.submit(_call, fn, item, **opts)] = item
 
         try:
             for item in islice(items, self.cfg.window):
                 submit(item)
             while pending:
-                future = next(iter(pending)) if done is None else next(done)
+                if ordered:
+                    future = next(iter(pending))
+                    self._wait([future])
+                else:
+                    future = self._wait(list(pending))
                 item = pending.pop(future)
+                try:
+                    res = self._result(future)
+                except KilledWorker_():
+                    # Deaths are blamed on every task the dead worker held, so the item may be
+                    # innocent: once the others in flight are done, it runs again alone, and
+                    # only dying again makes it the culprit.
+                    self._wait(list(pending), every=True)
+                    retry = self.client.submit(_call, fn, item, **opts)
+                    try:
+                        self._wait([retry])
+                        res = self._result(retry)
+                    except KilledWorker_():
+                        if lost is None:
+                            raise StageError(
+                                "a task kept killing its Dask worker (allowed_failures); "
+                                "see the workers' logs"
+                            ) from None
+                        log.warning("a task kept killing its worker: recorded as lost")
+                        res = lost(item)
                 nxt = next(items, _END)
                 if nxt is not _END:
                     submit(nxt)
-                yield self._result(future, item, lost)
+                yield res
         finally:
             for future in pending:
                 with contextlib.suppress(Exception):  # no scheduler left to tell
                     future.cancel()
 
-    def _result(self, future, item, lost):
-        """Return a finished task's result (or `lost`'s), then release the future."""
-        from distributed import KilledWorker
+    def _wait(self, futures: list, every: bool = False):
+        """Wait for the first (or every) future to finish; return the first finished, in
+        submission order. Stop (to resume later) when the cluster has had no worker for
+        wait_timeout seconds, or the scheduler is gone."""
+        from distributed import wait
 
+        idle_since, poll = None, min(WATCH, self.cfg.wait_timeout)
+        when = "ALL_COMPLETED" if every else "FIRST_COMPLETED"
+        while futures:
+            try:
+                done = wait(futures, timeout=poll, return_when=when).done
+            except TimeoutError:
+                done = set()
+            except Exception as exc:
+                raise self._lost_scheduler(exc) from None
+            if done:
+                return next(f for f in futures if f in done)
+            if self.client.status != "running":
+                raise self._lost_scheduler(None)
+            if self.client.scheduler_info(n_workers=0).get("n_workers", 1):
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > self.cfg.wait_timeout:
+                raise TransientFailures(
+                    f"no Dask worker for {self.cfg.wait_timeout:g} s (all retired or lost): "
+                    "re-run `dvc repro` to resume; finished work is kept"
+                )
+        return None
+
+    def _lost_scheduler(self, exc: Exception | None) -> TransientFailures:
+        what = f" ({type(exc).__name__})" if exc is not None else ""
+        return TransientFailures(
+            f"lost the Dask scheduler{what}: re-run `dvc repro` to resume; finished work is kept"
+        )
+
+    def _result(self, future):
+        """Return a finished task's result (re-raising a task's StageError), then release it."""
         try:
             res = future.result()
-        except KilledWorker:
-            if lost is None:
-                raise
-            log.warning("a task kept killing its worker: its items are recorded as lost")
-            res = lost(item)
+        except KilledWorker_():
+            raise
         except Exception as exc:
             if self.client.status == "running" and not _scheduler_gone(exc):
                 raise
-            raise TransientFailures(
-                f"lost the Dask scheduler ({type(exc).__name__}): re-run `dvc repro` to resume; "
-                "finished work is kept"
-            ) from None
+            raise self._lost_scheduler(exc) from None
         finally:
             with contextlib.suppress(Exception):  # no scheduler left to tell
                 future.release()  # a finished task held would re-run if its worker died

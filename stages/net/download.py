@@ -425,8 +425,16 @@ class Downloader:
         batches = [
             Batch(spec, tuple(urls[i : i + per]), kind, max_bytes) for i in range(0, len(urls), per)
         ]
+        lost: list[Batch] = []
         # As they finish: a lost scheduler then costs only the batches still running.
-        for results in self.executor.map(download_batch, batches, lost=lost_batch, ordered=False):
+        for results in self.executor.map(
+            download_batch, batches, lost=lambda b: lost.append(b) or [], ordered=False
+        ):
+            for res in results:
+                done(res)
+        # A batch that kept killing its workers goes again URL by URL: only the culprit fails.
+        singles = [Batch(spec, (url,), kind, max_bytes) for b in lost for url in b.urls]
+        for results in self.executor.map(download_batch, singles, lost=lost_batch, ordered=False):
             for res in results:
                 done(res)
 
