@@ -9,7 +9,6 @@ import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,7 +19,7 @@ from stages.fetch import fetch
 from stages.pipeline.compose import group_defaults
 from stages.sources import load
 from standins.lila import LilaStandin
-from tests.conftest import ROOT, git, lila_conf
+from tests.conftest import ROOT, Project, git, lila_conf
 from tests.test_pipeline import tree_digest
 
 AZURITE = ROOT / "tests" / "tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -88,25 +87,12 @@ def test_dvc_remote_on_azure_push_clone_pull(project, azurite, tmp_path):
         BlobServiceClient.from_connection_string(conn).get_container_client("dvcstore").list_blobs()
     )
     assert blobs
-    clone = tmp_path / "clone"
-    git(tmp_path, "clone", "-q", str(project.path), str(clone))
-    pulled = subprocess.run(
-        [str(Path(project.env["PATH"].split(":")[0]) / "dvc"), "pull"],
-        cwd=clone,
-        env=project.env,
-        capture_output=True,
-        text=True,
-    )
-    assert pulled.returncode == 0, pulled.stderr
-    assert tree_digest(clone / "data") == before
-    status = subprocess.run(
-        [str(Path(project.env["PATH"].split(":")[0]) / "dvc"), "status"],
-        cwd=clone,
-        env=project.env,
-        capture_output=True,
-        text=True,
-    )
-    assert "up to date" in status.stdout, status.stdout + status.stderr
+    git(tmp_path, "clone", "-q", str(project.path), str(tmp_path / "clone"))
+    clone = Project(tmp_path / "clone", project.cache)
+    clone.env = project.env
+    clone.dvc("pull")
+    assert tree_digest(clone.path / "data") == before
+    assert "up to date" in clone.dvc("status").stdout
     assert KEY not in (project.path / ".dvc" / "config").read_text()
 
 
