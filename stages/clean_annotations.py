@@ -339,15 +339,18 @@ def main(argv: list[str] | None = None) -> int:
     gates = run.section("gates")
     if "clean-annotations" in run.source.own_stages:  # e.g. label images cleaned pixel by pixel
         shard_bytes = run.section("store").shard_bytes
-        _, metrics = run.source.clean_store(
-            run.cfg, run.section("clean"), run.section("split"), store, args.out, shard_bytes
-        )
-        cleaned = Store(args.out)
-        if gates.enabled:
-            with run.executor() as ex:
-                gate = gate_store(cleaned, run.source, run.cfg, gates, ex)
-        else:
-            gate = None
+        with run.executor() as ex:
+            _, metrics = run.source.clean_store(
+                run.cfg,
+                run.section("clean"),
+                run.section("split"),
+                store,
+                args.out,
+                shard_bytes,
+                ex,
+            )
+            cleaned = Store(args.out)
+            gate = gate_store(cleaned, run.source, run.cfg, gates, ex) if gates.enabled else None
         if gate is not None:
             metrics["gates"] = gate.metrics
         write_gate_report(args, gate, gates, cleaned.read)

@@ -229,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     run = start(argv, "stages.extract_frames", __doc__)
     args = run.args
     store, shard_bytes = Store(args.inp), run.section("store").shard_bytes
-    if "extract-frames" in run.source.own_stages:  # frames that are not decoded video
-        rows, metrics = run.source.extract(run.cfg, store, args.out, shard_bytes)
-    else:
-        with run.executor() as ex:
+    with run.executor() as ex:
+        if "extract-frames" in run.source.own_stages:  # frames that are not decoded video
+            rows, metrics = run.source.extract(run.cfg, store, args.out, shard_bytes, ex)
+        else:
             rows, metrics = extract_frames(
                 store, run.source, run.cfg, args.out, shard_bytes, executor=ex
             )

@@ -24,6 +24,7 @@ from stages.fetch import fetch
 from stages.net.ledger import Ledger
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.sources import load
+from standins.figure8 import Figure8Standin, generate_job
 from standins.kinetics import KineticsStandin, generate
 from standins.video import make_clip
 from tests.conftest import ROOT, lila_conf, make_project
@@ -176,6 +177,31 @@ def test_a_lost_scheduler_loses_no_finished_download(server, tmp_path):
     # The re-run asks only for what the ledger did not record, the victim among them.
     assert {urlsplit(u).path for u in wanted if u not in recorded} == again
     assert tree_digest(tmp_path / "out") == tree_digest(tmp_path / "ref")
+
+
+def test_figure8_movies_and_cleaning_on_dask_as_locally(dask_client, tmp_path):
+    """Figure Eight's own stages: each movie a task, its images spooled, packed in order."""
+    from tests.test_figure8 import KEY, ONE_SPLIT, conf
+    from tests.test_figure8 import run_fetch as fetch_figure8
+
+    job = generate_job()
+    job.write_inputs(tmp_path / "input")
+    with pytest.MonkeyPatch.context() as mp, Figure8Standin(job, key=KEY) as srv:
+        mp.setenv("FIGURE_EIGHT_KEY", KEY)
+        cfg = conf(srv.url, tmp_path / "input")
+        fetch_figure8(cfg, tmp_path / "fetch", tmp_path / "cache")
+    figure8 = load("figure8")
+    with executor_for(dask_client) as ex:
+        for name, executor in (("local", LocalExecutor(2)), ("dask", ex)):
+            out = tmp_path / name
+            _, frames = figure8.extract(
+                cfg, Store(tmp_path / "fetch"), out / "frames", 1 << 20, executor
+            )
+            args = (cfg, None, ONE_SPLIT, Store(out / "frames"), out / "clean", 1 << 20, executor)
+            _, cleaned = figure8.clean_store(*args)
+            assert frames["clips_ok"] > 0 and cleaned["frames"] > 0
+    assert tree_digest(tmp_path / "dask") == tree_digest(tmp_path / "local")
+    assert not list((tmp_path / "dask").rglob(".spool"))
 
 
 class Poison(WorkerPlugin):

@@ -48,3 +48,20 @@ def sha256_file(path: str | Path) -> str:
     """Return a file's SHA-256 (hex), read in chunks."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def spool(path: str | Path, blobs: list[bytes]) -> list[int]:
+    """Write a task's payloads one after another into a file (temp + rename: a task that
+    runs twice changes nothing); return their sizes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        for blob in blobs:
+            fh.write(blob)
+    return [len(b) for b in blobs]
+
+
+def unspool(path: str | Path, sizes: list[int]) -> list[bytes]:
+    """Read back a spool's payloads and delete it."""
+    with open(path, "rb") as fh:
+        blobs = [fh.read(n) for n in sizes]
+    Path(path).unlink()
+    return blobs

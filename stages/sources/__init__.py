@@ -23,6 +23,7 @@ from stages.core.errors import ConfigError
 from stages.core.store import Row, Store, item_rank
 
 if TYPE_CHECKING:  # only fetch imports the network code: other stages do not depend on it
+    from stages.core.executor import Executor
     from stages.net.credentials import Credential
     from stages.net.download import Downloader
     from stages.net.ledger import Result
@@ -140,9 +141,15 @@ class Source(ABC):
     # writes a store (or, for export-npz, npz files) there and returns its metrics.
 
     def extract(
-        self, cfg: SourceConf, store: Store, out_dir: Path, shard_bytes: int
+        self,
+        cfg: SourceConf,
+        store: Store,
+        out_dir: Path,
+        shard_bytes: int,
+        executor: Executor | None = None,
     ) -> tuple[list[Row], dict]:
-        """Write the extract-frames store; return its rows and metrics (own stage hook)."""
+        """Write the extract-frames store, its per-item work on `executor`; return its rows
+        and metrics (own stage hook)."""
         raise NotImplementedError(f"{self.name} has no extract-frames stage of its own")
 
     def clean_store(
@@ -153,9 +160,10 @@ class Source(ABC):
         store: Store,
         out_dir: Path,
         shard_bytes: int,
+        executor: Executor | None = None,
     ) -> tuple[list[Row], dict]:
-        """Write the clean-annotations store, each item in its group's split; return its rows
-        and metrics (own stage hook)."""
+        """Write the clean-annotations store, each item in its group's split, its per-item
+        work on `executor`; return its rows and metrics (own stage hook)."""
         raise NotImplementedError(f"{self.name} has no clean-annotations stage of its own")
 
     def export_store(

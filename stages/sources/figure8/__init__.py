@@ -237,11 +237,13 @@ class Figure8(Source):
         storage URLs often have no extension)."""
         return ctx.downloader.fetch_all([r.url for r in rows], desc="fetch@figure8", kind="png")
 
-    def extract(self, cfg: Figure8Conf, store: Store, out_dir: Path, shard_bytes: int):
+    def extract(
+        self, cfg: Figure8Conf, store: Store, out_dir: Path, shard_bytes: int, executor=None
+    ):
         """Cut montages into label movies with their raw frames."""
         from stages.sources.figure8.movies import extract
 
-        return extract(cfg, store, out_dir, shard_bytes)
+        return extract(cfg, store, out_dir, shard_bytes, executor=executor)
 
     def clean_store(
         self,
@@ -251,11 +253,12 @@ class Figure8(Source):
         store: Store,
         out_dir: Path,
         shard_bytes: int,
+        executor=None,
     ) -> tuple[list[Row], dict]:
         """Clean every label frame; raw frames pass through; a movie's frames share a split."""
         from stages.sources.figure8.clean import clean_store
 
-        return clean_store(cfg, split, store, out_dir, shard_bytes, source=self)
+        return clean_store(cfg, split, store, out_dir, shard_bytes, source=self, executor=executor)
 
     def split_group(self, cfg: Figure8Conf, row: Row) -> tuple[str, str | None]:
         """Return a frame's field of view (recombined movies have one: the whole job), or

@@ -10,6 +10,7 @@ not make stay in the manifest without payload (so export knows their ids) and ar
 from __future__ import annotations
 
 import io
+import shutil
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import TYPE_CHECKING
 
 from stages.core.config import SplitConf
 from stages.core.errors import StoreError
-from stages.core.parallel import default_workers, pmap, progress
+from stages.core.executor import Executor, LocalExecutor
+from stages.core.files import spool, unspool
+from stages.core.parallel import progress
 from stages.core.splits import assign_rows
 from stages.core.store import (
     Row,
@@ -31,7 +34,7 @@ from stages.core.store import (
 from stages.formats.images import decode_array, encode_array
 from stages.sources.figure8 import Figure8Clean, Figure8Conf
 from stages.sources.figure8.labels import clean_movie_labels
-from stages.sources.figure8.movies import Ref, ref
+from stages.sources.figure8.movies import SPOOL, Ref, ref
 
 if TYPE_CHECKING:
     from stages.sources import Source
@@ -82,6 +85,14 @@ def spread(values: list[int]) -> dict:
     }
 
 
+def clean_spooled(job: tuple[list[Ref], Figure8Clean, str]) -> tuple[list, list[int]]:
+    """Clean one movie (a task) into a spool file in the output dir; return each frame's
+    (ext, counts) and the images' sizes (small: never the images)."""
+    where, cfg, path = job
+    frames = clean_movie((where, cfg))
+    return [(ext, counts) for _, ext, counts in frames], spool(path, [d for d, _, _ in frames])
+
+
 def clean_store(
     cfg: Figure8Conf,
     split: SplitConf,
@@ -91,6 +102,7 @@ def clean_store(
     workers: int | None = None,
     *,
     source: Source,
+    executor: Executor | None = None,
 ) -> tuple[list[Row], dict]:
     """Write the cleaned store, each movie's frames in the movie's split; return its rows and
     metrics."""
@@ -105,15 +117,21 @@ def clean_store(
     writer = ShardWriter(out_dir, shard_bytes)
     totals: Counter = Counter()
     cells = []
-    workers = workers or default_workers()
+    executor = executor or LocalExecutor(workers)
+    executor.check_visible(out_dir)
+    spools = out_dir.absolute() / SPOOL
     names = sorted(movies)
     labels = [r for name in names for r in movies[name]]
     try:
-        jobs = [([ref(store, r) for r in movies[name]], cfg.clean) for name in names]
-        done = pmap(clean_movie, jobs, kind="process", workers=workers, window=2 * workers)
+        jobs = [
+            ([ref(store, r) for r in movies[name]], cfg.clean, str(spools / f"{i:08d}.bin"))
+            for i, name in enumerate(names)
+        ]
+        done = executor.map(clean_spooled, jobs, kind="process")
         bar = progress(done, total=len(jobs), desc="clean@figure8", unit="movie")
-        for name, frames in zip(names, bar, strict=True):
-            for row, (data, ext, counts) in zip(movies[name], frames, strict=True):
+        for name, job, (info, sizes) in zip(names, jobs, bar, strict=True):
+            images = unspool(job[2], sizes)
+            for row, data, (ext, counts) in zip(movies[name], images, info, strict=True):
                 row.shard, row.offset = writer.add(
                     member_name(row.item_id, ext), io.BytesIO(data), len(data)
                 )
@@ -125,6 +143,8 @@ def clean_store(
     except BaseException:
         writer.abort()
         raise
+    finally:
+        shutil.rmtree(spools, ignore_errors=True)
     kept = labels + rebase(raws, store.root, out_dir)
     firsts = [movies[name][0] for name in names]  # one per movie: the unit the splits count
     splits = assign_rows(kept + failed, firsts, list(cfg.classes), source, cfg, split)

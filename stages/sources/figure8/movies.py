@@ -11,6 +11,7 @@ size that does not match the logs) is one `corrupt` row with the reason; the res
 from __future__ import annotations
 
 import io
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,10 @@ import numpy as np
 from PIL import Image
 
 from stages.core.errors import MetadataError, StoreError
+from stages.core.executor import Executor, LocalExecutor
+from stages.core.files import spool, unspool
 from stages.core.metrics import class_counts
-from stages.core.parallel import default_workers, pmap, progress
+from stages.core.parallel import progress
 from stages.core.store import Row, ShardWriter, Store, member_name, write_manifest
 from stages.formats.images import decode_array, encode_array, refuse_lossy
 from stages.sources.figure8 import Figure8Conf, FramesMode, rgb
@@ -34,6 +37,8 @@ from stages.sources.figure8.montage import (
     read_montage_log,
     stitch,
 )
+
+SPOOL = ".spool"  # inside the output: a killed run's leftovers go with it
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,41 @@ class Made:
 
     frames: list[tuple[bytes, str, bytes, str, tuple[int, int]]]
     unmapped: int
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """What a movie task returns to the driver (small): its frames' metadata, the spool file
+    holding their images (label then raw, frame by frame) and their sizes."""
+
+    meta: list[tuple[str, str, tuple[int, int]]]  # (label ext, raw ext, (h, w)) per frame
+    unmapped: int
+    spool: str
+    sizes: list[int]
+
+    def frames(self) -> list[tuple[bytes, str, bytes, str, tuple[int, int]]]:
+        """Return the frames as make() gave them (and delete the spool)."""
+        blobs = unspool(self.spool, self.sizes)
+        return [
+            (blobs[2 * i], lab_ext, blobs[2 * i + 1], raw_ext, hw)
+            for i, (lab_ext, raw_ext, hw) in enumerate(self.meta)
+        ]
+
+
+def make_spooled(job: tuple[Movie, str]) -> Spooled | str:
+    """Make one movie (a task) into a spool file in the output dir; return the metadata."""
+    movie, path = job
+    made = make(movie)
+    if isinstance(made, str):
+        return made
+    blobs = [b for lab, _, raw, _, _ in made.frames for b in (lab, raw)]
+    meta = [(lab_ext, raw_ext, hw) for _, lab_ext, _, raw_ext, hw in made.frames]
+    return Spooled(meta, made.unmapped, path, spool(path, blobs))
+
+
+def process_died(job) -> str:
+    """Return the reason of a task that kept killing its process."""
+    return "worker process died"
 
 
 def ref(store: Store, row: Row) -> Ref:
@@ -228,11 +268,22 @@ def _movie_row(name: str, part: int, position: tuple[int, int] | None, ident: st
 
 
 def extract(
-    cfg: Figure8Conf, store: Store, out_dir: Path, shard_bytes: int, workers: int | None = None
+    cfg: Figure8Conf,
+    store: Store,
+    out_dir: Path,
+    shard_bytes: int,
+    workers: int | None = None,
+    executor: Executor | None = None,
 ):
-    """Write the label movies and their raw frames as a store; return rows and metrics."""
+    """Write the label movies and their raw frames as a store; return rows and metrics.
+
+    Each movie is a task of `executor` (default: `workers` local processes) that spools its
+    images into the output dir; this process packs them in order."""
     movies, failed = plan_movies(cfg, store)
     out_dir.mkdir(parents=True, exist_ok=True)
+    executor = executor or LocalExecutor(workers)
+    executor.check_visible(out_dir)
+    spools = out_dir.absolute() / SPOOL
     writer = ShardWriter(out_dir, shard_bytes)
     rows: list[Row] = []
     reasons: Counter = Counter()
@@ -241,9 +292,9 @@ def extract(
         reasons[reason] += 1
         rows.append(row)
     unmapped, n_frames, n_bytes, ok = 0, 0, 0, []
-    workers = workers or default_workers()
+    jobs = [(m, str(spools / f"{i:08d}.bin")) for i, m in enumerate(movies)]
     try:
-        made = pmap(make, movies, kind="process", workers=workers, window=2 * workers)
+        made = executor.map(make_spooled, jobs, kind="process", lost=process_died)
         bar = progress(made, total=len(movies), desc="frames@figure8", unit="movie")
         for movie, res in zip(movies, bar, strict=True):
             meta = {"movie": movie.movie, "clip": movie.movie, "part": movie.part}
@@ -258,7 +309,7 @@ def extract(
             unmapped += res.unmapped
             ok.append(movie.movie)
             T = movie.geometry.montage_len
-            for t, (lab, lab_ext, raw, raw_ext, (h, w)) in enumerate(res.frames):
+            for t, (lab, lab_ext, raw, raw_ext, (h, w)) in enumerate(res.frames()):
                 frame_id = f"{movie.movie}_frame_{t:02d}"
                 frame_meta = {**meta, "frame": t, "raw_frame": movie.part * T + t}
                 for role, data, ext in (("annotated", lab, lab_ext), ("raw", raw, raw_ext)):
@@ -286,6 +337,8 @@ def extract(
     except BaseException:
         writer.abort()
         raise
+    finally:
+        shutil.rmtree(spools, ignore_errors=True)
     write_manifest(out_dir, rows, list(cfg.classes))
     labelled = [r for r in rows if r.meta.get("role") == "annotated" and r.meta["frame"] == 0]
     metrics = {
