@@ -14,7 +14,7 @@ import hashlib
 import time
 from pathlib import Path
 
-from _common import bench_dir, median, settle, tree_files
+from _common import ROOT, bench_dir, median, settle, tree_files
 from fetch import ensure_nginx, free_port, nginx_conf, start_nginx, stop_nginx
 from frames import build_store, ensure_clips
 
@@ -115,11 +115,9 @@ def main() -> int:
     ap.add_argument("--noop-tasks", type=int, default=1000)
     args = ap.parse_args()
 
-    import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from stages.core.config import ExecutorConf, ExecutorKind
-    from stages.core.executor import DaskExecutor, LocalExecutor
+    from stages.core.executor import DaskExecutor, LocalExecutor, load_conf, local_cluster
     from stages.pipeline.compose import source_defaults
 
     nginx = ensure_nginx()
@@ -159,38 +157,10 @@ def main() -> int:
         proc = start_nginx(
             nginx, nginx_conf(tmp, docroot, port), port, "lila_camera_trap_datasets.csv"
         )
-        settings = {
-            "distributed.scheduler.allowed-failures": 3,
-            "distributed.scheduler.worker-saturation": 1.0,
-        }
-        conf = ExecutorConf(
-            kind=ExecutorKind.dask,
-            workers=2,
-            address=None,
-            scheduler_file=None,
-            cluster=None,
-            scale=None,
-            adapt=None,
-            window=64,
-            items_per_task=64,
-            retries=2,
-            allowed_failures=3,
-            resources={},
-            wait_workers=2,
-            wait_timeout=60.0,
-        )
+        env = {"DSREPO_EXECUTOR": "dask", "DSREPO_EXECUTOR_OVERRIDES": "workers=2 wait_workers=2"}
+        conf = load_conf(ROOT / "conf", env)  # conf/executor/dask.yaml, as a run would use it
         try:
-            with (
-                dask.config.set(settings),
-                LocalCluster(
-                    n_workers=2,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=":0",
-                    host="127.0.0.1",
-                ) as cluster,
-                Client(cluster) as client,
-            ):
+            with local_cluster(conf) as cluster, Client(cluster) as client:
                 client.wait_for_workers(2)
                 times: dict[str, list[float]] = {k: [] for k in ("fl", "fd", "xl", "xd")}
                 digests: dict[str, set[str]] = {k: set() for k in times}

@@ -231,27 +231,14 @@ def fetched(tmp_path_factory) -> Path:
 def dask_client():
     """One 2-worker Dask cluster of processes for the session (about 1 s to start).
 
-    A task may kill its worker once before it is lost, and workers hold only the task they
-    run, so a killed worker's death is blamed on that task alone.
+    Set up as the executor sets up a cluster it starts (conf/executor/dask.yaml), except that
+    a task may kill its worker only once before it is lost, which keeps crash tests short.
     """
-    import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    settings = {
-        "distributed.scheduler.allowed-failures": 1,
-        "distributed.scheduler.worker-saturation": 1.0,
-        "distributed.worker.daemon": False,
-    }
-    with (
-        dask.config.set(settings),
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            host="127.0.0.1",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    from stages.core.executor import load_conf, local_cluster
+
+    env = {"DSREPO_EXECUTOR": "dask", "DSREPO_EXECUTOR_OVERRIDES": "workers=2 allowed_failures=1"}
+    with local_cluster(load_conf(ROOT / "conf", env)) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
         yield client

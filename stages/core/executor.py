@@ -203,6 +203,32 @@ def _reaching(cfg: ExecutorConf):
         raise StageError(f"executor: cannot reach the Dask scheduler at {where}: {exc}") from None
 
 
+def _settings(cfg: ExecutorConf):
+    """Return a context that holds the Dask settings of a cluster started for a run."""
+    import dask
+
+    return dask.config.set(cluster_settings(cfg))
+
+
+@contextlib.contextmanager
+def local_cluster(cfg: ExecutorConf):
+    """Run a LocalCluster of `cfg.workers` single-threaded worker processes on loopback, with
+    the run's settings held while it lives (its nannies read them at every restart)."""
+    from distributed import LocalCluster
+
+    with (
+        _settings(cfg),
+        LocalCluster(
+            n_workers=cfg.workers or default_workers(),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            host="127.0.0.1",
+        ) as cluster,
+    ):
+        yield cluster
+
+
 def cluster_settings(cfg: ExecutorConf) -> dict:
     """Return the Dask settings a cluster started for a run gets (read when it starts)."""
     return {
@@ -221,15 +247,17 @@ class DaskExecutor(Executor):
     remote = True
 
     def __init__(self, cfg: ExecutorConf, client=None):
-        import dask
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
         self.cfg, self.cluster, self.own_client = cfg, None, client is None
         self.items_per_task = cfg.items_per_task
+        self._stack = contextlib.ExitStack()  # what a cluster started here needs, until close
         if client is None:
-            # The scheduler reads allowed-failures when it starts: a cluster we start gets it;
-            # an external scheduler keeps its own (DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES).
-            with dask.config.set(cluster_settings(cfg)), _reaching(cfg):
+            # Read when the scheduler starts and each time a nanny (re)starts a worker, so they
+            # stay set while the run's cluster lives; an external scheduler keeps its own
+            # (DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES).
+            self._stack.enter_context(_settings(cfg))
+            with _reaching(cfg):
                 if cfg.address:
                     client = Client(cfg.address, timeout=cfg.wait_timeout)
                 elif cfg.scheduler_file:
@@ -244,13 +272,7 @@ class DaskExecutor(Executor):
                         self.cluster.scale(**cfg.scale)
                     client = Client(self.cluster)
                 else:
-                    self.cluster = LocalCluster(
-                        n_workers=cfg.workers or default_workers(),
-                        threads_per_worker=1,
-                        processes=True,
-                        dashboard_address=":0",
-                        host="127.0.0.1",
-                    )
+                    self.cluster = self._stack.enter_context(local_cluster(cfg))
                     client = Client(self.cluster)
         self.client = client
         try:
@@ -402,6 +424,7 @@ class DaskExecutor(Executor):
             self.client.close()
             if self.cluster is not None:
                 self.cluster.close()
+        self._stack.close()
 
 
 _END = object()

@@ -134,6 +134,12 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def overflows(used: int, size: int, limit: int) -> bool:
+    """Tell whether a member of `size` bytes starts a new shard: the shard holds something
+    and its header (512 bytes) plus the data would pass the limit (the one cut rule)."""
+    return bool(used) and used + size + tarfile.BLOCKSIZE > limit
+
+
 class ShardWriter:
     """Pack payloads into size-bounded deterministic tar shards, recording offsets."""
 
@@ -173,7 +179,7 @@ class ShardWriter:
 
     def add(self, name: str, fileobj, size: int) -> tuple[str, int]:
         """Append one payload; return (shard path relative to the store, data offset)."""
-        if self.tar is None or (self.size and self.size + size + 512 > self.limit):
+        if self.tar is None or overflows(self.size, size, self.limit):
             self._open()
         self.tar.addfile(_tarinfo(name, size), fileobj)
         self.size = self.fh.tell()
@@ -341,7 +347,7 @@ def plan_shards(
         if g != group:
             flush()
             group, index, pos, current = g, -1, 0, []
-        if index < 0 or (pos and pos + member.size + 512 > limit):
+        if index < 0 or overflows(pos, member.size, limit):
             flush()
             index, pos, current = index + 1, 0, []
             path = f"{SHARD_DIR}/{group_prefix(g)}-{index:05d}.tar"
