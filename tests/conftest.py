@@ -16,6 +16,9 @@ from standins.lila import LilaStandin, generate_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# A SAS token the private stand-ins require, and its signature (what must never leak).
+SECRET = "sv=2034-01-01&sig=Zm9vYmFyc2VjcmV0"
+SIG = "Zm9vYmFyc2VjcmV0"
 
 
 def lila_conf(classes=("mule deer", "cougar", "wild turkey", "empty"), **fetch) -> LilaConf:
@@ -37,6 +40,18 @@ def server(standin_root):
     """Serve the stand-in on an ephemeral loopback port."""
     with LilaStandin(standin_root) as srv:
         yield srv
+
+
+@pytest.fixture
+def four_origins(standin_root):
+    """Index on 127.0.0.1, metadata on .2, images on .3 (both want the token), spare on .4."""
+    with (
+        LilaStandin(standin_root, host="127.0.0.2", token=SECRET) as meta,
+        LilaStandin(standin_root, host="127.0.0.3", token=SECRET) as imgs,
+        LilaStandin(standin_root, host="127.0.0.4") as elsewhere,
+        LilaStandin(standin_root, metadata_base=meta.url, images_base=imgs.url) as index,
+    ):
+        yield index, meta, imgs, elsewhere
 
 
 @pytest.fixture

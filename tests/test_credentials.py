@@ -15,10 +15,7 @@ from stages.net.download import CredentialRejected, Downloader
 from stages.pipeline.compose import group_defaults
 from stages.sources.lila import SOURCE as LILA
 from standins.lila import LilaStandin
-from tests.conftest import lila_conf
-
-SECRET = "sv=2034-01-01&sig=Zm9vYmFyc2VjcmV0"
-SIG = "Zm9vYmFyc2VjcmV0"
+from tests.conftest import SECRET, SIG, lila_conf
 
 
 def leaked(server) -> list[str]:
@@ -92,18 +89,6 @@ def test_a_credential_never_goes_over_plain_http_except_to_loopback(monkeypatch)
 
 
 # ---------------------------------------------------------------- a whole fetch, four origins
-
-
-@pytest.fixture
-def four_origins(standin_root):
-    """Index on 127.0.0.1, metadata on .2, images on .3 (both want the token), spare on .4."""
-    with (
-        LilaStandin(standin_root, host="127.0.0.2", token=SECRET) as meta,
-        LilaStandin(standin_root, host="127.0.0.3", token=SECRET) as imgs,
-        LilaStandin(standin_root, host="127.0.0.4") as elsewhere,
-        LilaStandin(standin_root, metadata_base=meta.url, images_base=imgs.url) as index,
-    ):
-        yield index, meta, imgs, elsewhere
 
 
 def lila_with_token(index, origins, **kw):

@@ -21,15 +21,20 @@ from stages.core.store import Row, Store, write_store
 from stages.export_npz import export_splits
 from stages.extract_frames import extract_frames
 from stages.fetch import fetch
+from stages.net.download import CredentialRejected, Downloader
 from stages.net.ledger import Ledger
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.sources import load
 from standins.figure8 import Figure8Standin, generate_job
 from standins.kinetics import KineticsStandin, generate
 from standins.video import make_clip
-from tests.conftest import ROOT, lila_conf, make_project
+from tests.conftest import ROOT, SECRET, SIG, lila_conf, make_project
+from tests.hostile import HostileServer
+from tests.test_credentials import images, leaked, lila_with_token
+from tests.test_download import assert_cache_sound
 from tests.test_kinetics import kconf
 from tests.test_pipeline import tree_digest
+from tests.test_transport import EXPECTED, LIMITS
 
 LILA = load("lila")
 KINETICS = load("kinetics")
@@ -129,6 +134,10 @@ def test_kinetics_clips_fetch_on_dask_as_locally(dask_client, tmp_path):
     assert tree_digest(tmp_path / "dask") == tree_digest(tmp_path / "local")
 
 
+def _tasks_held(dask_scheduler) -> int:
+    return len(dask_scheduler.tasks)
+
+
 def test_a_lost_scheduler_loses_no_finished_download(server, tmp_path):
     """The scheduler dies mid-fetch: the stage stops (to resume), the re-run fetches only what
     was still running, and ends byte-identical to an uninterrupted build."""
@@ -155,27 +164,40 @@ def test_a_lost_scheduler_loses_no_finished_download(server, tmp_path):
             except TransientFailures as exc:
                 box["error"] = exc
 
+    first = dict(server.requests)  # the reference build's
     runner = threading.Thread(target=build)
     runner.start()
     try:
         wait_for_only_the_victim(client, server)
+        # That can be a moment when a busy driver has not yet sent the later batches: wait
+        # until every URL was asked for and the driver has read every other batch (read
+        # futures are released, so the scheduler then holds the stalled batch alone).
+        deadline = time.monotonic() + 20  # the stall outlasts this (low_speed_time: 30 s)
+        while time.monotonic() < deadline:
+            asked = {p for p, n in server.requests.items() if n > first.get(p, 0)}
+            if {urlsplit(u).path for u in wanted} <= asked and client.run_on_scheduler(
+                _tasks_held
+            ) == 1:
+                break
+            time.sleep(0.05)
     finally:
         client.close()
         cluster.close()  # the scheduler (and its workers) gone mid-run
     runner.join(120)
     assert "lost the Dask scheduler" in str(box["error"])
     assert not (tmp_path / "out").exists()
-    recorded = {
+    done = {
         u
         for u, r in Ledger(tmp_path / "c2" / "ledger-lila.sqlite").all().items()
         if r.status == "ok"
     }
-    assert victim not in recorded and len(recorded) >= len(wanted) // 2
+    # Only the stalled batch of 4 is missing from the ledger.
+    assert victim not in done and len(done) >= len(wanted) - 4
     before = dict(server.requests)
     run_fetch(cfg, tmp_path / "out", tmp_path / "c2", LocalExecutor(2))
     again = {p for p, n in server.requests.items() if n > before.get(p, 0) and p.endswith(".jpg")}
     # The re-run asks only for what the ledger did not record, the victim among them.
-    assert {urlsplit(u).path for u in wanted if u not in recorded} == again
+    assert {urlsplit(u).path for u in wanted if u not in done} == again
     assert tree_digest(tmp_path / "out") == tree_digest(tmp_path / "ref")
 
 
@@ -271,6 +293,144 @@ def test_a_download_that_kills_its_worker_fails_alone(dask_client, server, tmp_p
     # Its batch of 8 died with it, then went again URL by URL: only the victim failed.
     assert failed == {victim: "its Dask worker died while fetching"}
     assert metrics["ok"] == len(wanted) - 1
+
+
+def test_every_hostile_answer_is_the_same_items_outcome_on_dask(dask_client, tmp_path):
+    with HostileServer() as hostile, executor_for(dask_client, items_per_task=5) as ex:
+        urls = {f"{hostile.url}{path}": path for path in EXPECTED}
+        dl = Downloader(
+            group_defaults("fetch", **LIMITS), tmp_path / "c", ledger_name="h", executor=ex
+        )
+        results = dl.fetch_all(list(urls))
+        # Workers run the transfers: the same status and reason as a local run, per URL.
+        assert {urls[u]: (r.status, r.reason) for u, r in results.items()} == EXPECTED
+        # The driver's ledger holds exactly what came back, and nothing unverified landed.
+        ledger = {u: (r.status, r.reason) for u, r in dl.ledger.all().items()}
+        assert ledger == {u: (r.status, r.reason) for u, r in results.items()}
+        assert_cache_sound(dl)
+        dl.close()
+
+
+def _setenv(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+@pytest.fixture
+def worker_env(dask_client):
+    """Set an environment variable on the session's workers (as a site's job script would)."""
+    names = set()
+
+    def set_(name, value):
+        names.add(name)
+        dask_client.run(_setenv, name, value)
+
+    yield set_
+    for name in names:
+        dask_client.run(_setenv, name, None)
+
+
+def test_workers_send_the_sas_token_from_their_own_env_to_its_origins_only(
+    dask_client, worker_env, four_origins, standin_root, tmp_path, monkeypatch
+):
+    index, meta, imgs, elsewhere = four_origins
+    monkeypatch.setenv("TEST_SAS_TOKEN", SECRET)
+    worker_env("TEST_SAS_TOKEN", SECRET)  # tasks never carry it
+    moved = images(standin_root)[0]
+    imgs.faults.add(moved, [("redirect", f"{elsewhere.url}/gcp/{moved}")])
+    cfg = lila_with_token(index, [meta.url, imgs.url])
+    with executor_for(dask_client, items_per_task=4) as ex:
+        rows, metrics = fetch(
+            LILA,
+            cfg,
+            group_defaults("fetch", workers=4),
+            group_defaults("store"),
+            tmp_path / "out",
+            tmp_path / "cache",
+            executor=ex,
+        )
+    assert metrics["ok"] == metrics["items"] > 10 and metrics["failed"] == 0
+    assert index.seen and leaked(index) == []
+    assert elsewhere.requests[f"/gcp/{moved}"] == 1 and leaked(elsewhere) == []
+    assert imgs.seen and all(SIG in s.query for s in meta.seen + imgs.seen)
+    assert not any(SIG in r.url for r in rows)
+
+    # Workers with a wrong token: one clear error naming the variable, nothing written.
+    worker_env("TEST_SAS_TOKEN", "sv=2034-01-01&sig=wrong")
+    with (
+        executor_for(dask_client, items_per_task=4) as ex,
+        pytest.raises(CredentialRejected, match="answered http 403 to the credential") as err,
+    ):
+        fetch(
+            LILA,
+            cfg,
+            group_defaults("fetch", workers=4),
+            group_defaults("store"),
+            tmp_path / "out2",
+            tmp_path / "cache2",
+            executor=ex,
+        )
+    assert "TEST_SAS_TOKEN" in str(err.value) and "wrong" not in str(err.value)
+    assert not (tmp_path / "out2").exists()
+
+    # Workers without it: the stage stops, naming the variable the workers lack.
+    worker_env("TEST_SAS_TOKEN", None)
+    with (
+        executor_for(dask_client) as ex,
+        pytest.raises(StageError, match=r"on Dask worker .*TEST_SAS_TOKEN, which is not set"),
+    ):
+        fetch(
+            LILA,
+            cfg,
+            group_defaults("fetch"),
+            group_defaults("store"),
+            tmp_path / "out3",
+            tmp_path / "cache3",
+            executor=ex,
+        )
+    assert not (tmp_path / "out3").exists()
+
+
+def test_a_local_cluster_keeps_a_worker_whose_restart_is_slow(tmp_path):
+    """Dask's job clusters close a worker that stays gone past `lost-worker-timeout`; a local
+    cluster's nanny restarts its worker itself, however slowly, and must be left to."""
+    import dask
+    from distributed import Client
+
+    from stages.core.executor import local_cluster
+
+    slow = tmp_path / "slow"
+    preload = tmp_path / "slow_start.py"
+    preload.write_text(
+        f"import os, time\n\ndef dask_setup(worker):\n"
+        f"    if os.path.exists({str(slow)!r}):\n        time.sleep(4)\n"
+    )
+    cfg = load_conf(
+        ROOT / "conf", {"DSREPO_EXECUTOR": "dask", "DSREPO_EXECUTOR_OVERRIDES": "workers=1"}
+    )
+    ambient = {
+        "distributed.deploy.lost-worker-timeout": "1s",
+        "distributed.worker.preload": [str(preload)],
+    }
+    with (
+        dask.config.set(ambient),
+        local_cluster(cfg) as cluster,
+        Client(cluster) as client,
+    ):
+        client.wait_for_workers(1, timeout=60)
+        [(first, pid)] = client.run(os.getpid).items()
+        slow.touch()  # the restart now outlasts the 1 s timeout by 3 s
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            workers = client.scheduler_info()["workers"]
+            if workers and first not in workers:
+                break
+            time.sleep(0.2)
+        assert workers and first not in workers, "the killed worker never came back"
+        assert list(cluster.workers) == [0]
 
 
 def test_a_cluster_without_workers_stops_instead_of_waiting_forever(tmp_path):

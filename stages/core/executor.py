@@ -214,10 +214,15 @@ def _settings(cfg: ExecutorConf):
 def local_cluster(cfg: ExecutorConf):
     """Run a LocalCluster of `cfg.workers` single-threaded worker processes on loopback, with
     the run's settings held while it lives (its nannies read them at every restart)."""
+    import dask
     from distributed import LocalCluster
 
     with (
         _settings(cfg),
+        # A nanny restarts its own worker after a crash. Past this timeout Dask would instead
+        # close, for good, a nanny whose worker is still restarting (slow on a busy machine),
+        # and the cluster would shrink with every crash.
+        dask.config.set({"distributed.deploy.lost-worker-timeout": "3650d"}),
         LocalCluster(
             n_workers=cfg.workers or default_workers(),
             threads_per_worker=1,
