@@ -342,15 +342,7 @@ def test_workers_send_the_sas_token_from_their_own_env_to_its_origins_only(
     imgs.faults.add(moved, [("redirect", f"{elsewhere.url}/gcp/{moved}")])
     cfg = lila_with_token(index, [meta.url, imgs.url])
     with executor_for(dask_client, items_per_task=4) as ex:
-        rows, metrics = fetch(
-            LILA,
-            cfg,
-            group_defaults("fetch", workers=4),
-            group_defaults("store"),
-            tmp_path / "out",
-            tmp_path / "cache",
-            executor=ex,
-        )
+        rows, metrics = run_fetch(cfg, tmp_path / "out", tmp_path / "cache", ex)
     assert metrics["ok"] == metrics["items"] > 10 and metrics["failed"] == 0
     assert index.seen and leaked(index) == []
     assert elsewhere.requests[f"/gcp/{moved}"] == 1 and leaked(elsewhere) == []
@@ -363,15 +355,7 @@ def test_workers_send_the_sas_token_from_their_own_env_to_its_origins_only(
         executor_for(dask_client, items_per_task=4) as ex,
         pytest.raises(CredentialRejected, match="answered http 403 to the credential") as err,
     ):
-        fetch(
-            LILA,
-            cfg,
-            group_defaults("fetch", workers=4),
-            group_defaults("store"),
-            tmp_path / "out2",
-            tmp_path / "cache2",
-            executor=ex,
-        )
+        run_fetch(cfg, tmp_path / "out2", tmp_path / "cache2", ex)
     assert "TEST_SAS_TOKEN" in str(err.value) and "wrong" not in str(err.value)
     assert not (tmp_path / "out2").exists()
 
@@ -381,15 +365,7 @@ def test_workers_send_the_sas_token_from_their_own_env_to_its_origins_only(
         executor_for(dask_client) as ex,
         pytest.raises(StageError, match=r"on Dask worker .*TEST_SAS_TOKEN, which is not set"),
     ):
-        fetch(
-            LILA,
-            cfg,
-            group_defaults("fetch"),
-            group_defaults("store"),
-            tmp_path / "out3",
-            tmp_path / "cache3",
-            executor=ex,
-        )
+        run_fetch(cfg, tmp_path / "out3", tmp_path / "cache3", ex)
     assert not (tmp_path / "out3").exists()
 
 
