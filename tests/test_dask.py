@@ -518,6 +518,28 @@ def test_a_worker_that_cannot_see_the_output_fails_fast(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_probe_that_hangs_is_reported_instead_of_blocking_the_stage(tmp_path):
+    """A worker's storage check gives up on a read that never returns (a hung NFS mount)."""
+    from stages.core.executor import _missing
+
+    (tmp_path / "seen").mkdir()
+    (tmp_path / "seen" / "probe").write_text("tok")
+    hung = tmp_path / "hung"
+    hung.mkdir()
+    os.mkfifo(hung / "probe")  # opening it for reading blocks until a writer comes
+    try:
+        started = time.monotonic()
+        missing = _missing(
+            [(str(tmp_path / "seen" / "probe"), "tok"), (str(hung / "probe"), "tok")],
+            [],
+            timeout=0.5,
+        )
+        assert time.monotonic() - started < 5
+        assert missing == [f"{hung} (no answer within 0.5 s: a hung mount?)"]
+    finally:
+        os.close(os.open(hung / "probe", os.O_WRONLY | os.O_NONBLOCK))  # release the reader
+
+
 def test_dvc_lock_is_the_same_whichever_executor_builds(dask_client, server, tmp_path):
     """fetch, extract-frames, clean and export through `dvc repro`, local then on the cluster."""
     proj = make_project(

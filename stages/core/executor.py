@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import shlex
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +36,7 @@ ENV = "DSREPO_EXECUTOR"
 ENV_OVERRIDES = "DSREPO_EXECUTOR_OVERRIDES"
 SITE = "site"
 PROBE = ".dsrepo-visible-"
+PROBE_TIMEOUT = 30.0  # seconds a worker may take to read the probes (NFS can be slow, not stuck)
 WATCH = 5.0  # seconds between checks that the cluster still has workers
 
 
@@ -171,25 +173,43 @@ def KilledWorker_() -> type:  # noqa: N802 - reads as the exception class it ret
     return KilledWorker
 
 
-def _missing(probes: list[tuple[str, str]], sizes: list[tuple[str, int]]) -> list[str]:
+def _reads(path: str, token: str) -> bool:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read() == token
+    except OSError:
+        return False
+
+
+def _sized(path: str, size: int) -> bool:
+    try:
+        return os.path.getsize(path) == size
+    except OSError:
+        return False
+
+
+def _into(box: list, fn: Callable, args) -> None:
+    box.append(fn(*args))
+
+
+def _missing(
+    probes: list[tuple[str, str]], sizes: list[tuple[str, int]], timeout: float = PROBE_TIMEOUT
+) -> list[str]:
     """Return the directories (of probe files) and files this worker does not see as the
-    driver does."""
-    out = []
-    for path, token in probes:
-        try:
-            with open(path, encoding="ascii") as fh:
-                if fh.read() == token:
-                    continue
-        except OSError:
-            pass
-        out.append(os.path.dirname(path))
-    for path, size in sizes:
-        try:
-            if os.path.getsize(path) == size:
-                continue
-        except OSError:
-            pass
-        out.append(path)
+    driver does; stop at the first that gives no answer within `timeout` (a hung mount)."""
+    checks = [(os.path.dirname(p), _reads, p, t) for p, t in probes]
+    checks += [(p, _sized, p, n) for p, n in sizes]
+    end, out = time.monotonic() + timeout, []
+    for shown, check, *args in checks:
+        answer: list[bool] = []
+        # A daemon thread: a read stuck in the kernel cannot be interrupted, only abandoned.
+        probe = threading.Thread(target=_into, args=(answer, check, args), daemon=True)
+        probe.start()
+        probe.join(max(0.0, end - time.monotonic()))
+        if not answer:
+            return [*out, f"{shown} (no answer within {timeout:g} s: a hung mount?)"]
+        if not answer[0]:
+            out.append(shown)
     return out
 
 
