@@ -104,9 +104,7 @@ def probe_shard(task: ProbeTask) -> list[tuple[tuple[tuple[int, int], bytes | No
             raise StoreError(f"{row.item_id}: undecodable in the clean store: run it again")
         return info, digest(row, data)
 
-    if task.threads > 1:
-        return list(pmap(one, task.rows, workers=task.threads))
-    return [one(row) for row in task.rows]
+    return list(pmap(one, task.rows, workers=task.threads))
 
 
 def probe(

@@ -137,9 +137,7 @@ def _transformed(task: ShardTask, rows) -> list:
     def one(r: Row):
         return transform(read_payload(r.shard, r), r, task.cfg)
 
-    if task.threads > 1:
-        return list(pmap(one, rows, workers=task.threads))
-    return [one(r) for r in rows]
+    return list(pmap(one, rows, workers=task.threads))
 
 
 def image_shard(task: ShardTask) -> ShardDone:

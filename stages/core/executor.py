@@ -278,10 +278,6 @@ class DaskExecutor(Executor):
         self.items_per_task = cfg.items_per_task
         self._stack = contextlib.ExitStack()  # what a cluster started here needs, until close
         if client is None:
-            # Read when the scheduler starts and each time a nanny (re)starts a worker, so they
-            # stay set while the run's cluster lives; an external scheduler keeps its own
-            # (DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES).
-            self._stack.enter_context(_settings(cfg))
             with _reaching(cfg):
                 if cfg.address:
                     client = Client(cfg.address, timeout=cfg.wait_timeout)
@@ -290,6 +286,10 @@ class DaskExecutor(Executor):
                 elif cfg.cluster:
                     from hydra.utils import instantiate
 
+                    # Read when its scheduler starts, so held while it lives (as local_cluster
+                    # does); an external scheduler keeps its own
+                    # (DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES).
+                    self._stack.enter_context(_settings(cfg))
                     self.cluster = instantiate(cfg.cluster, _convert_="all")
                     if cfg.adapt:
                         self.cluster.adapt(**cfg.adapt)

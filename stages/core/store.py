@@ -409,7 +409,7 @@ def write_store(
     from stages.core.executor import LocalExecutor
 
     out_dir = Path(out_dir)
-    (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)  # as before: always present
+    (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)  # present even if none is packed
     rows = sorted(rows, key=layout_key(rank))
     packed, members = [], []
     for row in rows:
