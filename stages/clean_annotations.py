@@ -194,6 +194,7 @@ def clean(
     counts: Counter = Counter()
     dropped: Counter = Counter()
     counts_boxes: Counter = Counter()
+    labels_lost: Counter = Counter()  # kept items that lost a label (per class)
     rows = store.rows()
     usable = [r for r in rows if r.status == "ok"]
     for r in rows:
@@ -231,6 +232,7 @@ def clean(
             dropped["by_source"] += 1
             continue
         row.labels = sorted((lab for lab in row.labels if lab in ids), key=ids.__getitem__)
+        labels_lost.update(set(known) - set(row.labels))  # e.g. its only box was too small
         row.label_ids = [ids[lab] for lab in row.labels]
         counts_boxes.update(b["label"] for b in row.boxes)
         kept.append(row)
@@ -271,6 +273,7 @@ def clean(
         **({} if clips is None else {"clips_out": len(clips), "frames_out": len(kept)}),
         "class_ids": ids,
         "boxes_per_class": {n: counts_boxes.get(n, 0) for n in names},
+        "labels_lost": {n: labels_lost[n] for n in names if labels_lost[n]},
         "bytes": sum(r.bytes or 0 for r in kept),
         "splits": splits,
         **({} if gate is None else {"gates": gate.metrics}),
@@ -373,15 +376,39 @@ def main(argv: list[str] | None = None) -> int:
         write_manifest(args.out, rebase(rows, args.inp, args.out), names)
     run.finish(metrics, per_split=metrics["splits"]["classes"])
     if metrics.get("gates", {}).get("tripped"):
-        raise GateTripped(message(args.source, metrics["gates"]))
-    log.info(
-        "clean@%s: kept %d of %d (%s)",
-        args.source,
-        metrics["items_out"],
-        metrics["items_in"],
-        ", ".join(f"{k} {v}" for k, v in metrics["dropped"].items()),
-    )
+        report = run.readable_after_failure(args.gates_report or Path("plots/gates.csv"))
+        raise GateTripped(message(args.source, metrics["gates"], f"{report} and its PNG sheet"))
+    log.info("clean@%s: %s", args.source, explain(metrics, run.section("clean").min_box_size))
     return 0
+
+
+def explain(metrics: dict, min_box_size: float) -> str:
+    """Say what clean kept and why anything was dropped: items, boxes, labels."""
+    parts = [f"kept {metrics['items_out']} of {metrics['items_in']} items"]
+    if metrics["dropped"]:
+        parts[0] += " (dropped: " + ", ".join(f"{k} {v}" for k, v in metrics["dropped"].items())
+        parts[0] += ")"
+    if metrics.get("boxes_in"):
+        why = {
+            "boxes_dropped_degenerate": f"under clean.min_box_size {min_box_size:g} px",
+            "boxes_dropped_invalid": "not finite",
+        }
+        lost = [f"{metrics[k]} {text}" for k, text in why.items() if metrics.get(k)]
+        parts.append(
+            f"{metrics['boxes_out']} of {metrics['boxes_in']} boxes"
+            + (f" (dropped: {', '.join(lost)})" if lost else "")
+            + (
+                f", {metrics['boxes_clamped']} clamped into the image"
+                if metrics["boxes_clamped"]
+                else ""
+            )
+        )
+    if metrics.get("labels_lost"):
+        parts.append(
+            "labels lost with their boxes: "
+            + ", ".join(f"{k} {v}" for k, v in metrics["labels_lost"].items())
+        )
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

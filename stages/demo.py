@@ -1,13 +1,17 @@
-"""Offline demo: stand-in LILA server, `dvc repro`, `dvc push`, per-class summary."""
+"""Offline demo: stand-ins for every source, `dvc repro`, `dvc push`, per-class summary;
+`serve` keeps the stand-ins up afterwards for experiments (`make serve`)."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -84,25 +88,33 @@ def dvc(*args: str) -> None:
     subprocess.run([shutil.which("dvc") or "dvc", *args], cwd=ROOT, check=True)
 
 
+def report(source: str, stage: str) -> dict:
+    """Return a stage's report (everything it counted), or {} if it has not run."""
+    path = ROOT / "data" / source / "reports" / f"{stage}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def summary_table() -> str:
-    """Return a per-class table of the built dataset from the stage metrics."""
+    """Return a per-class table of the built dataset from the stage reports."""
+    from stages.clean_annotations import explain
+
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     lines = []
     for source in params["sources"]:
-        m = {}
-        for stage in ("fetch", "clean", "export"):
-            path = ROOT / "data" / source / "metrics" / f"{stage}.json"
-            m[stage] = json.loads(path.read_text()) if path.exists() else {}
+        m = {stage: report(source, stage) for stage in ("fetch", "clean", "export")}
         sel = m["fetch"].get("selection", {})
-        head = f"{'class':<24}{'available':>10}{'selected':>10}{'fetched':>10}{'clean':>8}"
-        head += f"{'exported':>10}"
-        lines += [f"source {source}: {sel.get('dataset', '')}", head, "-" * len(head)]
         fetched = m["fetch"].get("classes", {})
+        # Sources without a selection step select what they fetch. A cap bounds the items
+        # picked for a class; items picked for another class may carry its label too.
+        picked, labelled = sel.get("picked", fetched), sel.get("selected", fetched)
+        head = f"{'class':<24}{'available':>10}{'picked':>8}{'selected':>10}{'fetched':>10}"
+        head += f"{'clean':>8}{'exported':>10}"
+        lines += [f"source {source}: {sel.get('dataset', '')}", head, "-" * len(head)]
         for name in params["sources"][source].get("classes") or fetched:
-            lines.append(  # sources without a selection step select what they fetch
+            lines.append(
                 f"{name:<24}{sel.get('available', fetched).get(name, 0):>10}"
-                f"{sel.get('selected', fetched).get(name, 0):>10}"
-                f"{m['fetch']['classes'].get(name, 0):>10}"
+                f"{picked.get(name, 0):>8}{labelled.get(name, 0):>10}"
+                f"{fetched.get(name, 0):>10}"
                 f"{m['clean'].get('classes', {}).get(name, 0):>8}"
                 f"{m['export'].get('classes', {}).get(name, 0):>10}"
             )
@@ -113,10 +125,16 @@ def summary_table() -> str:
             f"in {m['export'].get('shards', 0)} npz shard(s), "
             f"{m['fetch'].get('bytes', 0) / 1e6:.1f} MB fetched"
         )
+        if m["fetch"].get("reasons"):
+            lines.append(
+                "not fetched: " + ", ".join(f"{k} {v}" for k, v in m["fetch"]["reasons"].items())
+            )
+        if "items_in" in m["clean"]:
+            lines.append(f"clean: {explain(m['clean'], params['clean']['min_box_size'])}")
+    lines += ["", "(selected: items with the label; picked: chosen for it, what a cap bounds)"]
     lines += ["", f"{'splits (items)':<24}" + "".join(f"{n:>10}" for n in params["split"]["names"])]
     for source in params["sources"]:
-        path = ROOT / "data" / source / "metrics" / "clean.json"
-        splits = json.loads(path.read_text()).get("splits") if path.exists() else None
+        splits = report(source, "clean").get("splits")
         if splits:  # sources whose clean stage assigns splits
             lines.append(
                 f"{source:<24}"
@@ -130,8 +148,7 @@ def summary_table() -> str:
         f"{'in group':>10}{'dropped':>9}  (max distance {gates['max_distance']} bits)",
     ]
     for source in params["sources"]:
-        path = ROOT / "data" / source / "metrics" / "clean.json"
-        g = json.loads(path.read_text()).get("gates") if path.exists() else None
+        g = report(source, "clean").get("gates")
         if g:
             t = g["totals"]
             state = (
@@ -143,10 +160,7 @@ def summary_table() -> str:
             )
     lines.append("(report: data/<source>/plots/gates.csv, contact sheet: gates.png)")
     for source in params.get("import_sources") or {}:
-        imp, lab = (
-            json.loads((ROOT / "data" / source / "metrics" / f"{s}.json").read_text())
-            for s in ("import", "labels")
-        )
+        imp, lab = report(source, "import"), report(source, "labels")
         target = params["sources"][source]["import_to"]["target"]
         lines.append(
             f"import@{source}: {imp['files']} files to {target} ({imp['shards']} shard(s), "
@@ -154,38 +168,83 @@ def summary_table() -> str:
             f"labels on {lab['files_labelled']} files -> data/{source}/labels/labels.json, "
             ".csv, .xml"
         )
+    lines += ["", "Metrics (headline numbers): data/<source>/metrics/; all counts: reports/."]
     return "\n".join(lines)
 
 
-def main() -> int:
-    """Build the demo dataset end to end and push it."""
-    DEMO.mkdir(exist_ok=True)
-    os.environ.setdefault("DSREPO_CACHE_DIR", str(DEMO / "cache"))
-    os.environ["TATOR_TOKEN"] = DEMO_TATOR_TOKEN
-    os.environ["FIGURE_EIGHT_KEY"] = DEMO_FIGURE8_KEY
+def write_inputs() -> None:
+    """Write the local-input sources' folders (deterministic) and track them with DVC."""
     # Sources of local files read data/<source>/input: the video folder's cameras, and the
-    # raw frames and pre-annotation logs of the Figure Eight job.
-    for module, command, folder in (
-        ("standins.video", "folder", "data/videodir/input"),
-        ("standins.figure8", "input", "data/figure8/input"),
-    ):
+    # raw frames and pre-annotation logs of the Figure Eight job. Their .dvc files are
+    # committed; `dvc add` puts the bytes in DVC's cache so `dvc push` sends them too.
+    for module, command, folder in INPUTS:
         subprocess.run(
             [sys.executable, "-m", module, command, "--root", folder], cwd=ROOT, check=True
         )
+    dvc("add", "--quiet", *(folder for _, _, folder in INPUTS))
+
+
+INPUTS = (
+    ("standins.video", "folder", "data/videodir/input"),
+    ("standins.figure8", "input", "data/figure8/input"),
+)
+
+
+@contextlib.contextmanager
+def standins():
+    """Run every stand-in on the port its source's conf names, from the state in .demo/."""
     servers = []
     try:
         for spec in STANDINS:
             servers.append(start_standin(*spec))
-        dvc("repro")
-        dvc("push")
+        yield servers
     finally:
         for server in servers:
             server.send_signal(signal.SIGTERM)
         for server in servers:
             server.wait(timeout=10)
+
+
+def build() -> int:
+    """Build the demo dataset end to end and push it."""
+    DEMO.mkdir(exist_ok=True)
+    os.environ.setdefault("DSREPO_CACHE_DIR", str(DEMO / "cache"))
+    os.environ["TATOR_TOKEN"] = DEMO_TATOR_TOKEN
+    os.environ["FIGURE_EIGHT_KEY"] = DEMO_FIGURE8_KEY
+    write_inputs()
+    with standins():
+        dvc("repro")
+        dvc("push")
     print()
     print(summary_table())
     return 0
+
+
+def serve() -> int:
+    """Serve every stand-in until Ctrl-C, for `dvc exp run` and `dvc repro` after the demo."""
+    DEMO.mkdir(exist_ok=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with standins():
+        print(
+            "\nThe stand-ins accept these secrets; in another shell, before `dvc exp run`:\n"
+            f"  export TATOR_TOKEN={DEMO_TATOR_TOKEN} FIGURE_EIGHT_KEY={DEMO_FIGURE8_KEY}\n"
+            "Ctrl-C stops them.",
+            flush=True,
+        )
+        while not stop.wait(1.0):  # a plain wait() may not wake for a signal handler
+            pass
+    print("stand-ins stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the demo (no argument) or serve its stand-ins (`serve`)."""
+    ap = argparse.ArgumentParser(prog="python -m stages.demo", description=__doc__)
+    ap.add_argument("command", nargs="?", choices=["build", "serve"], default="build")
+    args = ap.parse_args(argv)
+    return serve() if args.command == "serve" else build()
 
 
 if __name__ == "__main__":

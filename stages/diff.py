@@ -188,11 +188,11 @@ def picture(root: Path, result: dict, a: Revision, b: Revision, stage: str) -> b
         rev, out_dir, _ = where[id(row)]
         return payload(root, rev, out_dir, row, opened)
 
-    def caption(row: Row) -> str:
+    def caption(row: Row) -> tuple[str, str]:
         c = where[id(row)][2]
         if "relabelled" in c.kinds:
-            return f"{c.item_id[-22:]}\n{','.join(c.a.labels)} -> {','.join(c.b.labels)}"
-        return f"{c.item_id[-22:]}\n{','.join(row.labels) or '-'}"
+            return c.item_id, f"{', '.join(c.a.labels) or '-'} -> {', '.join(c.b.labels) or '-'}"
+        return c.item_id, ", ".join(row.labels) or "-"
 
     return gallery([(t, rs) for t, rs in sections if rs], read, caption)
 

@@ -151,7 +151,8 @@ def plan_and_download(
         plan = source.plan(cfg, ctx)
         pending = [r for r in plan.rows if r.status == "pending"]
         if previous is not None and not dl.cfg.refresh:
-            reused = reuse_previous(dl, pending, previous_payloads(previous))
+            earlier = previous_payloads(previous, f"fetch@{source.name}")
+            reused = reuse_previous(dl, pending, earlier)
             if reused:
                 log.info("fetch@%s: %d item(s) taken from the previous build", source.name, reused)
         results = source.download(cfg, pending, ctx)
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     transient = metrics["failed"]
     if transient and not fetch_cfg.allow_transient_failures:
         raise TransientFailures(
-            f"{transient} item(s) failed transiently (see {args.metrics}); "
+            f"{transient} item(s) failed transiently (reasons: "
+            f"{run.readable_after_failure(args.report or args.metrics)}); "
             "re-run `dvc repro` to resume: finished downloads are kept"
         )
     return 0

@@ -14,6 +14,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,11 @@ class Job:
             path = Path(root) / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.is_file() or path.read_bytes() != data:
-                path.write_bytes(data)
+                # A new file, renamed into place: the old one may be a hard link into DVC's
+                # cache (a tracked input), which writing in place would change too.
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
 
     def report_rows(self, base: str) -> list[dict]:
         """Return the full report's rows, annotation URLs under `base` (the stand-in)."""

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,16 @@ class Project:
         """Run git."""
         return git(self.path, *args)
 
+    def wait_for_queue(self, timeout: float = 420) -> str:
+        """Wait until `dvc queue` runs nothing and holds nothing queued; return its status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.dvc("queue", "status").stdout
+            if not any(word in status for word in ("Queued", "Running")):
+                return status
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+
     def set_conf(self, rel: str, old: str, new: str) -> None:
         """Edit a conf file by exact text replacement."""
         p = self.path / rel
@@ -203,12 +214,22 @@ def make_project(
         generate_job().write_inputs(dest / "data" / "figure8" / "input")
     for name in disable:
         proj.set_conf(f"conf/source/{name}.yaml", "enabled: true", "enabled: false")
+    # The local-input sources' folders are tracked by committed .dvc files: a project without
+    # the source has no folder to track, one with it puts the folder in its DVC cache.
+    inputs = []
+    for name, on in (("videodir", kinetics_url), ("figure8", figure8_url)):
+        if on is None or name in disable:
+            (dest / "data" / name / "input.dvc").unlink(missing_ok=True)
+        else:
+            inputs.append(f"data/{name}/input")
     # A changed set of sources makes compose ask for a second run (DVC re-expands stages).
     proj.run(sys.executable, "-m", "stages.compose", "params.yaml", "--force", check=False)
     proj.compose()
     git(dest, "init", "-q", "-b", "main")
     if remote is not None:
         proj.dvc("remote", "add", "-f", "-d", "local", str(remote))
+    if inputs:
+        proj.dvc("add", "--quiet", *inputs)
     git(dest, "add", "-A")
     git(dest, "commit", "-qm", "init")
     return proj
@@ -257,3 +278,69 @@ def dask_client():
     with local_cluster(load_conf(ROOT / "conf", env)) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
         yield client
+
+
+BUILT_TOKEN = "built-token-5ecret"  # both Tator stand-ins (fetch and import) accept it
+BUILT_KEY = "built-key-5ecret"  # the Figure Eight stand-in's key
+
+
+class Built:
+    """A project whose five sources are built by `dvc repro`, pushed and committed once per
+    session, with the stand-ins it was built from still serving (tests read it or clone it;
+    none changes it)."""
+
+    def __init__(self, project: Project, remote: Path):
+        self.project, self.remote = project, remote
+        self.path = project.path
+
+    def clone(self, dest: Path, cache: Path | None = None, pull: bool = True) -> Project:
+        """Return a teammate's clone: `git clone`, the same remote, `dvc pull`."""
+        git(dest.parent, "clone", "-q", str(self.path), str(dest))
+        # What `make .venv` builds in a clone: the plots page template (git-ignored).
+        page = Path(".dvc", "plots-page", "template.html")
+        shutil.copyfile(ROOT / page, dest / page)
+        proj = Project(dest, cache or dest.parent / f"{dest.name}-cache")
+        proj.env.update(TATOR_TOKEN=BUILT_TOKEN, FIGURE_EIGHT_KEY=BUILT_KEY)
+        if pull:
+            proj.dvc("pull", "--quiet")
+        return proj
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Built:
+    """Every source built as `make demo` builds it (the same generated data), against
+    stand-ins serving all session."""
+    from stages.demo import N_IMAGES
+    from standins.figure8 import Figure8Standin
+    from standins.kinetics import KineticsStandin
+    from standins.kinetics import generate as generate_kinetics
+    from standins.tator import TatorStandin, empty
+    from standins.tator import generate as generate_tator
+
+    tmp = tmp_path_factory.mktemp("built")
+    generate_dataset(tmp / "lila", n_images=N_IMAGES, seed=0)
+    generate_kinetics(tmp / "kinetics")
+    with (
+        LilaStandin(tmp / "lila") as lila,
+        KineticsStandin(tmp / "kinetics") as kinetics,
+        TatorStandin(generate_tator(n_media=6), token=BUILT_TOKEN) as tator,
+        Figure8Standin(key=BUILT_KEY) as figure8,
+        TatorStandin(empty(), token=BUILT_TOKEN) as into,
+    ):
+        into.stable_ids = into.annotate = True
+        proj = make_project(
+            tmp / "repo",
+            tmp / "cache",
+            lila.index_url,
+            tmp / "remote",
+            kinetics_url=kinetics.url,
+            tator_url=tator.url,
+            figure8_url=figure8.url,
+            import_url=into.url,
+        )
+        proj.env.update(TATOR_TOKEN=BUILT_TOKEN, FIGURE_EIGHT_KEY=BUILT_KEY)
+        proj.dvc("repro")
+        proj.dvc("push", "--quiet")
+        proj.git("add", "-A")
+        proj.git("commit", "-qm", "build")
+        yield Built(proj, tmp / "remote")

@@ -1,6 +1,7 @@
 """One download cache shared by concurrent runs: packed objects go only when no run needs them."""
 
 import hashlib
+import json
 
 from stages.net.sharing import CacheUsers
 
@@ -105,3 +106,35 @@ def test_only_previous_payloads_that_match_their_sha256_are_reused(tmp_path):
         assert not list((tmp_path / "cache" / "tmp").iterdir())
     finally:
         dl.close()
+
+
+def test_a_first_build_is_said_plainly_and_a_damaged_one_apart(tmp_path, caplog):
+    from dvc.repo import Repo
+
+    from stages.pipeline.previous import previous_payloads
+
+    Repo.init(str(tmp_path), no_scm=True).close()
+    out = tmp_path / "data" / "x" / "fetch"  # DVC deleted it before running the stage
+    first = "fetch@x: first build of data/x/fetch (no earlier build in DVC's cache)"
+    with caplog.at_level("INFO", logger="stages.pipeline.previous"):
+        assert previous_payloads(out, "fetch@x") == {}  # no dvc.lock at all
+        md5 = "0123456789abcdef0123456789abcdef.dir"
+        lock = {
+            "schema": "2.0",
+            "stages": {"fetch@x": {"outs": [{"path": "data/x/fetch", "md5": md5}]}},
+        }
+        (tmp_path / "dvc.lock").write_text(json.dumps(lock))  # JSON is YAML
+        assert previous_payloads(out, "fetch@x") == {}  # recorded, but not in DVC's cache
+    ours = [r for r in caplog.records if r.name == "stages.pipeline.previous"]
+    assert [r.getMessage() for r in ours] == [first, first]
+    assert all(r.levelname == "INFO" and ".dvc" not in r.getMessage() for r in ours)
+    caplog.clear()
+    listing = tmp_path / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    listing.parent.mkdir(parents=True)
+    listing.write_text("[{not json")
+    with caplog.at_level("INFO", logger="stages.pipeline.previous"):
+        assert previous_payloads(out, "fetch@x") == {}
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "first build" not in record.getMessage()
+    assert record.getMessage().startswith("fetch@x: the earlier build of data/x/fetch in DVC's")
+    assert "damaged" in record.getMessage() and ".dvc" not in record.getMessage()

@@ -58,10 +58,85 @@ def schemas():
         seen.append(cls)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            kind = hints[f.name]
-            if dataclasses.is_dataclass(kind):
-                todo.append(kind)
+            todo += [k for k in nested_types(hints[f.name]) if dataclasses.is_dataclass(k)]
     return seen
+
+
+def nested_types(kind):
+    """A type and every type inside it (Optional[X], list[X], dict[str, X], ...)."""
+    yield kind
+    for arg in typing.get_args(kind):
+        yield from nested_types(arg)
+
+
+def test_every_setting_is_explained_in_its_schema():
+    """`dvc exp run -S` may drop conf/'s comment lines: each explanation lives in a schema."""
+    unexplained = []
+    for cls in schemas():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            if typing.get_origin(kind) is typing.Union:  # Optional[X]
+                kind = next(k for k in typing.get_args(kind) if k is not type(None))
+            section = dataclasses.is_dataclass(kind)  # its leaves are checked, not itself
+            if not section and not str(f.metadata.get("doc") or "").strip():
+                unexplained.append(f"{cls.__module__}.{cls.__name__}.{f.name}")
+    assert not unexplained, f"settings without an explanation (setting(doc)): {unexplained}"
+
+
+def test_explain_lists_each_setting_with_its_type_value_and_meaning(capsys):
+    from stages.compose import main
+
+    assert main(["--conf", str(CONF), "--explain", "sources.lila.fetch"]) == 0
+    out = capsys.readouterr().out
+    heads = [line for line in out.splitlines() if line and not line.startswith(" ")]
+    fetch_schema = typing.get_type_hints(sources.load("lila").schema)["fetch"]
+    declared = [f.name for f in dataclasses.fields(fetch_schema)]
+    assert [h.split(":")[0] for h in heads] == [f"sources.lila.fetch.{n}" for n in declared]
+    assert "sources.lila.fetch.cap: int or null = null\n    Default cap on images per class" in out
+    assert "sources.lila.fetch.cloud: one of gcp, aws, azure = gcp\n" in out
+    main(["--conf", str(CONF), "--explain", "split"])
+    out = capsys.readouterr().out
+    assert out.startswith("split.names: list of str = [train, val, test]\n    Split names")
+    assert "fetch.workers" not in out and "on_empty_class" in out
+    main(["--conf", str(CONF), "--explain", "sources.videodir.frames.cameras"])
+    assert "sources.videodir.frames.cameras.*.fps: float or null = {lobby: null}" in (
+        capsys.readouterr().out
+    )
+
+
+def test_an_unknown_explain_prefix_is_one_error_line_with_close_matches():
+    import subprocess
+    import sys
+
+    argv = ["--conf", str(CONF), "--explain", "sources.lila.fetc"]
+    run = subprocess.run(
+        [sys.executable, "-m", "stages.compose", *argv], cwd=ROOT, capture_output=True, text=True
+    )
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        "error: no setting is named or starts with 'sources.lila.fetc'; did you mean "
+        "sources.lila.fetch or sources.lila.fetch.cap or sources.lila.fetch.seed?"
+    ]
+
+
+@pytest.mark.parametrize(
+    "rel, old, new, explanation",
+    [
+        ("fetch/default.yaml", "retries: 5", "retires: 5", "max_redirects? retries: Extra"),
+        ("fetch/default.yaml", "workers: 16", "workers: many", "Integer. workers: Transfers in"),
+        ("source/lila.yaml", "  seed: 0 ", "", "not set. seed: Seeds the hash that ranks images"),
+        ("source/videodir.yaml", "      fps: null", "      fps: fast", "fps: This camera's fr"),
+        ("source/lila.yaml", "    empty: 8", "    empty: lots", "Integer. caps: Per-class caps"),
+    ],
+    ids=["typo", "type", "missing", "mapping-of-sections", "mapping-entry"],
+)
+def test_an_error_about_a_key_says_what_the_key_sets(tmp_path, rel, old, new, explanation):
+    conf = copy_conf(tmp_path)
+    edit(conf, rel, old, new)
+    with pytest.raises(ConfigError) as err:
+        compose(conf)
+    assert explanation in str(err.value) and "\n" not in str(err.value)
 
 
 def test_every_default_lives_in_conf_only():
@@ -179,6 +254,28 @@ def edit(conf: Path, rel: str, old: str, new: str) -> None:
             "  interpolation: lanczos",
             r"sources.kinetics.frames.interpolation",
         ),
+        # Refuted by the conf alone, so at compose rather than when a stage reaches them.
+        (
+            "source/lila.yaml",
+            "null        # name of an env var holding an Azure SAS token (never the token itself)\n"
+            "  sas_token_origins:         # the only origins that token is ever sent to\n"
+            "    - https://lilawildlife.blob.core.windows.net",
+            "LILA_SAS\n  sas_token_origins: []",
+            r"sas_token_origins is empty: a token needs the origins",
+        ),
+        (
+            "source/figure8.yaml",
+            "samples_to_drop: []",
+            "samples_to_drop: [x_00_y_01, position 3]",
+            r"samples_to_drop: \['position 3'\] name no position",
+        ),
+        (
+            "split/default.yaml",
+            "[train, val, test]",
+            "[train, val, dropped]",
+            r"names \['dropped'\]",
+        ),
+        ("source/lila.yaml", "  - cougar\n", "  - {cougar: 1}\n", r"classes must list class names"),
     ],
     ids=[
         "typo",
@@ -196,6 +293,10 @@ def edit(conf: Path, rel: str, old: str, new: str) -> None:
         "export-frames",
         "input-root",
         "interpolation",
+        "token-without-origins",
+        "drop-name",
+        "split-name",
+        "class-mapping",
     ],
 )
 def test_bad_conf_fails_at_compose_with_the_key_path(tmp_path, rel, old, new, message):
@@ -203,6 +304,34 @@ def test_bad_conf_fails_at_compose_with_the_key_path(tmp_path, rel, old, new, me
     edit(conf, rel, old, new)
     with pytest.raises(ConfigError, match=message):
         compose(conf)
+
+
+def conf_files():
+    """Every file `dvc exp run -S conf/...:key=value` may rewrite (the executor is not params)."""
+    return [p for p in sorted(CONF.rglob("*.yaml")) if p.relative_to(CONF).parts[0] != "executor"]
+
+
+@pytest.mark.parametrize("path", conf_files(), ids=lambda p: p.relative_to(CONF).as_posix())
+def test_a_conf_file_rewritten_by_dvc_exp_run_set_param_composes_the_same(tmp_path, path):
+    """`-S file:key=value` goes through dvc.utils.hydra.apply_overrides, which rewrites the file
+    with DVC's YAML dump (modify_yaml): comment lines between keys, list indents and `null`
+    may change, the settings may not."""
+    from dvc.utils.hydra import apply_overrides
+
+    from stages.core.itemdiff import flatten
+    from stages.pipeline.compose import override_value
+
+    conf = copy_conf(tmp_path)
+    rel = path.relative_to(CONF)
+    leaves = flatten(yaml.safe_load(path.read_text()))
+    key = next((k for k in leaves if "." in k), next(iter(leaves)))  # a nested key if any
+    apply_overrides(conf / rel, [f"{key}={override_value(leaves[key])}"])
+    assert compose(conf) == compose(CONF)
+    if rel.as_posix() == "source/lila.yaml":  # and a real change changes that key only
+        apply_overrides(conf / rel, ["fetch.cap=7"])
+        want = compose(CONF)
+        want["sources"]["lila"]["fetch"]["cap"] = 7
+        assert compose(conf) == want
 
 
 def test_disabled_sources_are_left_out_but_still_checked(tmp_path):
@@ -262,6 +391,37 @@ def test_hand_edit_of_params_is_detected(tmp_path):
         write_params(conf, params)
     assert write_params(conf, params, force=True)
     assert yaml.safe_load(params.read_text())["export"]["height"] == 96
+
+
+def test_a_hand_edit_is_answered_with_the_conf_keys_to_set(tmp_path, monkeypatch):
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S key=value` runs
+
+    monkeypatch.chdir(tmp_path)
+    conf = copy_conf(tmp_path)
+    # The shared group's file comes from config.yaml's defaults list, whatever its name.
+    shutil.copy(conf / "fetch" / "default.yaml", conf / "fetch" / "fast.yaml")
+    edit(conf, "config.yaml", "  - fetch: default", "  - fetch: fast")
+    params = tmp_path / "params.yaml"
+    write_params(Path("conf"), params)
+    text = params.read_text()
+    sets = [
+        "sources.lila.fetch.cap=2",
+        "fetch.workers=3",
+        "sources.lila.classes=[mule deer,cougar]",
+    ]
+    apply_overrides(params, sets)
+    with pytest.raises(ConfigError, match="edited by hand") as err:
+        write_params(Path("conf"), params)
+    message = str(err.value)
+    assert "-S 'conf/source/lila.yaml:fetch.cap=2'" in message
+    assert "-S 'conf/fetch/fast.yaml:workers=3'" in message
+    assert "-S 'conf/source/lila.yaml:classes=[mule deer, cougar]'" in message
+    assert "fetch.cap=7" not in message
+    # A change no conf key holds (a derived section) gets the generic form.
+    params.write_text(text)
+    apply_overrides(params, ["pipeline.lila.input=elsewhere"])
+    with pytest.raises(ConfigError, match=r"-S conf/<group>/<file>.yaml:key=value"):
+        write_params(Path("conf"), params)
 
 
 def test_stage_entries_refuse_stale_params(tmp_path):

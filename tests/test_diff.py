@@ -10,9 +10,11 @@ import json
 import sys
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from stages.core.gallery import THUMB, default_caption, layout
 from stages.core.gallery import draw as gallery
+from stages.core.gallery import font as gallery_font
 from stages.core.itemdiff import compare, params_diff
 from stages.core.store import Row, Store
 from stages.pipeline.revisions import Revision, payload
@@ -90,6 +92,34 @@ def test_gallery_tiles_survive_bad_boxes_and_missing_payloads(tmp_path):
         assert im.format == "PNG"
     png2 = gallery([("deer", [odd, gone])], lambda r: 1 / 0)  # a reader that fails
     assert png2.startswith(b"\x89PNG")
+
+
+def test_gallery_captions_fit_their_cells_and_keep_the_id_end():
+    long_id = "camera_trap_site_042_deployment_2023-06-01_media_7731_000042"
+    labels = ["odocoileus hemionus hemionus", "california quail", "a_label_with_no_spaces_at_all"]
+    many = row(long_id, labels)
+    sections = [("deer", [many, *(row(f"i{k}") for k in range(6))]), ("cougar", [row("c")])]
+    font = gallery_font()
+    bands = layout(sections, default_caption, font)
+    pen = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for band, after in zip(bands, bands[1:], strict=False):
+        assert band.top + band.height <= after.top  # bands never overlap
+    for band in bands:
+        for cell in band.cells:
+            for x, y, text in cell.lines:
+                left, top, right, bottom = pen.textbbox((x, y), text, font=font)
+                assert cell.x <= left and right <= cell.x + THUMB, text
+                assert cell.y + THUMB <= top and bottom <= cell.y + THUMB + band.caption, text
+                assert bottom <= band.top + band.height
+    first = bands[0].cells[0]
+    lines = [t for _, _, t in first.lines]
+    assert lines[0].startswith("camera_") and lines[0].endswith("_000042") and "…" in lines[0]
+    assert len(lines) > 3 and "".join(lines[1:]).replace(" ", "") == ",".join(labels).replace(
+        " ", ""
+    )  # every label written, none cut
+    assert bands[0].caption > bands[1].caption  # each band as tall as its own captions
+    png = gallery(sections, lambda r: None)
+    assert png == gallery(sections, lambda r: None)
 
 
 def test_a_workspace_manifest_never_reads_outside_the_project(tmp_path):

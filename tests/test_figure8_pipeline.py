@@ -39,14 +39,14 @@ def test_sigkill_mid_fetch_then_rerun_is_byte_identical(tmp_path, figure8):
     parts = sorted((data / "npz").glob("*/3D_example_part_*.npz"))
     with np.load(parts[0], allow_pickle=False) as npz:
         assert npz["X"].shape[1:] == (4, 56, 76, 1) and npz["y"].dtype == np.int32
-    metrics = json.loads((data / "metrics/fetch.json").read_text())
+    metrics = json.loads((data / "reports/fetch.json").read_text())
     assert metrics["selection"]["broken_links"] == 1 and metrics["missing"] == 1
     assert (data / "fetch/job_1363594_reupload.csv").read_text().count("\n") == 2
     assert (data / "plots/sheet.png").read_bytes().startswith(b"\x89PNG")
     series = json.loads((data / "plots/series.json").read_text())
     assert sum(r["frames"] for r in series) == 28
     # The key is in the environment only.
-    for rel in ("params.yaml", "dvc.lock", "data/figure8/metrics/fetch.json"):
+    for rel in ("params.yaml", "dvc.lock", "data/figure8/reports/fetch.json"):
         assert KEY not in (ref.path / rel).read_text()
 
     proj = figure8_project(tmp_path / "crash", tmp_path / "crash-cache", figure8)

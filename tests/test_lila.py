@@ -236,6 +236,21 @@ def test_per_class_caps_and_unknown_cap_names():
         cfg(caps={"moose": 1})
 
 
+def test_a_cap_bounds_the_picks_while_other_picks_may_carry_the_label():
+    # Every mule deer image (category 1) also shows a cougar: cougar images picked for
+    # mule deer carry the cougar label beyond cougar's own cap.
+    both = [{"id": f"b{i}", "image_id": f"img{i:04d}", "category_id": 2} for i in range(1, 80, 4)]
+    sel = sel_of(doc(80, extra_ann=both), cap=5)
+    assert sel.stats["picked"] == {"mule deer": 5, "cougar": 5, "wild turkey": 5, "empty": 5}
+    assert sel.stats["selected"]["cougar"] > 5
+    assert sel.stats["selected"]["cougar"] <= 10
+    assert {k: v for k, v in sel.stats["selected"].items() if k != "cougar"} == {
+        "mule deer": 5,
+        "wild turkey": 5,
+        "empty": 5,
+    }
+
+
 def test_byte_budget_stops_selection_fairly():
     sel = sel_of(doc(80), byte_budget=1000, est_bytes_per_image=100)
     assert len(sel.order) == 10

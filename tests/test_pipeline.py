@@ -41,15 +41,18 @@ def test_build_push_clone_pull(project, tmp_path, standin_root):
     proc = project.dvc("repro")
     assert ran(proc) == ["clean-annotations@lila", "compose", "export-npz@lila", "fetch@lila"]
     data = project.path / "data" / "lila"
-    fetch = json.loads((data / "metrics" / "fetch.json").read_text())
+    fetch = json.loads((data / "reports" / "fetch.json").read_text())
     assert fetch["ok"] == fetch["items"] > 0 and fetch["failed"] == 0
+    # The metrics file holds the headline numbers, named under the source.
+    headline = json.loads((data / "metrics" / "fetch.json").read_text())
+    assert headline == {"lila": {"fetched": fetch["ok"], "failed": 0, "missing": 0, "corrupt": 0}}
     # Every fetched payload is the byte-identical source file.
     files = json.loads((standin_root / "_datasets.json").read_text())[0]["files"]
     store = Store(data / "fetch")
     for row, payload in store.iter_payloads():
         rel = "nacti-unzipped/" + row.meta["file_name"]
         assert hashlib.sha256(payload).hexdigest() == files[rel] == row.sha256
-    clean = json.loads((data / "metrics" / "clean.json").read_text())
+    clean = json.loads((data / "reports" / "clean.json").read_text())
     shards = sorted((data / "npz").glob("*/shard-*.npz"))
     assert {p.parent.name for p in shards} == set(clean["splits"]["items"]) - {
         s for s, n in clean["splits"]["items"].items() if n == 0
@@ -99,7 +102,7 @@ def test_conf_edits_rerun_exactly_the_changed_stages(project):
         "export-npz@lila",
         "fetch@lila",
     ]
-    assert json.loads((project.path / "data/lila/metrics/fetch.json").read_text())["items"] <= 28
+    assert json.loads((project.path / "data/lila/reports/fetch.json").read_text())["items"] <= 28
     # A comment-only edit changes no setting: only compose runs.
     project.set_conf("conf/export/default.yaml", "# export-npz settings.", "# npz settings.")
     assert ran(project.dvc("repro")) == ["compose"]
@@ -117,22 +120,25 @@ def test_experiments_and_metrics(project):
     exps = [e for rev in show for e in (rev.get("experiments") or [])]
     cap3 = [e for e in exps if e.get("name") == "cap3"][0]["revs"][0]["data"]
     assert cap3["params"]["params.yaml"]["data"]["sources"]["lila"]["fetch"]["cap"] == 3
-    fetched = cap3["metrics"]["data/lila/metrics/fetch.json"]["data"]
-    # Each class contributes at most 3 picks, `empty` its own cap of 8 (conf caps.empty);
-    # multi-label images may count in two classes.
-    assert fetched["items"] <= 3 * (len(fetched["classes"]) - 1) + 8
-    assert sum(fetched["selection"]["capped"].values()) > 0
+    fetched = cap3["metrics"]["data/lila/metrics/fetch.json"]["data"]["lila"]
+    # Each of the 6 other classes contributes at most 3 picks, `empty` its own cap of 8 (conf
+    # caps.empty).
+    assert fetched["fetched"] <= 3 * 6 + 8
+    report = json.loads((project.path / "data/lila/reports/fetch.json").read_text())
+    assert sum(report["selection"]["capped"].values()) > 0
+    assert all(n <= 3 for c, n in report["selection"]["picked"].items() if c != "empty")
     # The workspace holds the experiment's results: metrics diff against the baseline.
     diff = json.loads(project.dvc("metrics", "diff", "--json").stdout)
     assert (
-        diff["data/lila/metrics/fetch.json"]["items"]["new"]
-        < diff["data/lila/metrics/fetch.json"]["items"]["old"]
+        diff["data/lila/metrics/fetch.json"]["lila.fetched"]["new"]
+        < diff["data/lila/metrics/fetch.json"]["lila.fetched"]["old"]
     )
     plots = project.dvc("plots", "diff", "--json", "HEAD").stdout
     assert "cls" in plots and "mule deer" in plots  # per-class bars, both revisions
     # Editing params.yaml directly is refused, never silently overwritten.
     bad = project.dvc("exp", "run", "-S", "sources.lila.fetch.cap=2", check=False)
     assert "edited by hand" in bad.stdout + bad.stderr
+    assert "-S 'conf/source/lila.yaml:fetch.cap=2'" in bad.stdout + bad.stderr  # the user's key
 
 
 def test_a_tripped_gate_stops_the_build_after_writing_its_report(project):
@@ -150,17 +156,19 @@ def test_a_tripped_gate_stops_the_build_after_writing_its_report(project):
     line = next(x for x in out.splitlines() if "quality gates failed" in x)
     assert re.search(r"lila: quality gates failed: \d+ pairs > max_cross_split_duplicates 0", line)
     assert "export-npz@lila" not in ran(proc)
-    report = list(csv.DictReader((plots / "gates.csv").open()))
+    report = list(csv.DictReader((project.path / "data/lila/failed/plots/gates.csv").open()))
     assert (
         report[0]["kind"].startswith("cross_split") and report[0]["a_split"] != report[0]["b_split"]
     )
     assert all(r["a_item"] and r["b_source_id"] for r in report)
-    metrics = json.loads((project.path / "data/lila/metrics/clean.json").read_text())
+    # DVC ran the stage: it put the last build back and kept this run's files aside.
+    assert "data/lila/failed/plots/gates.csv" in line
+    metrics = json.loads((project.path / "data/lila/failed/reports/clean.json").read_text())
     assert metrics["gates"]["totals"]["cross_split"] > 0 and metrics["gates"]["tripped"]
     project.set_conf("conf/gates/default.yaml", "max_distance: 30 ", "max_distance: 4 ")
     project.dvc("repro")
     assert (plots / "gates.csv").read_text().count("\n") == 1, "stale report"
-    metrics = json.loads((project.path / "data/lila/metrics/clean.json").read_text())
+    metrics = json.loads((project.path / "data/lila/reports/clean.json").read_text())
     assert metrics["gates"]["tripped"] == []
 
 
@@ -246,7 +254,7 @@ def test_secret_never_reaches_params_lock_logs_or_git(tmp_path, standin_root, mo
         proj.git("commit", "-qm", "built with a token")
     logs = proc.stdout + proc.stderr
     assert "Running stage 'fetch@lila'" in logs
-    fetch = json.loads((proj.path / "data/lila/metrics/fetch.json").read_text())
+    fetch = json.loads((proj.path / "data/lila/reports/fetch.json").read_text())
     assert fetch["ok"] == fetch["items"] > 0
     needles = [secret, sig]
     assert not any(n in logs for n in needles)
@@ -268,22 +276,16 @@ def test_queued_experiments_build_two_at_a_time_on_one_download_cache(project):
             "exp", "run", "--queue", "-n", f"q{cap}", "-S", f"conf/source/lila.yaml:fetch.cap={cap}"
         )
     project.dvc("queue", "start", "-j", "2")
-    deadline = time.monotonic() + 420
-    while True:
-        status = project.dvc("queue", "status").stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(2)
+    status = project.wait_for_queue()
     assert status.count("Success") == 2, status
     show = json.loads(project.dvc("exp", "show", "--json").stdout)
     exps = {e["name"]: e["revs"][0]["data"] for rev in show for e in rev.get("experiments") or []}
     for cap in (2, 4):
         data = exps[f"q{cap}"]
         assert data["params"]["params.yaml"]["data"]["sources"]["lila"]["fetch"]["cap"] == cap
-        fetched = data["metrics"]["data/lila/metrics/fetch.json"]["data"]
-        assert fetched["ok"] == fetched["items"] and fetched["failed"] == 0
-        assert all(n <= max(cap, 8) for n in fetched["selection"]["selected"].values())
+        fetched = data["metrics"]["data/lila/metrics/fetch.json"]["data"]["lila"]
+        assert fetched["fetched"] > 0 and fetched["failed"] == 0
+        assert fetched["fetched"] <= 6 * cap + 8
     # Each experiment's outputs are complete in DVC's cache: check them out and read them.
     project.dvc("exp", "apply", "q4")
     project.dvc("checkout", "-f")

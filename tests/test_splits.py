@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from stages.core.errors import ConfigError, MetadataError
-from stages.core.splits import assign, check, group_key, own_split, report, split_of
+from stages.core.splits import (
+    assign,
+    check,
+    group_key,
+    own_split,
+    report,
+    split_metrics,
+    split_of,
+    summary,
+)
 from stages.pipeline.compose import group_defaults
 
 CFG = group_defaults("split")
@@ -87,8 +96,40 @@ def test_a_class_missing_from_a_split_warns_or_stops():
         "lila: class 'cougar' has no items in split 'test'",
     ]
     strict = group_defaults("split", on_empty_class="error")
-    with pytest.raises(MetadataError, match="cougar.*2 such class/split pair"):
+    with pytest.raises(MetadataError) as err:
         check(strict, metrics, "lila")
+    assert str(err.value) == (
+        "lila: 2 class/split pairs have no items: cougar (val), cougar (test) "
+        "(split.on_empty_class: error)"
+    )
+
+
+def test_empty_class_split_pairs_are_one_line_per_source(caplog):
+    from stages.core.store import Row
+
+    classes = [f"class {k}" for k in range(10)]
+    units = [
+        Row(f"i{k}", "lila", f"i{k}", labels=[c], split="train") for k, c in enumerate(classes)
+    ]
+    units[0].split = "val"  # class 0 misses train and test; every other class val and test
+    with caplog.at_level("WARNING", logger="stages.splits"):
+        metrics = split_metrics(CFG, units, {}, classes, "lila")
+    (record,) = [r for r in caplog.records if r.name == "stages.splits"]
+    assert record.getMessage() == (
+        "lila: 20 class/split pairs have no items: class 0 (train), class 0 (test), "
+        "class 1 (val), class 1 (test), class 2 (val), class 2 (test), class 3 (val), "
+        "class 3 (test), and 12 more"
+    )
+    # The metrics keep every pair, one warning each, as before.
+    assert len(metrics["empty_classes"]) == 20 and len(metrics["warnings"]) == 20
+    assert metrics["warnings"][0] == "lila: class 'class 0' has no items in split 'train'"
+    strict = group_defaults("split", on_empty_class="error")
+    with pytest.raises(MetadataError) as err:
+        split_metrics(strict, units, {}, classes, "lila")
+    assert str(err.value).startswith("lila: 20 class/split pairs have no items: class 0 (train)")
+    assert "class 9 (test)" in str(err.value) and "more" not in str(err.value)
+    one = summary([{"class": "vehicle", "split": "test"}], "lila")
+    assert one == "lila: 1 class/split pair has no items: vehicle (test)"
 
 
 @pytest.mark.parametrize(

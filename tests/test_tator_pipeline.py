@@ -39,7 +39,7 @@ def test_sigkill_mid_fetch_then_rerun_is_byte_identical(tmp_path, tator):
     assert (voc / "ImageSets/Main/default.txt").read_text().split()
     assert (ref.path / "data/tator/coco/annotations/instances_default.json").is_file()
     # The token is in the environment only.
-    for rel in ("params.yaml", "dvc.lock", "data/tator/metrics/fetch.json"):
+    for rel in ("params.yaml", "dvc.lock", "data/tator/reports/fetch.json"):
         assert TOKEN not in (ref.path / rel).read_text()
 
     proj = tator_project(tmp_path / "crash", tmp_path / "crash-cache", tator)

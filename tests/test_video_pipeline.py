@@ -74,7 +74,7 @@ def test_frame_settings_rerun_frames_only_and_a_changed_folder_refetches(tmp_pat
         "export-npz@kinetics",
     }
     metrics = yaml.safe_load((proj.path / "data/kinetics/metrics/frames.json").read_text())
-    assert metrics["clips_ok"] == 8
+    assert metrics["kinetics"]["clips"] == 8
     # A new video in the input folder re-runs the folder's fetch, and nothing of Kinetics.
     src = proj.path / "data/videodir/input/lobby/person/20240501_120000.mp4"
     shutil.copy(src, src.with_name("20240601_120000.mp4"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import typing
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Optional, TypeVar
@@ -20,6 +21,13 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from stages.core.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def setting(doc: str) -> Any:
+    """Return a schema field with its explanation; its value comes from conf/ only."""
+    # The explanation lives here, not only in conf/'s comments: `dvc exp run -S` rewrites a
+    # conf file through a YAML dump that drops comment lines between keys.
+    return dataclasses.field(default=MISSING, metadata={"doc": doc})
 
 
 def positive(where: str, **values: float) -> None:
@@ -40,23 +48,50 @@ def non_negative(where: str, **values: float | None) -> None:
 class FetchConf:
     """The downloader shared by every source (`conf/fetch/`)."""
 
-    workers: int = MISSING
-    source_workers: dict[str, int] = MISSING
-    connect_timeout: float = MISSING
-    low_speed_limit: int = MISSING
-    low_speed_time: float = MISSING
-    attempt_timeout: float = MISSING
-    max_item_bytes: int = MISSING
-    max_redirects: int = MISSING
-    retries: int = MISSING
-    backoff: float = MISSING
-    backoff_max: float = MISSING
-    retry_after_max: float = MISSING
-    verify_decode: bool = MISSING
-    retry_permanent: bool = MISSING
-    refresh: bool = MISSING
-    allow_transient_failures: bool = MISSING
-    keep_cache: bool = MISSING
+    workers: int = setting(
+        "Transfers in flight (pooled keep-alive connections on one libcurl multi)."
+    )
+    source_workers: dict[str, int] = setting(
+        "Per source, overriding workers: an API that answers each item slowly needs more transfers "
+        "in flight to hide its round trips (Tator: ~50 ms a frame)."
+    )
+    connect_timeout: float = setting("Seconds to establish a connection.")
+    low_speed_limit: int = setting(
+        "Bytes/s: a transfer slower than this for low_speed_time seconds is retried."
+    )
+    low_speed_time: float = setting(
+        "Seconds a transfer may stay below low_speed_limit before it is retried."
+    )
+    attempt_timeout: float = setting(
+        "Seconds: the deadline of one attempt, however fast it trickles."
+    )
+    max_item_bytes: int = setting(
+        "Cap on one downloaded item in bytes, enforced during the transfer."
+    )
+    max_redirects: int = setting("Redirects followed per attempt (each one re-scopes credentials).")
+    retries: int = setting("Extra attempts per file on connection errors, timeouts, 429 and 5xx.")
+    backoff: float = setting("First backoff in seconds; it doubles each attempt, with jitter.")
+    backoff_max: float = setting("Cap on one backoff, in seconds.")
+    retry_after_max: float = setting("Cap on a server's Retry-After, in seconds.")
+    verify_decode: bool = setting(
+        "Fully decode each image on download (slower; its structure is always checked)."
+    )
+    retry_permanent: bool = setting(
+        "Retry items an earlier run recorded as missing or corrupt (404, 410, damaged at the "
+        "source)."
+    )
+    refresh: bool = setting(
+        "true: download every item again, even those an earlier run or build holds (for an upstream"
+        " that changes files in place; resuming is lost while set)."
+    )
+    allow_transient_failures: bool = setting(
+        "false: exit non-zero (75) while transient failures remain, so DVC records no half-built "
+        "dataset and a re-run resumes; true: finish with them recorded as failed."
+    )
+    keep_cache: bool = setting(
+        "true: keep downloaded objects after packing (else they are deleted from the download cache"
+        " once packed and verified)."
+    )
 
     def __post_init__(self) -> None:
         positive(
@@ -83,7 +118,7 @@ class FetchConf:
 class StoreConf:
     """The item store (`conf/store/`)."""
 
-    shard_bytes: int = MISSING
+    shard_bytes: int = setting("Bound on one tar shard of the item store, in bytes.")
 
     def __post_init__(self) -> None:
         positive("store", shard_bytes=self.shard_bytes)
@@ -93,12 +128,22 @@ class StoreConf:
 class CleanConf:
     """clean-annotations, for every source (`conf/clean/`)."""
 
-    decode_check: bool = MISSING
-    min_box_size: float = MISSING
-    drop_unlabeled: bool = MISSING
-    min_frames: int = MISSING  # video: clips with fewer clean frames are dropped
-    gallery_per_class: int = MISSING  # items per class on plots/gallery.png (0: none)
-    gallery_seed: int = MISSING
+    decode_check: bool = setting(
+        "Fully decode every image; undecodable ones are dropped as corrupt."
+    )
+    min_box_size: float = setting(
+        "Boxes narrower or shorter than this many pixels (after clamping) are dropped."
+    )
+    drop_unlabeled: bool = setting("Drop items with no label among the selected classes.")
+    min_frames: int = setting(
+        "Video: clips with fewer frames after cleaning are dropped; keep it >= export.frames."
+    )
+    gallery_per_class: int = setting(
+        "Items per class drawn with their boxes on plots/gallery.png, a DVC plot image (0: none)."
+    )
+    gallery_seed: int = setting(
+        "Which items the gallery draws: the first by a rank of their ids seeded by this."
+    )
 
     def __post_init__(self) -> None:
         non_negative("clean", min_box_size=self.min_box_size)
@@ -120,10 +165,15 @@ SPLIT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 class SplitConf:
     """Train/val/test splits, assigned per group of near copies (`conf/split/`)."""
 
-    names: list[str] = MISSING
-    fractions: list[float] = MISSING
-    seed: int = MISSING
-    on_empty_class: OnEmpty = MISSING
+    names: list[str] = setting("Split names, in order; they name folders (npz/<split>/).")
+    fractions: list[float] = setting(
+        "One fraction per name, summing to 1: each split's share of the groups' seeded draws."
+    )
+    seed: int = setting("Seeds every group's draw; changing it moves groups between splits.")
+    on_empty_class: OnEmpty = setting(
+        "A class with no items in a split: warn (in the metrics and the log) or error (the stage "
+        "stops)."
+    )
 
     def __post_init__(self) -> None:
         if not self.names or len(self.names) != len(self.fractions):
@@ -157,17 +207,39 @@ class HashKind(Enum):
 class GatesConf:
     """Duplicate and leakage gates, checked by clean-annotations (`conf/gates/`)."""
 
-    enabled: bool = MISSING
-    hash: HashKind = MISSING
-    hash_size: int = MISSING
-    max_distance: int = MISSING
-    within_group: bool = MISSING
-    max_duplicates: Optional[int] = MISSING  # noqa: UP045 (omegaconf reads Optional)
-    max_label_conflicts: Optional[int] = MISSING  # noqa: UP045
-    max_cross_split_duplicates: Optional[int] = MISSING  # noqa: UP045
-    dedupe: bool = MISSING
-    sheet_pairs: int = MISSING
-    report_max_pairs: int = MISSING
+    enabled: bool = setting(
+        "Check a source's clean dataset for exact copies (same bytes) and near copies (perceptual "
+        "hashes): duplicates, label conflicts and cross-split leakage."
+    )
+    hash: HashKind = setting(
+        "Perceptual hash for near copies: imagehash's phash, dhash or average."
+    )
+    hash_size: int = setting("Side of the hash: hash_size squared bits (8: 64-bit hashes).")
+    max_distance: int = setting(
+        "Near copies: at most this many differing bits (re-encoding or resizing moves a phash 0-2; "
+        "unrelated pictures are ~32 apart)."
+    )
+    within_group: bool = setting(
+        "Also count near copies inside one split group (a clip's frames, a site's burst), which are"
+        " alike by nature and never leak; exact copies (same bytes) always count."
+    )
+    max_duplicates: Optional[int] = setting(  # noqa: UP045
+        "Gate: most pairs of copies with the same labels, in any split (null: reported only)."
+    )
+    max_label_conflicts: Optional[int] = setting(  # noqa: UP045
+        "Gate: most pairs of copies with different labels (null: reported only)."
+    )
+    max_cross_split_duplicates: Optional[int] = setting(  # noqa: UP045
+        "Gate: most pairs of copies in two splits, i.e. leakage (null: reported only)."
+    )
+    dedupe: bool = setting(
+        "Drop exact copies with the same labels, keeping the first by item id (listed in the "
+        "report); images only, never a video's frames."
+    )
+    sheet_pairs: int = setting("Pairs drawn on the contact sheet plots/gates.png, worst first.")
+    report_max_pairs: int = setting(
+        "Pairs listed in plots/gates.csv, worst first (drops are always all listed)."
+    )
 
     def __post_init__(self) -> None:
         if not 2 <= self.hash_size <= 16:
@@ -202,14 +274,19 @@ class Aspect(Enum):
 class ExportConf:
     """export-npz, for every source (`conf/export/`)."""
 
-    height: int = MISSING
-    width: int = MISSING
-    aspect: Aspect = MISSING
-    pad_value: int = MISSING
-    items_per_shard: int = MISSING
-    compress: bool = MISSING
-    frames: int = MISSING  # video: T evenly spaced frames per clip
-    clips_per_shard: int = MISSING  # video: a clip is T images, so shards count fewer
+    height: int = setting("Height of export-npz's images, in pixels.")
+    width: int = setting("Width of export-npz's images, in pixels.")
+    aspect: Aspect = setting(
+        "How an image fits height x width: pad (letterbox, keeps the aspect), stretch, or crop "
+        "(center crop)."
+    )
+    pad_value: int = setting("Grey level 0..255 of the padding (aspect: pad).")
+    items_per_shard: int = setting("Images per npz shard.")
+    compress: bool = setting("Deflate the arrays inside the npz (smaller, slower to load).")
+    frames: int = setting("Video: T evenly spaced frames per clip (X is N,T,H,W,3).")
+    clips_per_shard: int = setting(
+        "Video: clips per npz shard (a clip is T images: 64 x 16 x 224 x 224 x 3 is 154 MB)."
+    )
 
     def __post_init__(self) -> None:
         positive(
@@ -237,11 +314,20 @@ class Interpolation(Enum):
 class FramesConf:
     """extract-frames, in a video source's `frames:` section."""
 
-    short_side: Optional[int] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
-    fps: Optional[float] = MISSING  # noqa: UP045
-    num_frames: Optional[int] = MISSING  # noqa: UP045
-    quality: int = MISSING
-    interpolation: Interpolation = MISSING
+    short_side: Optional[int] = setting(  # noqa: UP045 - OmegaConf needs typing.Optional
+        "Resize so the short side is this many pixels (even dimensions, aspect kept); null: native "
+        "size."
+    )
+    fps: Optional[float] = setting(  # noqa: UP045
+        "Resample to this many frames per second (never above the native rate); null: native rate."
+    )
+    num_frames: Optional[int] = setting(  # noqa: UP045
+        "N evenly spaced frames per clip; null: every frame of the window."
+    )
+    quality: int = setting("JPEG quality, 1..100.")
+    interpolation: Interpolation = setting(
+        "Scaler filter for resizing: bilinear, bicubic, area or fast_bilinear."
+    )
 
     def __post_init__(self) -> None:
         check_frames("frames", self)
@@ -268,19 +354,31 @@ class TargetKind(Enum):
 class TatorImport:
     """The `tator` target: where files go, the attributes they carry, how labels come back."""
 
-    host: str = MISSING
-    project: int = MISSING
-    media_type: int = MISSING  # a video media type declaring the attributes below
-    token_env: str = MISSING
-    hash_attribute: str = MISSING  # string attribute: the file's sha256 (the identity)
-    camera_attribute: str = MISSING
-    timestamp_attribute: str = MISSING
-    short_side_attribute: Optional[str] = MISSING  # noqa: UP045 - null: short_side not sent
-    class_attribute: str = MISSING  # labels: a localization's or state's class
-    versions: list[int] = MISSING  # labels: annotation versions read (empty: all)
-    page_size: int = MISSING
-    media_per_query: int = MISSING
-    max_response_bytes: int = MISSING
+    host: str = setting(
+        "scheme://host[:port] of the Tator server files go to: https only (loopback aside); the "
+        "token is sent there only."
+    )
+    project: int = setting("Id of the Tator project.")
+    media_type: int = setting(
+        "Id of a video media type declaring the hash, camera and timestamp attributes (checked "
+        "before any upload)."
+    )
+    token_env: str = setting("Environment variable holding the API token (never the token itself).")
+    hash_attribute: str = setting(
+        "String attribute holding the file's sha256: how files already there are found."
+    )
+    camera_attribute: str = setting("String attribute holding the file's camera.")
+    timestamp_attribute: str = setting("Datetime attribute holding the file's time (UTC).")
+    short_side_attribute: Optional[str] = setting(  # noqa: UP045
+        "Int attribute carrying a camera's short_side (null: not sent)."
+    )
+    class_attribute: str = setting(
+        "labels@: the attribute holding a localization's or state's class."
+    )
+    versions: list[int] = setting("labels@: annotation version ids read (empty: every version).")
+    page_size: int = setting("Objects per list request.")
+    media_per_query: int = setting("Media ids per localization or state list request.")
+    max_response_bytes: int = setting("Cap on one API response body, in bytes.")
 
     def __post_init__(self) -> None:
         from stages.core.origins import parse_origins
@@ -310,23 +408,38 @@ class TatorImport:
 class CameraImport:
     """Per-camera import settings: null keeps the global value (Camio's hook data)."""
 
-    section: Optional[str] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
-    short_side: Optional[int] = MISSING  # noqa: UP045
+    section: Optional[str] = setting(  # noqa: UP045 - OmegaConf needs typing.Optional
+        "This camera's section (folder) on the target; null: the global import_to.section."
+    )
+    short_side: Optional[int] = setting(  # noqa: UP045
+        "This camera's transcode size in pixels; null: the global import_to.short_side."
+    )
 
 
 @dataclass
 class ImportConf:
     """import@<source>: a video folder sent to an annotation platform (`import_to:`)."""
 
-    enabled: bool = MISSING
-    target: TargetKind = MISSING
-    folder: str = MISSING  # the folder target's root, relative to the repository
+    enabled: bool = setting("true adds the import@<source> and labels@<source> stages.")
+    target: TargetKind = setting(
+        "Where files go: tator (a Tator project) or folder (a directory tree: tests, air-gapped "
+        "use)."
+    )
+    folder: str = setting("The folder target's root, relative to the repository root.")
     tator: TatorImport = MISSING
-    shard_size: int = MISSING
-    workers: int = MISSING
-    section: Optional[str] = MISSING  # noqa: UP045 - null: the camera's name
-    short_side: Optional[int] = MISSING  # noqa: UP045 - what the target should transcode to
-    cameras: dict[str, CameraImport] = MISSING
+    shard_size: int = setting("Files per shard of the import job.")
+    workers: int = setting("Files sent at once.")
+    section: Optional[str] = setting(  # noqa: UP045
+        "The section (folder) files go to; null: the camera's name."
+    )
+    short_side: Optional[int] = setting(  # noqa: UP045
+        "What the target should transcode to, in pixels (null: as is); sent in the attribute "
+        "import_to.tator.short_side_attribute names."
+    )
+    cameras: dict[str, CameraImport] = setting(
+        "Per camera (the regex's camera group), both keys (section, short_side); null keeps the "
+        "global value."
+    )
 
     def __post_init__(self) -> None:
         positive("import_to", shard_size=self.shard_size, workers=self.workers)
@@ -457,14 +570,25 @@ class SourceConf:
     # and records them in its manifest.
     allow_no_classes: ClassVar[bool] = False
 
-    enabled: bool = MISSING
-    classes: list[str] = MISSING
+    enabled: bool = setting(
+        "Whether this source is built: true adds its stages (disabled sources are still checked at "
+        "compose)."
+    )
+    classes: list[str] = setting(
+        "Class names; their order fixes the class ids used by clean-annotations and export-npz."
+    )
     fetch: Any = MISSING
     clean: NoSettings = MISSING
     export: NoSettings = MISSING
-    exports: list[Layout] = MISSING
+    exports: list[Layout] = setting(
+        "Folder layouts export-folders@<source>-<layout> builds from the clean store (classes, voc,"
+        " coco; video sources also frames, mmaction)."
+    )
 
     def __post_init__(self) -> None:
+        odd = [c for c in self.classes if not isinstance(c, str)]
+        if odd:
+            raise ConfigError(f"classes must list class names, not {odd}")
         names = [c.strip() for c in self.classes]
         if not all(names) or (not names and not self.allow_no_classes):
             raise ConfigError("classes is empty or has a blank name: list the class names")
@@ -480,13 +604,65 @@ class VideoSourceConf(SourceConf):
     frames: FramesConf = MISSING
 
 
-def _explain(exc: OmegaConfBaseException, where: str, prefix: str) -> str:
-    """Turn an OmegaConf error into one line: file, key path, and close matches."""
-    key = getattr(exc, "full_key", None) or "?"
-    key = f"{prefix}.{key}" if prefix else key
+@dataclass(frozen=True)
+class Setting:
+    """One leaf setting a schema declares: its key path (`*` for any key of a mapping), type
+    and explanation."""
+
+    key: str
+    kind: Any
+    doc: str | None
+
+
+def inner(kind: Any) -> Any:
+    """Return the type an Optional wraps (any other type as it is)."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if typing.get_origin(kind) is typing.Union and len(args) == 1 else kind
+
+
+def settings(schema: type, prefix: str = "") -> list[Setting]:
+    """Return a schema's leaf settings in declaration order, sections entered (a mapping of
+    sections both as itself and as `<key>.*.<leaf>`)."""
+    hints = typing.get_type_hints(schema)
+    out = []
+    for f in dataclasses.fields(schema):
+        kind, key = hints[f.name], f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(inner(kind)):
+            out += settings(inner(kind), key)
+            continue
+        out.append(Setting(key, kind, f.metadata.get("doc")))
+        args = typing.get_args(inner(kind))
+        if typing.get_origin(inner(kind)) is dict and dataclasses.is_dataclass(args[1]):
+            out += settings(args[1], f"{key}.*")
+    return out
+
+
+def setting_at(schema: type, key: str) -> Setting | None:
+    """Return the schema's setting at a key path (`cameras.lobby.fps`), or the one holding it
+    (`caps.empty` is in `caps`)."""
+    parts = re.sub(r"\[[^]]*\]", "", key).split(".")
+    known = settings(schema)
+    for n in range(len(parts), 0, -1):
+        for s in known:
+            want = s.key.split(".")
+            if len(want) == n and all(w in ("*", p) for w, p in zip(want, parts, strict=False)):
+                return s
+    return None
+
+
+def _explain(
+    exc: OmegaConfBaseException, where: str, prefix: str, schema: type | None = None
+) -> str:
+    """Turn an OmegaConf error into one line: file, key path, close matches, and what the key
+    (or the one it was probably meant to be) sets."""
+    rel = getattr(exc, "full_key", None) or "?"
+    key = f"{prefix}.{rel}" if prefix else rel
     if isinstance(exc, ConfigKeyError):
         kind = getattr(exc, "object_type", None)
-        names = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else []
+        fields = (
+            {f.name: f for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) else {}
+        )
+        names = list(fields)
         leaf = key.rsplit(".", 1)[-1]
         if kind is NoSettings:
             stage = key.rsplit(".", 2)[-2] if key.count(".") >= 1 else "?"
@@ -500,11 +676,15 @@ def _explain(exc: OmegaConfBaseException, where: str, prefix: str) -> str:
             if close
             else (f"; known keys: {', '.join(names)}" if names else "")
         )
-        return f"{where}: unknown key {key!r}{hint}"
+        doc = fields[close[0]].metadata.get("doc") if close else None
+        about = f" {close[0]}: {doc}" if doc else ""  # the likeliest meaning only
+        return f"{where}: unknown key {key!r}{hint}{about}"
+    found = setting_at(schema, rel) if schema is not None and rel != "?" else None
+    about = f". {found.key.rsplit('.', 1)[-1]}: {found.doc}" if found and found.doc else ""
     if isinstance(exc, MissingMandatoryValue):
-        return f"{where}: {key!r} is required but not set"
+        return f"{where}: {key!r} is required but not set{about}"
     message = str(getattr(exc, "msg", exc)).splitlines()[0]
-    return f"{where}: {key!r}: {message}"
+    return f"{where}: {key!r}: {message}{about}"
 
 
 def typed(schema: type[T], data: Any, where: str = "config", prefix: str = "") -> T:
@@ -516,7 +696,7 @@ def typed(schema: type[T], data: Any, where: str = "config", prefix: str = "") -
         node = OmegaConf.merge(OmegaConf.structured(schema), data or {})
         return OmegaConf.to_object(node)
     except OmegaConfBaseException as exc:
-        raise ConfigError(_explain(exc, where, prefix)) from None
+        raise ConfigError(_explain(exc, where, prefix, schema)) from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

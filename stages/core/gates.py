@@ -287,13 +287,10 @@ def summary(found: Found, drops: list[Pair], cfg: GatesConf) -> dict:
     }
 
 
-def message(source: str, metrics: dict) -> str:
-    """Return the one-line summary of tripped gates."""
+def message(source: str, metrics: dict, report: str = "plots/gates.csv") -> str:
+    """Return the one-line summary of tripped gates, naming where this run's report is."""
     parts = [f"{t['count']} pairs > {t['gate']} {t['limit']}" for t in metrics["tripped"]]
-    return (
-        f"{source}: quality gates failed: {'; '.join(parts)} (see the report: plots/gates.csv "
-        "and the contact sheet plots/gates.png)"
-    )
+    return f"{source}: quality gates failed: {'; '.join(parts)} (see the report {report})"
 
 
 COLUMNS = [

@@ -114,6 +114,12 @@ def pick(
                     continue
                 chosen.add(item)
                 total += est_bytes
+    # What a cap bounds: the items picked for a class by its rank. An item picked for another
+    # class may carry this class's label too, so `labels_of` can count more than the cap.
+    stats["picked"] = {
+        name: len(ids) if byte_budget is None else sum(1 for i in ids if i in chosen)
+        for name, ids in ranked.items()
+    }
     stats["budget_dropped"] = len(dropped)
     stats["estimated_bytes"] = total
     stats["budget_exhausted"] = stopped

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stages.splits")
 
+SHOWN = 8  # empty class/split pairs named in the logged line; the metrics list them all
+
 
 def draw(seed: int, source: str, group: str) -> float:
     """Return a group's seeded draw in [0, 1)."""
@@ -96,17 +98,21 @@ def report(
     }
 
 
+def summary(empty: list[dict], source: str, limit: int | None = SHOWN) -> str:
+    """Return one line naming a source's empty class/split pairs (the first `limit` of them)."""
+    pairs = [f"{e['class']} ({e['split']})" for e in empty]
+    if limit is not None and len(pairs) > limit:
+        pairs = [*pairs[:limit], f"and {len(pairs) - limit} more"]
+    verb = "pair has" if len(empty) == 1 else "pairs have"
+    return f"{source}: {len(empty)} class/split {verb} no items: {', '.join(pairs)}"
+
+
 def check(cfg: SplitConf, metrics: dict, source: str) -> list[str]:
     """Return warnings for classes a split lacks; raise when conf makes that an error."""
-    lines = [
-        f"{source}: class {e['class']!r} has no items in split {e['split']!r}"
-        for e in metrics["empty_classes"]
-    ]
-    if lines and cfg.on_empty_class is OnEmpty.error:
-        raise MetadataError(
-            f"{lines[0]} ({len(lines)} such class/split pair(s); split.on_empty_class: error)"
-        )
-    return lines
+    empty = metrics["empty_classes"]
+    if empty and cfg.on_empty_class is OnEmpty.error:
+        raise MetadataError(f"{summary(empty, source, None)} (split.on_empty_class: error)")
+    return [f"{source}: class {e['class']!r} has no items in split {e['split']!r}" for e in empty]
 
 
 def set_splits(rows: list[Row], source: Source, src_cfg, cfg: SplitConf) -> list[str]:
@@ -136,8 +142,8 @@ def split_metrics(
     each group's split, with warnings for classes a split lacks (logged)."""
     metrics = report(cfg, [(r.split, r.labels) for r in units], groups, classes)
     metrics["warnings"] = check(cfg, metrics, source)
-    for line in metrics["warnings"]:
-        log.warning("%s", line)
+    if metrics["empty_classes"]:  # one line per source: tiny data leaves many pairs empty
+        log.warning("%s", summary(metrics["empty_classes"], source))
     return metrics
 
 

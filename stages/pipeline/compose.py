@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import re
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from stages import sources
 from stages.core.config import GROUPS, VIDEO_LAYOUTS, Layout, typed, validate
 from stages.core.errors import ConfigError
 from stages.core.files import atomic_write
+from stages.core.itemdiff import params_diff
+from stages.core.metrics import RESERVED as HEADLINE_NAMES
 from stages.pipeline.params import conf_digest, hand_edited, render
 
 # Keys whose value would be a secret: conf must name an env var instead (`<key>_env`).
@@ -77,20 +80,26 @@ def check_frame_counts(name: str, frames: dict, min_frames: int) -> None:
             )
 
 
-def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Return the composed, validated, resolved config as plain data."""
+def hydra_data(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Return conf/ as Hydra composes it, unchecked: every source, enabled or not, under
+    `sources`."""
     conf_dir = Path(conf_dir).resolve()
     if not (conf_dir / "config.yaml").is_file():
         raise ConfigError(f"{conf_dir}/config.yaml not found")
     check_conf_text(conf_dir)
-    files = {path.stem: path for path in source_files(conf_dir)}
-    extra = [f"+source@sources.{name}={name}" for name in files]
+    extra = [f"+source@sources.{path.stem}={path.stem}" for path in source_files(conf_dir)]
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=[*extra, *overrides])
-        data = OmegaConf.to_container(cfg, resolve=True)
+        return OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # Hydra raises many types; the user needs the message only.
         raise ConfigError(f"cannot compose {conf_dir}: {exc}") from exc
+
+
+def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Return the composed, validated, resolved config as plain data."""
+    data = hydra_data(conf_dir, overrides)
+    files = {path.stem: path for path in source_files(conf_dir)}
     # Secrets first: a literal token must be refused as such, never reported as a typo (the
     # schemas below would call it an unknown key and suggest the `_env` key next to it).
     check_secrets(data)
@@ -102,6 +111,12 @@ def compose(conf_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
     out: dict = {}
     for group, schema in GROUPS.items():
         out[group] = validate(schema, data.get(group), f"conf/{group}", group)
+    taken = sorted(set(out["split"]["names"]) & HEADLINE_NAMES)
+    if taken:
+        raise ConfigError(
+            f"conf/split: split names {taken} are headline metric names (each split's item "
+            "count is a metric named after the split): rename them"
+        )
     if out["clean"]["min_frames"] < out["export"]["frames"]:
         raise ConfigError(
             f"clean.min_frames ({out['clean']['min_frames']}) is below export.frames "
@@ -176,16 +191,64 @@ def compose_text(conf_dir: Path) -> str:
     return render(compose(conf_dir), conf_digest(conf_dir))
 
 
+def group_files(conf_dir: Path) -> dict[str, Path]:
+    """Return each shared group's params key and the conf file conf/config.yaml's defaults
+    list picks for it (`fetch: default` -> fetch: conf/fetch/default.yaml)."""
+    root = yaml.safe_load((Path(conf_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
+    out = {}
+    for entry in root.get("defaults") or []:
+        if not isinstance(entry, dict) or len(entry) != 1:
+            continue  # `_self_`, or a form params.yaml cannot point back to
+        key, option = next(iter(entry.items()))
+        group, _, package = str(key).removeprefix("override ").partition("@")
+        if isinstance(option, str):
+            out[package or group] = Path(conf_dir) / group / f"{option}.yaml"
+    return out
+
+
+def override_value(value) -> str:
+    """Return a value as `-S key=value` takes it (quoted where DVC would read a sweep)."""
+    if isinstance(value, str):
+        plain = re.fullmatch(r"[\w./:@+-]+", value) and isinstance(yaml.safe_load(value), str)
+        return value if plain else json.dumps(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000)
+    return text.removesuffix("...\n").strip()  # a scalar document ends with `...`
+
+
+def suggest_overrides(conf_dir: Path, edited: str, composed: str) -> list[str]:
+    """Return the `-S file:key=value` forms that would make conf/ say what a hand-edited
+    params.yaml says (one per changed key that a conf file holds)."""
+    try:
+        before = yaml.safe_load(edited)
+    except yaml.YAMLError:
+        return []
+    if not isinstance(before, dict):
+        return []
+    groups = group_files(conf_dir)
+    out = []
+    for change in params_diff(yaml.safe_load(composed), before):
+        head, _, rest = change["key"].partition(".")
+        path = groups.get(head)
+        if head == "sources":
+            name, _, rest = rest.partition(".")
+            path = Path(conf_dir) / "source" / f"{name}.yaml"
+        if path is None or not rest or not path.is_file():
+            continue  # derived keys (pipeline, exports, ...) come from no single conf key
+        out.append(f"{path.as_posix()}:{rest}={override_value(change['b'])}")
+    return out
+
+
 def write_params(conf_dir: Path, params_path: Path, *, force: bool = False) -> bool:
     """Write params.yaml from conf/; return whether it changed."""
     text = compose_text(conf_dir)
     old = params_path.read_text(encoding="utf-8") if params_path.exists() else None
     if old is not None and not force and old != text and hand_edited(old):
+        wanted = suggest_overrides(conf_dir, old, text)
+        hint = " ".join(f"-S '{w}'" for w in wanted) or "-S conf/<group>/<file>.yaml:key=value"
         raise ConfigError(
             f"{params_path} was edited by hand (or by `dvc exp run -S key=value`); conf/ is the "
-            "source of truth. Use `dvc exp run -S conf/source/lila.yaml:fetch.cap=7`, or edit "
-            "conf/ and run `dvc repro` (pass --force to `python -m stages.compose` to discard "
-            "the edit)"
+            f"source of truth. Use `dvc exp run {hint}`, or edit conf/ and run `dvc repro` "
+            "(pass --force to `python -m stages.compose` to discard the edit)"
         )
     if old == text:
         return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -14,10 +15,28 @@ from typing import Any
 from stages import sources
 from stages.core.config import GROUPS, SourceConf, typed
 from stages.core.errors import StageError
-from stages.core.metrics import write_json, write_plot
+from stages.core.metrics import headline, write_json, write_plot
 from stages.pipeline.params import load_params, source_params
+from stages.pipeline.restore import (
+    failed_copy_path,
+    forget_failed,
+    remember,
+    restore_after_failure,
+)
 
 log = logging.getLogger("stages")
+# The small files a stage writes (metrics, plots, report), copied into DVC's cache when it
+# succeeds so a later failure can put them back (stages.pipeline.restore.remember).
+OUTPUT_FILES: list[Path] = []
+# Each entry's stage family, as its metrics and reports are named.
+FAMILIES = {
+    "stages.fetch": "fetch",
+    "stages.extract_frames": "frames",
+    "stages.clean_annotations": "clean",
+    "stages.export_npz": "export",
+    "stages.import_media": "import",
+    "stages.labels": "labels",
+}
 
 
 def setup_logging() -> None:
@@ -27,17 +46,28 @@ def setup_logging() -> None:
     )
 
 
-def run_main(main: Callable[[list[str] | None], int]) -> None:
-    """Run an entry point; user errors print one clear line and exit non-zero."""
+def run_main(main: Callable[[list[str] | None], int], *, restore: bool = True) -> None:
+    """Run an entry point; user errors print one clear line and exit non-zero, and a stage
+    DVC runs that fails puts its last build's outputs back (stages.pipeline.restore)."""
     setup_logging()
+    code = 1
     try:
         code = main(None)
+    except SystemExit as exc:  # argparse: --help, or a usage error
+        code = exc.code if isinstance(exc.code, int) else 1
+        raise
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
         print("interrupted; finished work is kept: re-run to resume", file=sys.stderr)
         code = 130
+    finally:
+        if restore and code != 0:  # a crash too: DVC deleted the outputs before the run
+            restore_after_failure()
+        elif restore:
+            forget_failed()
+            remember(OUTPUT_FILES)
     sys.exit(code)
 
 
@@ -49,10 +79,18 @@ class StageRun:
     params: dict
     source: sources.Source
     cfg: SourceConf
+    family: str  # the stage family, as metrics name it: fetch, frames, clean, export, ...
 
     def section(self, name: str) -> Any:
         """Return a shared section (fetch, store, clean, export) as its schema's dataclass."""
         return typed(GROUPS[name], self.params.get(name), "params.yaml", name)
+
+    def readable_after_failure(self, path: Path) -> str:
+        """Return where this run's version of a small output can be read if the stage fails:
+        under DVC, the last build goes back in its place and this run's moves aside."""
+        if os.environ.get("DVC_STAGE"):
+            return failed_copy_path(Path(path).as_posix()).as_posix()
+        return Path(path).as_posix()
 
     def executor(self):
         """Start the executor this run asked for (DSREPO_EXECUTOR; never params.yaml)."""
@@ -61,9 +99,12 @@ class StageRun:
         return open_executor(load_conf())
 
     def finish(self, metrics: dict, per_split: dict[str, dict[str, int]] | None = None) -> None:
-        """Write the stage's metrics JSON and per-class plot data (and per split and class,
-        where argv names a --splits-plot)."""
-        write_json(self.args.metrics, metrics)
+        """Write the stage's report (all it counted, where argv names a --report), its
+        headline metrics, and per-class plot data (per split and class with --splits-plot)."""
+        if self.args.report:
+            write_json(self.args.report, metrics)
+        names = list(metrics["classes"])
+        write_json(self.args.metrics, headline(self.family, self.args.source, metrics, names))
         write_plot(self.args.plot, metrics["classes"])
         if getattr(self.args, "splits_plot", None) and per_split is not None:
             write_plot(
@@ -90,13 +131,16 @@ def start(
     ap.add_argument("out", type=Path)
     ap.add_argument("metrics", type=Path)
     ap.add_argument("plot", type=Path)
+    ap.add_argument("--report", type=Path, help="everything the stage counted (JSON)")
     for flag, help_ in (extra or {}).items():
         ap.add_argument(flag, type=Path, help=help_)
     args = ap.parse_args(argv)
+    extras = [getattr(args, flag.lstrip("-").replace("-", "_")) for flag in extra or {}]
+    OUTPUT_FILES.extend(p for p in [args.metrics, args.plot, args.report, *extras] if p)
     params = load_params()
     source = sources.load(args.source)
     where = f"sources.{args.source}"
     cfg = typed(source.schema, source_params(params, args.source), "params.yaml", where)
     if clear and args.out.exists():
         shutil.rmtree(args.out)  # DVC does this too; never mix two runs' files
-    return StageRun(args, params, source, cfg)
+    return StageRun(args, params, source, cfg, FAMILIES[prog])

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from stages.core.store import MANIFEST
 
 log = logging.getLogger("stages.pipeline.previous")
+FIRST = "%s: first build of %s (no earlier build in DVC's cache)"
 
 
 def locked_dir_md5(root: Path, rel: str) -> str | None:
@@ -36,9 +37,12 @@ def locked_dir_md5(root: Path, rel: str) -> str | None:
     return None
 
 
-def previous_payloads(out_dir: Path) -> dict[str, tuple[str, str, int, int]]:
+def previous_payloads(out_dir: Path, stage: str) -> dict[str, tuple[str, str, int, int]]:
     """Map URL -> (sha256, shard file in DVC's cache, offset, size) for the payloads of
-    out_dir's last build that dvc.lock records and DVC's local cache holds; {} when none."""
+    out_dir's last build that dvc.lock records and DVC's local cache holds; {} when none.
+
+    `stage` (e.g. `fetch@lila`) names the stage in the one line logged when there is none.
+    """
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
@@ -52,18 +56,30 @@ def previous_payloads(out_dir: Path) -> dict[str, tuple[str, str, int, int]]:
     rel = Path(os.path.relpath(Path(out_dir).absolute(), root)).as_posix()
     md5 = locked_dir_md5(root, rel)
     if md5 is None:
+        log.info(FIRST, stage, rel)
         return {}
     repo = Repo(str(root))
     try:
         odb = repo.cache.local
+        listing_path = Path(odb.oid_to_path(md5))
+        if not listing_path.is_file():  # e.g. a fresh clone that never pulled that build
+            log.info(FIRST, stage, rel)
+            return {}
         try:
-            listing = json.loads(Path(odb.oid_to_path(md5)).read_text(encoding="utf-8"))
+            listing = json.loads(listing_path.read_text(encoding="utf-8"))
             files = {e["relpath"]: odb.oid_to_path(e["md5"]) for e in listing}
+        except (OSError, ValueError, KeyError, TypeError):
+            return damaged(stage, rel, "its file list cannot be read")
+        if MANIFEST not in files:
+            return damaged(stage, rel, f"its file list has no {MANIFEST}")
+        if not os.path.isfile(files[MANIFEST]):  # the listing was pulled, the files were not
+            log.info(FIRST, stage, rel)
+            return {}
+        try:
             columns = ["url", "sha256", "shard", "offset", "bytes"]
             table = pq.read_table(files[MANIFEST], columns=columns)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.info("no previous build of %s to reuse (%s)", rel, exc)
-            return {}
+        except (OSError, ValueError, KeyError, TypeError):
+            return damaged(stage, rel, f"its {MANIFEST} cannot be read")
     finally:
         repo.close()
     out = {}
@@ -72,3 +88,15 @@ def previous_payloads(out_dir: Path) -> dict[str, tuple[str, str, int, int]]:
         if path is not None and rec["url"] and rec["sha256"] and os.path.isfile(path):
             out[rec["url"]] = (rec["sha256"], path, rec["offset"], rec["bytes"])
     return out
+
+
+def damaged(stage: str, rel: str, why: str) -> dict:
+    """Log that the cached build cannot be reused, and why (no cache paths); return {}."""
+    log.warning(
+        "%s: the earlier build of %s in DVC's cache is damaged (%s); its items are "
+        "downloaded again",
+        stage,
+        rel,
+        why,
+    )
+    return {}

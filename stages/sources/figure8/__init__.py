@@ -22,6 +22,7 @@ for each stage, imported when that stage runs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -30,7 +31,15 @@ from urllib.parse import urlsplit
 
 from omegaconf import MISSING
 
-from stages.core.config import CleanConf, ExportConf, SourceConf, SplitConf, non_negative, positive
+from stages.core.config import (
+    CleanConf,
+    ExportConf,
+    SourceConf,
+    SplitConf,
+    non_negative,
+    positive,
+    setting,
+)
 from stages.core.errors import ConfigError
 from stages.core.origins import parse_origins
 from stages.core.store import Row, Store
@@ -67,16 +76,31 @@ class FramesMode(Enum):
 class Figure8Fetch:
     """What fetch@figure8 reads: the API, the job, the input folder."""
 
-    api: str = MISSING
-    job_id: int = MISSING
-    report_type: ReportType = MISSING
-    key_env: str = MISSING
-    identifier: str = MISSING
-    root: str = MISSING
-    raw_dir: str = MISSING
-    logs_dir: str = MISSING
-    raw_extensions: list[str] = MISSING
-    max_report_bytes: int = MISSING
+    api: str = setting(
+        "API base URL: https only (loopback aside); https://api.appen.com/v1, formerly "
+        "https://api.figure-eight.com/v1."
+    )
+    job_id: int = setting("The Figure Eight job's id.")
+    report_type: ReportType = setting(
+        "full or aggregated: the reports with an annotation per image."
+    )
+    key_env: str = setting(
+        "Environment variable holding the API key (never the key itself); sent as a header to the "
+        "API's origin only."
+    )
+    identifier: str = setting("The pre-annotation identifier: names the logs and the montages.")
+    root: str = setting(
+        "The input folder, relative to the repository root (data/figure8/input, tracked by DVC)."
+    )
+    raw_dir: str = setting(
+        "The raw frames' folder inside root (natural sort order is frame order)."
+    )
+    logs_dir: str = setting(
+        "The folder inside root holding {identifier}_montage_maker_log.json and "
+        "{identifier}_overlapping_chopper_log.json."
+    )
+    raw_extensions: list[str] = setting("File extensions of raw frames.")
+    max_report_bytes: int = setting("Cap on the report in bytes, enforced during the transfer.")
 
     def __post_init__(self) -> None:
         where = "sources.figure8.fetch"
@@ -118,9 +142,14 @@ class Figure8Fetch:
 class Figure8Frames:
     """extract-frames@figure8: how annotations are read and matched to raw frames."""
 
-    mode: FramesMode = MISSING
-    # Colour -> label (`"#rrggbb": n`); empty: the label is the red channel (the original).
-    colours: dict[str, int] = MISSING
+    mode: FramesMode = setting(
+        "chop_raw: raw frames cut to the annotated positions (a movie per montage); recombine: "
+        "positions stitched into full frames (a movie per part)."
+    )
+    colours: dict[str, int] = setting(
+        '"#rrggbb": label, for annotations drawn in colours; empty: the label is the red channel '
+        "(as the original)."
+    )
 
     def __post_init__(self) -> None:
         for key, value in self.colours.items():
@@ -152,10 +181,19 @@ class Figure8SplitBy(Enum):
 class Figure8Clean:
     """clean-annotations@figure8 (scikit-image 0.26 `max_size`: at most, inclusive)."""
 
-    hole_max: int = MISSING
-    object_max: int = MISSING
-    connectivity: int = MISSING
-    split_by: Figure8SplitBy = MISSING
+    hole_max: int = setting(
+        "Background regions of at most this many pixels are filled (inclusive: 63 reproduces the "
+        "original's area_threshold=64)."
+    )
+    object_max: int = setting(
+        "Objects (touching cells count as one) of at most this many pixels are removed (inclusive: "
+        "9 reproduces the original's min_size=10)."
+    )
+    connectivity: int = setting("Neighbours: 1 (4-way) or 2 (8-way).")
+    split_by: Figure8SplitBy = setting(
+        "Split group: position (a field of view, all its montage parts) or movie (one montage; "
+        "required with frames.mode: recombine)."
+    )
 
     def __post_init__(self) -> None:
         non_negative("sources.figure8.clean", hole_max=self.hole_max, object_max=self.object_max)
@@ -167,8 +205,11 @@ class Figure8Clean:
 class Figure8Export:
     """export-npz@figure8: tiles and movies left out."""
 
-    reshape_size: Optional[int] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
-    samples_to_drop: list[str] = MISSING
+    reshape_size: Optional[int] = setting(  # noqa: UP045 - OmegaConf needs typing.Optional
+        "Cut each movie into square tiles of this size, the last flush with the far edge (null: "
+        "whole frames)."
+    )
+    samples_to_drop: list[str] = setting("Positions (x_00_y_01) or movie ids left out of the npz.")
 
     def __post_init__(self) -> None:
         if self.reshape_size is not None:
@@ -179,6 +220,7 @@ class Figure8Export:
 class Figure8Conf(SourceConf):
     """conf/source/figure8.yaml."""
 
+    classes: list[str] = setting("The one class of the labelled objects (e.g. cell).")
     fetch: Figure8Fetch = MISSING
     frames: Figure8Frames = MISSING
     clean: Figure8Clean = MISSING
@@ -198,6 +240,17 @@ class Figure8Conf(SourceConf):
             )
         mode = getattr(self.frames.mode, "value", self.frames.mode)
         split_by = getattr(self.clean.split_by, "value", self.clean.split_by)
+        # A name that can be no position and no movie of this job is refuted by the conf alone.
+        movie = re.compile(
+            rf"x_\d+_y_\d+|{re.escape(self.fetch.identifier)}_(x_\d+_y_\d+_)?part_\d+"
+        )
+        odd = [n for n in self.export.samples_to_drop if not movie.fullmatch(n)]
+        if odd:
+            raise ConfigError(
+                f"sources.figure8.export.samples_to_drop: {odd} name no position (x_00_y_01) "
+                f"and no movie ({self.fetch.identifier}_x_00_y_01_part_0, or "
+                f"{self.fetch.identifier}_part_0 with frames.mode: recombine)"
+            )
         if mode == "recombine" and split_by == "position":
             raise ConfigError(
                 "sources.figure8.clean.split_by: position with frames.mode: recombine would put "

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Optional
 
 from omegaconf import MISSING
 
-from stages.core.config import NoSettings, VideoSourceConf, non_negative, positive
+from stages.core.config import NoSettings, VideoSourceConf, non_negative, positive, setting
 from stages.core.errors import ConfigError
 from stages.core.selection import check_caps, ranker
 from stages.sources import Context, Plan, Source
@@ -37,20 +37,36 @@ class Mode(Enum):
 class KineticsFetch:
     """What fetch@kinetics reads: the clip list, the selection, the clip source and limits."""
 
-    annotations: str = MISSING  # a local path or an http(s) URL of the annotation CSV
-    split: Optional[str] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
-    cap: Optional[int] = MISSING  # noqa: UP045
-    caps: dict[str, int] = MISSING
-    seed: int = MISSING
-    mode: Mode = MISSING
-    url_template: str = MISSING
-    format: str = MISSING
-    archive_list: Optional[str] = MISSING  # noqa: UP045
-    clip_workers: int = MISSING
-    socket_timeout: float = MISSING
-    max_csv_bytes: int = MISSING
-    max_clip_bytes: int = MISSING
-    max_archive_bytes: int = MISSING
+    annotations: str = setting(
+        "Local path or http(s) URL of the annotation CSV (label, youtube_id, time_start, time_end, "
+        "split; read by name)."
+    )
+    split: Optional[str] = setting(  # noqa: UP045 - OmegaConf needs typing.Optional
+        "Keep rows of this `split` (null: every row)."
+    )
+    cap: Optional[int] = setting(  # noqa: UP045
+        "Default cap on clips per class (null: all); clips are picked by a seeded hash."
+    )
+    caps: dict[str, int] = setting("Per-class caps over `cap`, by the names used in `classes`.")
+    seed: int = setting(
+        "Seeds the hash that ranks clips inside a class (which clips the caps keep)."
+    )
+    mode: Mode = setting(
+        "Where clips come from: youtube (yt-dlp sections of url_template) or archives (the mirror's"
+        " tar.gz files in archive_list)."
+    )
+    url_template: str = setting("URL of a clip's video, with {id} for its YouTube id.")
+    format: str = setting("yt-dlp format selector.")
+    archive_list: Optional[str] = setting(  # noqa: UP045
+        "archives mode: URL of the list of archive URLs (a k400_<split>_path.txt-style file)."
+    )
+    clip_workers: int = setting("Clips downloaded at once (yt-dlp and ffmpeg per clip).")
+    socket_timeout: float = setting(
+        "Seconds without data before a clip attempt fails (yt-dlp and ffmpeg)."
+    )
+    max_csv_bytes: int = setting("Cap on the annotation CSV and the archive list, in bytes.")
+    max_clip_bytes: int = setting("Cap on one clip (a section, or an archive member), in bytes.")
+    max_archive_bytes: int = setting("Cap on one archive download, in bytes.")
 
     def __post_init__(self) -> None:
         where = "sources.kinetics.fetch"
@@ -74,6 +90,10 @@ class KineticsFetch:
 class KineticsConf(VideoSourceConf):
     """conf/source/kinetics.yaml."""
 
+    classes: list[str] = setting(
+        "Class names as in the CSV's `label` column (case-insensitive; unknown names fail with "
+        "close matches); the order fixes the class ids."
+    )
     fetch: KineticsFetch = MISSING
     clean: NoSettings = MISSING
     export: NoSettings = MISSING

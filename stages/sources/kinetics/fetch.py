@@ -68,7 +68,7 @@ def select(
     if not has_label:
         labels, counts = {}, {"(unlabelled)": len(picked.chosen)}
     chosen = [by_id[i] for i in sorted(picked.chosen)]
-    stats = {k: v for k, v in picked.stats.items() if k in ("available", "capped")}
+    stats = {k: v for k, v in picked.stats.items() if k in ("available", "capped", "picked")}
     stats["selected"] = counts
     return chosen, labels, stats
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Optional
 
 from omegaconf import MISSING
 
-from stages.core.config import NoSettings, SourceConf, non_negative, positive
+from stages.core.config import NoSettings, SourceConf, non_negative, positive, setting
+from stages.core.errors import ConfigError
 from stages.core.origins import parse_origins
 from stages.core.selection import check_caps, ranker
 from stages.sources import Context, Plan, Source
@@ -35,20 +36,43 @@ class Cloud(Enum):
 class LilaFetch:
     """What fetch@lila reads: where the data is, what to select, limits, the SAS token."""
 
-    index_url: str = MISSING
-    dataset: str = MISSING
-    cloud: Cloud = MISSING
-    cap: Optional[int] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
-    caps: dict[str, int] = MISSING
-    seed: int = MISSING
-    byte_budget: Optional[int] = MISSING  # noqa: UP045
-    est_bytes_per_image: int = MISSING
-    max_index_bytes: int = MISSING
-    max_metadata_bytes: int = MISSING
-    metadata_timeout: float = MISSING
-    max_json_value_bytes: int = MISSING
-    sas_token_env: Optional[str] = MISSING  # noqa: UP045
-    sas_token_origins: list[str] = MISSING
+    index_url: str = setting(
+        "URL of LILA's datasets index CSV (real use: "
+        "https://lila.science/wp-content/uploads/2023/06/lila_camera_trap_datasets.csv)."
+    )
+    dataset: str = setting("The dataset's `name` in the index (e.g. NACTI).")
+    cloud: Cloud = setting(
+        "Which mirror's metadata_url_* and image_base_url_* columns to use: gcp, aws or azure."
+    )
+    cap: Optional[int] = setting(  # noqa: UP045 - OmegaConf needs typing.Optional
+        "Default cap on the images picked for each class (null: all), by a seeded hash of their "
+        "ids. An image picked for one class keeps all its labels, so more images than the cap "
+        "may carry a class (reports/fetch.json: selection.picked and selection.selected)."
+    )
+    caps: dict[str, int] = setting("Per-class caps over `cap`, by the names used in `classes`.")
+    seed: int = setting(
+        "Seeds the hash that ranks images inside a class (which images the caps keep)."
+    )
+    byte_budget: Optional[int] = setting(  # noqa: UP045
+        "Stop selecting when the estimated bytes exceed this (null: no budget)."
+    )
+    est_bytes_per_image: int = setting(
+        "Estimated bytes per image for the budget: sizes are unknown before download (NACTI: "
+        "~400000)."
+    )
+    max_index_bytes: int = setting("Cap on the datasets index CSV download, in bytes.")
+    max_metadata_bytes: int = setting("Cap on the metadata download and on its JSON, in bytes.")
+    metadata_timeout: float = setting("Seconds: deadline of one metadata download attempt.")
+    max_json_value_bytes: int = setting(
+        "Cap on one JSON value outside the images and annotations arrays, in bytes."
+    )
+    sas_token_env: Optional[str] = setting(  # noqa: UP045
+        "Name of an environment variable holding an Azure SAS token (never the token itself); null:"
+        " none."
+    )
+    sas_token_origins: list[str] = setting(
+        "The only origins the SAS token is ever sent to (https only)."
+    )
 
     def __post_init__(self) -> None:
         where = "sources.lila.fetch"
@@ -64,6 +88,11 @@ class LilaFetch:
         )
         # Checked at compose, before any secret is read: where the token may ever go.
         parse_origins(self.sas_token_origins, f"{where}.sas_token_origins", secret=True)
+        if self.sas_token_env and not self.sas_token_origins:
+            raise ConfigError(
+                f"{where}.sas_token_origins is empty: a token needs the origins it may be sent "
+                f"to (e.g. https://lilawildlife.blob.core.windows.net for {self.sas_token_env})"
+            )
 
 
 class SplitBy(Enum):
@@ -77,13 +106,19 @@ class SplitBy(Enum):
 class LilaClean:
     """What clean-annotations@lila reads of this source's settings."""
 
-    split_by: SplitBy = MISSING
+    split_by: SplitBy = setting(
+        "What near copies share a split: location (a camera site) or sequence (one burst, seq_id)."
+    )
 
 
 @dataclass
 class LilaConf(SourceConf):
     """conf/source/lila.yaml."""
 
+    classes: list[str] = setting(
+        "Classes by common name or scientific name; `empty` is a class like any other. The order "
+        "fixes the class ids used by clean-annotations and export-npz."
+    )
     fetch: LilaFetch = MISSING
     clean: LilaClean = MISSING
     export: NoSettings = MISSING

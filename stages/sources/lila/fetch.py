@@ -61,10 +61,15 @@ def plan(cfg, ctx: Context) -> Plan:
         "metadata_annotations": meta.n_annotations,
         **sel.stats,
     }
+    picked = sel.stats["picked"]
     log.info(
-        "selected %d of %d images (%s)",
+        "selected %d of %d images; items per label, and how many were picked for it where "
+        "fewer (a cap bounds the picks; a pick for one class may carry another's label): %s",
         len(rows),
         meta.n_images,
-        ", ".join(f"{k} {v}" for k, v in sel.stats["selected"].items()),
+        ", ".join(
+            f"{k} {v}" + (f" ({picked[k]} picked)" if picked[k] != v else "")
+            for k, v in sel.stats["selected"].items()
+        ),
     )
     return Plan(rows, stats)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar, Optional
 
 from omegaconf import MISSING
 
-from stages.core.config import NoSettings, SourceConf, positive
+from stages.core.config import NoSettings, SourceConf, positive, setting
 from stages.core.errors import ConfigError
 from stages.core.origins import parse_origins
 from stages.core.store import Row, Store
@@ -47,27 +47,43 @@ class IfMissing(Enum):
 class TatorMedia:
     """Which media: every filter given must hold (all empty: every media of the project)."""
 
-    names: list[str] = MISSING
-    section: Optional[str] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
-    attributes: list[str] = MISSING
-    if_missing: IfMissing = MISSING
+    names: list[str] = setting("Exact media names (empty: no filter by name).")
+    section: Optional[str] = setting(  # noqa: UP045 - OmegaConf needs typing.Optional
+        "A section (folder) name (null: no filter by section)."
+    )
+    attributes: list[str] = setting(
+        "Media attribute filters, `Name::value` (checked here too: Tator ignores undeclared ones)."
+    )
+    if_missing: IfMissing = setting(
+        "error or warn: media listed in `names` but absent from the project."
+    )
 
 
 @dataclass
 class TatorFetch:
     """What fetch@tator reads: the server, the project, what to select, limits."""
 
-    host: str = MISSING
-    project: int = MISSING
-    token_env: str = MISSING
+    host: str = setting(
+        "scheme://host[:port] of the Tator server: https only (loopback aside); the token is sent "
+        "there only."
+    )
+    project: int = setting("Id of the Tator project (from its URL).")
+    token_env: str = setting("Environment variable holding the API token (never the token itself).")
     media: TatorMedia = MISSING
-    localization_types: list[str] = MISSING
-    versions: list[int] = MISSING
-    class_attribute: str = MISSING
-    unknown_class: Optional[str] = MISSING  # noqa: UP045
-    page_size: int = MISSING
-    media_per_query: int = MISSING
-    max_response_bytes: int = MISSING
+    localization_types: list[str] = setting(
+        "Localization type names or ids (empty: every type; only box types give boxes, the others "
+        "are counted)."
+    )
+    versions: list[int] = setting("Annotation version ids (empty: every version).")
+    class_attribute: str = setting(
+        "The attribute holding a box's class (a track's, for its boxes without one)."
+    )
+    unknown_class: Optional[str] = setting(  # noqa: UP045
+        "Class of a box with no class attribute (null: such boxes are dropped)."
+    )
+    page_size: int = setting("Objects per list request (paged by id; Tator has no cap).")
+    media_per_query: int = setting("Media ids per localization or state list request.")
+    max_response_bytes: int = setting("Cap on one API response, in bytes, enforced while reading.")
 
     def __post_init__(self) -> None:
         where = "sources.tator.fetch"
@@ -100,6 +116,11 @@ class TatorConf(SourceConf):
 
     allow_no_classes: ClassVar[bool] = True  # empty: discovered from the data, sorted
 
+    classes: list[str] = setting(
+        "Class names in id order: they also select (frames with no box of a listed class are not "
+        "fetched; boxes of other classes are dropped by clean). Empty: discovered from the data, in"
+        " sorted order, and recorded in the manifest and metrics."
+    )
     fetch: TatorFetch = MISSING
     clean: NoSettings = MISSING
     export: NoSettings = MISSING

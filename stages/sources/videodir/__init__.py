@@ -23,7 +23,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from omegaconf import MISSING
 
-from stages.core.config import FramesConf, ImportConf, NoSettings, VideoSourceConf, check_frames
+from stages.core.config import (
+    FramesConf,
+    ImportConf,
+    NoSettings,
+    VideoSourceConf,
+    check_frames,
+    setting,
+)
 from stages.core.errors import ConfigError
 from stages.sources import Context, Plan, Source
 
@@ -47,23 +54,45 @@ class OnUnmatched(Enum):
 class CameraFetch:
     """Per-camera fetch settings (`fetch.cameras.<camera>`)."""
 
-    include: bool = MISSING
+    include: bool = setting("Whether this camera's videos are fetched.")
 
 
 @dataclass
 class VideodirFetch:
     """What fetch@videodir reads: where the videos are and how their names are read."""
 
-    root: str = MISSING
-    extensions: list[str] = MISSING
-    regex: str = MISSING
-    timestamp_format: str = MISSING
-    timezone: str = MISSING
-    on_unmatched: OnUnmatched = MISSING
-    label_group: Optional[str] = MISSING  # noqa: UP045 - OmegaConf needs typing.Optional
-    default_label: Optional[str] = MISSING  # noqa: UP045
-    include_cameras_by_default: bool = MISSING
-    cameras: dict[str, CameraFetch] = MISSING
+    root: str = setting(
+        "The videos' folder, relative to the repository root: data/videodir/input, which DVC tracks"
+        " as fetch's input."
+    )
+    extensions: list[str] = setting("File extensions taken as videos (any case).")
+    regex: str = setting(
+        "Matched with re.fullmatch against each video's path relative to root, /-separated. Named "
+        "groups: camera and timestamp are required, label_group (if set) gives the label, any other"
+        " is kept in the item's meta. Symlinks leading out of root are skipped."
+    )
+    timestamp_format: str = setting(
+        "strptime format of the timestamp group, or `epoch` (Unix seconds)."
+    )
+    timezone: str = setting(
+        "IANA zone of timestamps without an offset (e.g. Europe/Berlin); stored as UTC."
+    )
+    on_unmatched: OnUnmatched = setting(
+        "A video whose path does not match: skip (count and list it in the metrics) or fail (stop "
+        "with an error)."
+    )
+    label_group: Optional[str] = setting(  # noqa: UP045 - OmegaConf needs typing.Optional
+        "The regex group holding the label (null: every item gets default_label)."
+    )
+    default_label: Optional[str] = setting(  # noqa: UP045
+        "Label of items whose label group is empty (required when label_group is null)."
+    )
+    include_cameras_by_default: bool = setting(
+        "Whether cameras not listed under `cameras` are fetched."
+    )
+    cameras: dict[str, CameraFetch] = setting(
+        "Per camera (the camera group's value): include true or false."
+    )
 
     def __post_init__(self) -> None:
         where = "sources.videodir.fetch"
@@ -85,17 +114,28 @@ class VideodirFetch:
 class CameraFrames:
     """Per-camera extract-frames settings: null keeps the global value."""
 
-    short_side: Optional[int] = MISSING  # noqa: UP045
-    fps: Optional[float] = MISSING  # noqa: UP045
-    num_frames: Optional[int] = MISSING  # noqa: UP045
-    quality: Optional[int] = MISSING  # noqa: UP045
+    short_side: Optional[int] = setting(  # noqa: UP045
+        "This camera's short side in pixels; null: the global frames.short_side."
+    )
+    fps: Optional[float] = setting(  # noqa: UP045
+        "This camera's frames per second; null: the global frames.fps."
+    )
+    num_frames: Optional[int] = setting(  # noqa: UP045
+        "This camera's evenly spaced frames per clip; null: the global frames.num_frames."
+    )
+    quality: Optional[int] = setting(  # noqa: UP045
+        "This camera's JPEG quality 1..100; null: the global frames.quality."
+    )
 
 
 @dataclass
 class VideodirFrames(FramesConf):
     """extract-frames settings: the global ones plus per-camera overrides (`cameras`)."""
 
-    cameras: dict[str, CameraFrames] = MISSING
+    cameras: dict[str, CameraFrames] = setting(
+        "Per camera (the camera group's value), all four keys (short_side, fps, num_frames, "
+        "quality); null keeps the global value."
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -123,6 +163,11 @@ class VideodirFrames(FramesConf):
 class VideodirConf(VideoSourceConf):
     """conf/source/videodir.yaml."""
 
+    classes: list[str] = setting(
+        "Class names in id order; labels from the regex group fetch.label_group names are matched "
+        "to them case-insensitively (unknown ones are counted in the fetch metrics, the item kept "
+        "unlabelled)."
+    )
     fetch: VideodirFetch = MISSING
     frames: VideodirFrames = MISSING
     clean: NoSettings = MISSING
