@@ -93,7 +93,7 @@ def test_explain_lists_each_setting_with_its_type_value_and_meaning(capsys):
     fetch_schema = typing.get_type_hints(sources.load("lila").schema)["fetch"]
     declared = [f.name for f in dataclasses.fields(fetch_schema)]
     assert [h.split(":")[0] for h in heads] == [f"sources.lila.fetch.{n}" for n in declared]
-    assert "sources.lila.fetch.cap: int or null = null\n    Default cap on images per class" in out
+    assert "sources.lila.fetch.cap: int or null = null\n    Default cap on the images picked" in out
     assert "sources.lila.fetch.cloud: one of gcp, aws, azure = gcp\n" in out
     main(["--conf", str(CONF), "--explain", "split"])
     out = capsys.readouterr().out

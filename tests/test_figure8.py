@@ -290,9 +290,14 @@ def test_tiles_are_anchored_to_the_far_edge_and_relabelled(built, tmp_path):
     for tile in y:
         values = np.unique(tile)
         assert list(values) == list(range(len(values)))  # 1..N in every tile
-    bad = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, samples_to_drop=["x_7"]))
-    with pytest.raises(ConfigError, match="x_7"):
+    # A name of the right shape that the job lacks fails at export; one of no shape at compose.
+    bad = dataclasses.replace(
+        cfg, export=dataclasses.replace(cfg.export, samples_to_drop=["x_07_y_07"])
+    )
+    with pytest.raises(ConfigError, match="x_07_y_07.*name no movie or position"):
         SOURCE.export_store(bad, EXPORT, ["train"], Store(built.tmp / "clean"), tmp_path)
+    with pytest.raises(ConfigError, match=r"\['x_7'\] name no position"):
+        dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, samples_to_drop=["x_7"]))
 
 
 def test_recombine_stitches_positions_with_unique_labels(built, job, tmp_path):
