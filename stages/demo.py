@@ -99,9 +99,11 @@ def summary_table() -> str:
     from stages.clean_annotations import explain
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = ("fetch", "clean", "export", "import", "labels")
+    reports = {s: {stage: report(s, stage) for stage in stages} for s in params["sources"]}
     lines = []
     for source in params["sources"]:
-        m = {stage: report(source, stage) for stage in ("fetch", "clean", "export")}
+        m = reports[source]
         sel = m["fetch"].get("selection", {})
         fetched = m["fetch"].get("classes", {})
         # Sources without a selection step select what they fetch. A cap bounds the items
@@ -134,7 +136,7 @@ def summary_table() -> str:
     lines += ["", "(selected: items with the label; picked: chosen for it, what a cap bounds)"]
     lines += ["", f"{'splits (items)':<24}" + "".join(f"{n:>10}" for n in params["split"]["names"])]
     for source in params["sources"]:
-        splits = report(source, "clean").get("splits")
+        splits = reports[source]["clean"].get("splits")
         if splits:  # sources whose clean stage assigns splits
             lines.append(
                 f"{source:<24}"
@@ -148,7 +150,7 @@ def summary_table() -> str:
         f"{'in group':>10}{'dropped':>9}  (max distance {gates['max_distance']} bits)",
     ]
     for source in params["sources"]:
-        g = report(source, "clean").get("gates")
+        g = reports[source]["clean"].get("gates")
         if g:
             t = g["totals"]
             state = (
@@ -160,7 +162,7 @@ def summary_table() -> str:
             )
     lines.append("(report: data/<source>/plots/gates.csv, contact sheet: gates.png)")
     for source in params.get("import_sources") or {}:
-        imp, lab = report(source, "import"), report(source, "labels")
+        imp, lab = reports[source]["import"], reports[source]["labels"]
         target = params["sources"][source]["import_to"]["target"]
         lines.append(
             f"import@{source}: {imp['files']} files to {target} ({imp['shards']} shard(s), "
@@ -170,6 +172,13 @@ def summary_table() -> str:
         )
     lines += ["", "Metrics (headline numbers): data/<source>/metrics/; all counts: reports/."]
     return "\n".join(lines)
+
+
+# Sources of local files: each input folder and the stand-in command that writes it.
+INPUTS = (
+    ("standins.video", "folder", "data/videodir/input"),
+    ("standins.figure8", "input", "data/figure8/input"),
+)
 
 
 def write_inputs() -> None:
@@ -182,12 +191,6 @@ def write_inputs() -> None:
             [sys.executable, "-m", module, command, "--root", folder], cwd=ROOT, check=True
         )
     dvc("add", "--quiet", *(folder for _, _, folder in INPUTS))
-
-
-INPUTS = (
-    ("standins.video", "folder", "data/videodir/input"),
-    ("standins.figure8", "input", "data/figure8/input"),
-)
 
 
 @contextlib.contextmanager

@@ -154,7 +154,7 @@ class CleanConf:
 class OnEmpty(Enum):
     """What a class with no items in some split is."""
 
-    warn = "warn"  # a warning in the metrics
+    warn = "warn"  # a warning in the report
     error = "error"  # the stage stops
 
 
@@ -171,7 +171,7 @@ class SplitConf:
     )
     seed: int = setting("Seeds every group's draw; changing it moves groups between splits.")
     on_empty_class: OnEmpty = setting(
-        "A class with no items in a split: warn (in the metrics and the log) or error (the stage "
+        "A class with no items in a split: warn (in the report and the log) or error (the stage "
         "stops)."
     )
 

@@ -44,10 +44,15 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
             tmp.write_bytes(data)
 
 
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """Return a file's digest (hex) by a hashlib algorithm name, read in chunks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, algorithm).hexdigest()
+
+
 def sha256_file(path: str | Path) -> str:
     """Return a file's SHA-256 (hex), read in chunks."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    return file_digest(path, "sha256")
 
 
 def spool(path: str | Path, blobs: list[bytes]) -> list[int]:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stages.splits")
 
-SHOWN = 8  # empty class/split pairs named in the logged line; the metrics list them all
+SHOWN = 8  # empty class/split pairs named in the logged line; the report lists them all
 
 
 def draw(seed: int, source: str, group: str) -> float:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from stages.core.store import MANIFEST
+from stages.pipeline.restore import locked_stages
 
 log = logging.getLogger("stages.pipeline.previous")
 FIRST = "%s: first build of %s (no earlier build in DVC's cache)"
@@ -22,17 +23,10 @@ FIRST = "%s: first build of %s (no earlier build in DVC's cache)"
 
 def locked_dir_md5(root: Path, rel: str) -> str | None:
     """Return the `.dir` md5 dvc.lock records for an output directory, or None."""
-    from dvc.utils.serialize import load_yaml
-
-    try:
-        doc = load_yaml(root / "dvc.lock")
-    except Exception:  # noqa: BLE001 - no readable lock file: no previous build to reuse
-        return None
-    stages = doc.get("stages") if isinstance(doc, dict) else None
-    for stage in (stages or {}).values():
-        for out in (stage or {}).get("outs") or []:
-            md5 = out.get("md5") if isinstance(out, dict) else None
-            if out.get("path") == rel and isinstance(md5, str) and md5.endswith(".dir"):
+    for outs in locked_stages(root).values():
+        for out in outs:
+            md5 = out.get("md5")
+            if out["path"] == rel and isinstance(md5, str) and md5.endswith(".dir"):
                 return md5
     return None
 

@@ -21,24 +21,32 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from stages.core.files import file_digest
+
 log = logging.getLogger("stages.pipeline.restore")
 
 FAILED = "failed"  # data/<source>/failed/<rest of the output's path>: the failed run's files
 
 
-def locked_outs(root: Path, stage: str) -> list[dict] | None:
-    """Return the outs dvc.lock records for a stage, or None when it records no build."""
+def locked_stages(root: Path) -> dict[str, list[dict]]:
+    """Return each stage's outs as dvc.lock records them ({} without a readable lock)."""
     from dvc.utils.serialize import load_yaml
 
     try:
-        doc = load_yaml(root / "dvc.lock")
-    except Exception:  # noqa: BLE001 - no readable lock file: no build to restore
-        return None
-    entry = ((doc or {}).get("stages") or {}).get(stage) if isinstance(doc, dict) else None
-    if not isinstance(entry, dict):
-        return None
-    outs = [o for o in entry.get("outs") or [] if isinstance(o, dict) and o.get("path")]
-    return outs or None
+        doc = load_yaml(Path(root) / "dvc.lock")
+    except Exception:  # noqa: BLE001 - no readable lock file: no build recorded
+        return {}
+    stages = doc.get("stages") if isinstance(doc, dict) else None
+    return {
+        name: [o for o in entry.get("outs") or [] if isinstance(o, dict) and o.get("path")]
+        for name, entry in (stages if isinstance(stages, dict) else {}).items()
+        if isinstance(entry, dict)
+    }
+
+
+def locked_outs(root: Path, stage: str) -> list[dict] | None:
+    """Return the outs dvc.lock records for a stage, or None when it records no build."""
+    return locked_stages(root).get(stage) or None
 
 
 def failed_copy_path(rel: str) -> Path:
@@ -47,12 +55,6 @@ def failed_copy_path(rel: str) -> Path:
     if len(parts) > 2 and parts[0] == "data":
         return Path(parts[0], parts[1], FAILED, *parts[2:])
     return Path(FAILED, rel)
-
-
-def md5_of(path: Path) -> str:
-    """Return a file's md5 as DVC records it (its raw bytes)."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "md5").hexdigest()
 
 
 def from_git(root: Path, rel: str, md5: str) -> bytes | None:
@@ -118,7 +120,7 @@ def restore_file(odb, root: Path, rel: str, md5: str) -> str | None:
     (under data/<source>/failed/); return where it went, or "" if none. None: not restorable,
     and the file is left as it is."""
     path = root / rel
-    if path.is_file() and md5_of(path) == md5:
+    if path.is_file() and file_digest(path, "md5") == md5:  # as DVC hashes a file's bytes
         return ""
     src = Path(odb.oid_to_path(md5))
     data = src.read_bytes() if src.is_file() else None

@@ -78,8 +78,8 @@ class VideodirFetch:
         "IANA zone of timestamps without an offset (e.g. Europe/Berlin); stored as UTC."
     )
     on_unmatched: OnUnmatched = setting(
-        "A video whose path does not match: skip (count and list it in the metrics) or fail (stop "
-        "with an error)."
+        "A video whose path does not match: skip (count and list it in the fetch report) or fail "
+        "(stop with an error)."
     )
     label_group: Optional[str] = setting(  # noqa: UP045 - OmegaConf needs typing.Optional
         "The regex group holding the label (null: every item gets default_label)."

@@ -34,7 +34,7 @@ from stages.sources.videodir import (
 
 log = logging.getLogger("stages.sources.videodir")
 
-LIST_CAP = 100  # paths listed in the metrics per kind (the counts are always complete)
+LIST_CAP = 100  # paths listed in the report per kind (the counts are always complete)
 HASH_WORKERS = 8  # hashing is disk-bound: a few threads keep the disk busy
 EPOCH_TEXT = re.compile(r"\d{1,11}(?:\.\d{1,9})?")
 EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
@@ -229,7 +229,8 @@ def plan(cfg: VideodirConf, ctx: Context) -> Plan:
         )
     if found.symlinks_skipped:
         log.warning(
-            "videodir: skipped %d symlink(s) leading out of %s or to folders (see metrics)",
+            "videodir: skipped %d symlink(s) leading out of %s or to folders "
+            "(see reports/fetch.json)",
             len(found.symlinks_skipped),
             f.root,
         )
