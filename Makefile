@@ -67,7 +67,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/fetch.py
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/select.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/selection.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/dvc_transfer.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/frames.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/tator_frames.py

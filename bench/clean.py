@@ -13,8 +13,6 @@ Outputs must be equal frame by frame. The last line is reference time / our time
 
 from __future__ import annotations
 
-import _unshadow  # noqa: F401  # isort: skip
-
 import argparse
 import time
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import _unshadow  # noqa: F401  # isort: skip
-
 import argparse
 import hashlib
 import shutil
@@ -81,6 +79,7 @@ def main() -> None:
     if args.quick:
         args.items, args.shard_mb, args.rounds = 3000, 4.0, 1
     sys.path.insert(0, str(ROOT))
+    from stages.core.executor import LocalExecutor
     from stages.core.store import Row, write_store
 
     dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
@@ -127,6 +126,7 @@ def main() -> None:
             rows,
             lambda r: originals[r.item_id],
             shard_bytes=int(args.shard_mb * (1 << 20)),
+            executor=LocalExecutor(2),
         )
         shards = sorted((store_dir / "shards").glob("*.tar"))
         store_bytes = tree_bytes(store_dir)

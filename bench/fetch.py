@@ -3,8 +3,6 @@ with a plain urllib3 pool doing the same checks, against a local nginx, alternat
 
 from __future__ import annotations
 
-import _unshadow  # noqa: F401  # isort: skip
-
 import argparse
 import hashlib
 import io

@@ -4,8 +4,6 @@ sampling against a decode-only ffmpeg pass (`-f null -`), one ffmpeg process per
 
 from __future__ import annotations
 
-import _unshadow  # noqa: F401  # isort: skip
-
 import argparse
 import os
 import re
@@ -72,6 +70,7 @@ def ensure_clips(cache: Path, n: int, spec: dict) -> list[Path]:
 
 def build_store(root: Path, clips: list[Path]) -> Path:
     """Pack the clips into an item store like fetch@kinetics writes (whole clips, no window)."""
+    from stages.core.executor import LocalExecutor
     from stages.core.store import Row, write_store
 
     rows = [
@@ -87,22 +86,33 @@ def build_store(root: Path, clips: list[Path]) -> Path:
         for i in range(len(clips))
     ]
     by_id = {r.item_id: clips[i] for i, r in enumerate(rows)}
-    write_store(root, rows, payload=lambda r: by_id[r.item_id], shard_bytes=1 << 30)
+    write_store(
+        root,
+        rows,
+        payload=lambda r: by_id[r.item_id],
+        shard_bytes=1 << 30,
+        executor=LocalExecutor(2),
+    )
     return root
 
 
 def run_ours(inp: Path, out: Path, num_frames: int | None, shard_bytes: int):
     """Run the extract-frames stage function; return seconds and its metrics."""
+    from stages.core.executor import LocalExecutor
     from stages.core.store import Store
-    from stages.extract_frames import extract_frames
-    from stages.pipeline.compose import source_defaults
+    from stages.families import Inputs
+    from stages.pipeline.compose import CONF_DIR, group_defaults, source_defaults
+    from stages.pipeline.executors import load_conf
     from stages.sources import load
 
     source = load("kinetics")
+    local = LocalExecutor(cfg=load_conf(CONF_DIR, {"DSREPO_EXECUTOR": "local"}))
     frames = {"short_side": 256, "num_frames": num_frames, "quality": 90}
     cfg = source_defaults("kinetics", frames=frames)
+    split = group_defaults("split")
     start = time.perf_counter()
-    _rows, metrics = extract_frames(Store(inp), source, cfg, out, shard_bytes, workers=None)
+    inputs = Inputs(source, cfg, Store(inp), out, shard_bytes, local, split)
+    metrics = source.extractor().run(inputs)
     elapsed = time.perf_counter() - start
     return elapsed, metrics
 

@@ -11,8 +11,6 @@ Last line: neardup_speedup=<baseline s / ours s> pairs_equal=<0|1>.
 
 from __future__ import annotations
 
-import _unshadow  # noqa: F401  # isort: skip
-
 import argparse
 import io
 import time
@@ -21,9 +19,9 @@ import _common  # noqa: F401 (puts the repo on sys.path)
 import numpy as np
 from PIL import Image
 
-from stages.clean_annotations import inspect_image
 from stages.core.gates import near_pairs, plan
 from stages.core.parallel import pmap
+from stages.families.clean import inspect_image
 from stages.pipeline.compose import group_defaults
 
 

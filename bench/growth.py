@@ -13,8 +13,6 @@ project's settings and with the previous ones (cache.type copy, keep_cache true)
 
 from __future__ import annotations
 
-import _unshadow  # noqa: F401  # isort: skip
-
 import argparse
 import dataclasses
 import hashlib
@@ -27,6 +25,7 @@ from types import SimpleNamespace
 
 from _common import ROOT, bench_dir, dvc_env, run, tree_files
 
+from stages.core.executor import LocalExecutor
 from stages.core.selection import labels_of, pick
 from stages.core.store import (
     Row,
@@ -85,7 +84,14 @@ def build(out: Path, rows: list[Row], blobs: Path, mean: int, shard_bytes: int) 
     """Write a store the way the fetch stage does (grouped by class, in selection rank)."""
     rows = [dataclasses.replace(r, sha256=None) for r in rows]
     rank = LILA.rank(SimpleNamespace(fetch=SimpleNamespace(seed=SEED)))
-    write_store(out, rows, lambda r: blob(blobs, r.source_id, mean), shard_bytes, rank=rank)
+    write_store(
+        out,
+        rows,
+        lambda r: blob(blobs, r.source_id, mean),
+        shard_bytes,
+        rank=rank,
+        executor=LocalExecutor(2),
+    )
 
 
 def build_by_id(out: Path, rows: list[Row], blobs: Path, mean: int, shard_bytes: int) -> None:
@@ -189,7 +195,9 @@ def footprint(tmp: Path, n_images: int, cache_type: str, keep_cache: bool) -> tu
         fetch_over = {"dataset": "NACTI-demo", "caps": {}, "index_url": srv.index_url}
         cfg = source_defaults("lila", classes=classes, fetch=fetch_over)
         fetch_cfg = dataclasses.replace(group_defaults("fetch"), keep_cache=keep_cache)
-        rows, _ = fetch(LILA, cfg, fetch_cfg, group_defaults("store"), out, dl_cache)
+        rows, _ = fetch(
+            LILA, cfg, fetch_cfg, group_defaults("store"), out, dl_cache, executor=LocalExecutor(2)
+        )
     run(["dvc", "add", "-q", "data/lila/fetch"], repo, env)
     payload = sum(r.bytes for r in rows if r.status == "ok")
     used = disk_bytes(out, repo / ".dvc" / "cache", dl_cache)

@@ -16,8 +16,6 @@ fraction of our first import's.
 
 from __future__ import annotations
 
-import _unshadow  # noqa: F401  # isort: skip
-
 import argparse
 import dataclasses
 import os
@@ -27,6 +25,7 @@ from pathlib import Path
 
 from _common import bench_dir, settle, sha256_file, tator_standin
 
+from stages.core.executor import LocalExecutor
 from stages.core.store import Store
 from stages.fetch import fetch
 from stages.import_media import run_import
@@ -112,6 +111,7 @@ def ours_fetch(cfg, work: Path) -> None:
         group_defaults("store"),
         work / "fetch",
         work / "cache",
+        executor=LocalExecutor(2),
     )
     assert metrics["ok"] == len(rows), metrics
 

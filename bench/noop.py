@@ -9,8 +9,6 @@ so dvc.lock describes a pipeline of that size. Each command then runs three time
 
 from __future__ import annotations
 
-import _unshadow  # noqa: F401  # isort: skip
-
 import argparse
 import io
 import shutil

@@ -7,8 +7,6 @@ On 2 cores no speed-up is possible: the point is the distributed path's overhead
 
 from __future__ import annotations
 
-import _unshadow  # noqa: F401  # isort: skip
-
 import argparse
 import hashlib
 import time
@@ -82,14 +80,16 @@ def fetch_once(cfg, out: Path, cache: Path, executor) -> tuple[float, dict]:
 def frames_once(inp: Path, out: Path, executor) -> tuple[float, dict]:
     """Run extract-frames' function; return seconds and metrics."""
     from stages.core.store import Store
-    from stages.extract_frames import extract_frames
-    from stages.pipeline.compose import source_defaults
+    from stages.families import Inputs
+    from stages.pipeline.compose import group_defaults, source_defaults
     from stages.sources import load
 
+    source = load("kinetics")
     cfg = source_defaults("kinetics", frames={"short_side": 256, "num_frames": None})
+    inputs = Inputs(source, cfg, Store(inp), out, 1 << 28, executor, group_defaults("split"))
     settle()
     start = time.perf_counter()
-    _rows, metrics = extract_frames(Store(inp), load("kinetics"), cfg, out, 1 << 28, None, executor)
+    metrics = source.extractor().run(inputs)
     return time.perf_counter() - start, metrics
 
 
@@ -117,8 +117,10 @@ def main() -> int:
 
     from distributed import Client
 
-    from stages.core.executor import DaskExecutor, LocalExecutor, load_conf, local_cluster
+    from stages.core.cluster import DaskExecutor, local_cluster
+    from stages.core.executor import LocalExecutor
     from stages.pipeline.compose import source_defaults
+    from stages.pipeline.executors import load_conf
 
     nginx = ensure_nginx()
     with bench_dir("bench-scale-") as tmp:
@@ -159,6 +161,7 @@ def main() -> int:
         )
         env = {"DSREPO_EXECUTOR": "dask", "DSREPO_EXECUTOR_OVERRIDES": "workers=2 wait_workers=2"}
         conf = load_conf(ROOT / "conf", env)  # conf/executor/dask.yaml, as a run would use it
+        local = load_conf(ROOT / "conf", {"DSREPO_EXECUTOR": "local"})
         try:
             with local_cluster(conf) as cluster, Client(cluster) as client:
                 client.wait_for_workers(2)
@@ -173,7 +176,7 @@ def main() -> int:
                         ("xd", "dask"),
                     ):
                         ex = (
-                            LocalExecutor()
+                            LocalExecutor(cfg=local)
                             if what == "local"
                             else DaskExecutor(conf, client=client)
                         )
@@ -189,7 +192,7 @@ def main() -> int:
                         print(f"round {r} {key}: {sec:.2f}s", flush=True)
                 with DaskExecutor(conf, client=client) as ex:
                     overhead = task_overhead(ex, args.noop_tasks)
-                local_overhead = task_overhead(LocalExecutor(), args.noop_tasks)
+                local_overhead = task_overhead(LocalExecutor(cfg=local), args.noop_tasks)
         finally:
             stop_nginx(proc)
 

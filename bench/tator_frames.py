@@ -12,8 +12,6 @@ Both fetch the same frames (checked). The last line is ours/seed in frames per s
 
 from __future__ import annotations
 
-import _unshadow  # noqa: F401  # isort: skip
-
 import argparse
 import os
 import shutil
@@ -23,6 +21,7 @@ from pathlib import Path
 
 from _common import bench_dir, median, settle, tator_standin
 
+from stages.core.executor import LocalExecutor
 from stages.core.store import Store
 from stages.fetch import fetch
 from stages.pipeline.compose import group_defaults, source_defaults
@@ -69,6 +68,7 @@ def ours(url: str, work: Path, workers: int) -> int:
         group_defaults("store"),
         work / "fetch",
         work / "cache",
+        executor=LocalExecutor(2),
     )
     assert metrics["ok"] == len(rows), metrics["reasons"]
     return len(Store(work / "fetch").rows())

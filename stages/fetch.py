@@ -40,11 +40,12 @@ def fetch(
     store_cfg: StoreConf,
     out_dir: Path,
     cache_dir: Path | None = None,
-    executor: Executor | None = None,
+    *,
+    executor: Executor,
 ) -> tuple[list[Row], dict]:
     """Plan, download and pack one source; return the rows and the metrics.
 
-    Downloads and shards are tasks of `executor` (default: this machine).
+    Downloads and shards are tasks of `executor`.
     """
     creds = Credentials(source.credentials(cfg))
     workers = fetch_cfg.source_workers.get(source.name, fetch_cfg.workers)
@@ -61,8 +62,7 @@ def fetch(
     # Held from planning to packing: no concurrent run deletes an object this one will read.
     users = CacheUsers(dl.root)
     try:
-        if executor is not None:
-            executor.check_visible(dl.root, Path(out_dir).absolute().parent)
+        executor.check_visible(dl.root, Path(out_dir).absolute().parent)
         plan = plan_and_download(source, cfg, dl, out_dir)
         if out_dir.exists():
             shutil.rmtree(out_dir)  # DVC removes outputs too; never mix two runs' files

@@ -13,58 +13,22 @@ zero-padded numbers, so string order is numeric order (Camio's were not padded: 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from stages.core.config import FetchConf, ImportConf, TargetKind
-from stages.core.errors import ConfigError, StoreError
-from stages.core.files import atomic_path, atomic_write
+from stages import targets
+from stages.core.config import FetchConf, ImportConf
 from stages.core.parallel import pmap, progress
 from stages.core.store import Row, Store
-from stages.net.download import backoff_delay
+from stages.net.retry import Policy, Transient
 from stages.pipeline.entry import run_main, start
 from stages.targets import Target, TargetBusy, Upload
+from stages.targets.record import shard_status, write_record
 
 log = logging.getLogger("stages.import_media")
-RECORD = "record.parquet"
-JOB = "job.json"
-RECORD_SCHEMA = pa.schema(
-    [
-        ("sha256", pa.string()),
-        ("path", pa.string()),
-        ("camera", pa.string()),
-        ("timestamp", pa.string()),
-        ("lat", pa.float64()),
-        ("lng", pa.float64()),
-        ("target_id", pa.string()),
-        ("job_id", pa.string()),
-        ("shard_id", pa.string()),
-        # imported (sent now, or found there already: the record is the same either way, so
-        # a resumed run ends as an uninterrupted one) or failed
-        ("status", pa.string()),
-        ("reason", pa.string()),
-    ]
-)
-
-
-def make_target(cfg: ImportConf, retry: FetchConf) -> Target:
-    """Return the configured target (`retry`: the fetch section's timeouts and retries)."""
-    if cfg.target is TargetKind.folder:
-        from stages.targets.folder import FolderTarget
-
-        return FolderTarget(cfg.folder)
-    if cfg.target is TargetKind.tator:
-        from stages.targets.tator import TatorTarget
-
-        return TatorTarget(cfg.tator, retry, workers=cfg.workers)
-    raise ConfigError(f"import_to.target {cfg.target.value!r} is not built")  # pragma: no cover
 
 
 def location(meta: dict) -> tuple[float, float] | None:
@@ -83,23 +47,14 @@ def plan_job(rows: list[Row], shard_size: int) -> tuple[str, list[list[Row]]]:
     return f"job-{digest[:16]}", shards
 
 
-def shard_status(statuses: list[str]) -> str:
-    """Return a shard's status from its files' (complete, failed, uploading or missing)."""
-    done = sum(s in ("sent", "present") for s in statuses)
-    if done == len(statuses):
-        return "complete"
-    if any(s == "failed" for s in statuses):
-        return "failed"
-    return "uploading" if done else "missing"
-
-
 def run_import(
     cfg: ImportConf, store: Store, target: Target, name: str, retry: FetchConf
 ) -> tuple[list[dict], dict, dict]:
     """Send every fetched file the target lacks; return the record rows, the job, metrics.
 
-    A file the target refuses for now is retried with the downloader's settings (`retry`:
-    `fetch.retries`, `backoff`, `backoff_max`, `retry_after_max`)."""
+    A file the target refuses for now is retried by the policy the downloader's settings
+    make (`retry`: `fetch.retries`, `backoff`, `backoff_max`, `retry_after_max`)."""
+    policy = Policy.from_conf(retry)
     rows = [r for r in store.rows() if r.status == "ok" and r.sha256 and r.shard is not None]
     job_id, shards = plan_job(rows, cfg.shard_size)
     have = target.existing()
@@ -126,16 +81,19 @@ def run_import(
             settings=cfg.for_camera(camera),
             open=lambda: store.open(row),
         )
-        for attempt in range(retry.retries + 1):
+
+        def attempt() -> str:
             try:
-                return "sent", target.upload(item, places[camera]), ""
+                return target.upload(item, places[camera])
             except TargetBusy as exc:
-                if attempt == retry.retries:
-                    return "failed", "", f"target busy after {attempt + 1} attempts: {exc.reason}"
-                time.sleep(backoff_delay(retry, attempt, exc.retry_after))
-            except OSError as exc:  # the target's disk or connection: this file's failure
-                return "failed", "", f"{type(exc).__name__}: {exc.strerror or exc}"
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise Transient(exc.reason, exc.retry_after) from None
+
+        try:
+            return "sent", policy.run(attempt), ""
+        except Transient as exc:
+            return "failed", "", f"target busy after {exc.attempts} attempts: {exc.reason}"
+        except OSError as exc:  # the target's disk or connection: this file's failure
+            return "failed", "", f"{type(exc).__name__}: {exc.strerror or exc}"
 
     ordered = [r for shard in shards for r in shard]
     results = pmap(upload, ordered, kind="thread", workers=cfg.workers, window=4 * cfg.workers)
@@ -201,32 +159,13 @@ def run_import(
     return record, job, metrics
 
 
-def write_record(out_dir: Path, record: list[dict], job: dict) -> None:
-    """Write the import record and the job, deterministically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(record, schema=RECORD_SCHEMA)
-    with atomic_path(out_dir / RECORD) as tmp:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=False)
-    atomic_write(out_dir / JOB, json.dumps(job, indent=2, sort_keys=True) + "\n")
-
-
-def read_record(record_dir: Path) -> tuple[dict, list[dict]]:
-    """Return an import's job and record rows."""
-    try:
-        job = json.loads((record_dir / JOB).read_text(encoding="utf-8"))
-        rows = pq.read_table(record_dir / RECORD).to_pylist()
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{record_dir}: no import record ({exc}); run `dvc repro` first") from None
-    return job, rows
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run import@<source>."""
     run = start(argv, "stages.import_media", __doc__, clear=False)
     args = run.args
     cfg = run.cfg.import_to
     retry = run.section("fetch")  # tuning only: never a param of the stage
-    target = make_target(cfg, retry)
+    target = targets.load(cfg, retry)
     try:
         record, job, metrics = run_import(cfg, Store(args.inp), target, args.source, retry)
     finally:

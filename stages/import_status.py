@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stages import sources
+from stages import sources, targets
 from stages.core.config import GROUPS, typed
-from stages.import_media import make_target, read_record, shard_status
 from stages.pipeline.entry import run_main
 from stages.pipeline.params import load_params, source_params
+from stages.targets.record import read_record, shard_status
 
 
 def status_lines(job: dict, rows: list[dict], have: dict[str, str]) -> list[str]:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = typed(source.schema, source_params(params, args.source), "params.yaml")
     retry = typed(GROUPS["fetch"], params.get("fetch"), "params.yaml", "fetch")
     job, rows = read_record(args.record or Path("data", args.source, "import"))
-    target = make_target(cfg.import_to, retry)
+    target = targets.load(cfg.import_to, retry)
     try:
         have = target.existing()
     finally:

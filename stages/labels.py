@@ -15,12 +15,13 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from stages import targets
 from stages.core.errors import MetadataError
 from stages.core.files import atomic_write
 from stages.formats.labels import Label, order, to_csv, to_json, to_xml
-from stages.import_media import make_target, read_record
 from stages.pipeline.entry import run_main, start
 from stages.targets import Target
+from stages.targets.record import read_record
 
 log = logging.getLogger("stages.labels")
 FILES = ("labels.json", "labels.csv", "labels.xml")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     run = start(argv, "stages.labels", __doc__)
     args = run.args
     job, rows = read_record(args.inp)
-    target = make_target(run.cfg.import_to, run.section("fetch"))
+    target = targets.load(run.cfg.import_to, run.section("fetch"))
     try:
         labels, metrics = collect(rows, target)
     finally:

@@ -1,11 +1,13 @@
 """Figure Eight / DeepCell fixtures: synthetic label movies, montages made from them, and the
 annotation artefacts (holes, specks) cleaning has to fix.
 
-Montages are made by the same geometry the product cuts them with, so `chop(make(movie)) ==
-movie` is a property test of the product's side. `generate_job` makes a whole job (raw
-frames, logs, annotated montages) and `Figure8Standin` serves its API: the zipped report
-(`GET /v1/jobs/<id>.csv?type=`, `Authorization: Token token=<key>`, 202 while queued) and the
-annotation images. `python -m standins.figure8 input|serve` for the demo.
+Montages and positions are laid out by this module's own arithmetic, written from the
+format's description (caliban-toolbox's montage maker and overlapping chopper) and sharing no
+code with the product, so `chop(make(movie)) == movie` checks the product's side against an
+independent maker. `generate_job` makes a whole job (raw frames, logs, annotated montages) and
+`Figure8Standin` serves its API: the zipped report (`GET /v1/jobs/<id>.csv?type=`,
+`Authorization: Token token=<key>`, 202 while queued) and the annotation images. `python -m
+standins.figure8 input|serve` for the demo.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from urllib.parse import parse_qs
 import numpy as np
 from PIL import Image
 
-from stages.sources.figure8.montage import Chopper, Geometry
 from standins.http import Handler, Standin, corrupted, serve_until_signalled
 
 
@@ -77,18 +78,65 @@ def add_artefacts(labels: np.ndarray, seed: int = 0, holes: int = 20, specks: in
     return out
 
 
-def make_montage(frames: np.ndarray, geometry: Geometry, fill: int = 0) -> np.ndarray:
-    """Lay frames out in rows of row_length with buffers on every edge (the montage maker)."""
+@dataclass(frozen=True)
+class Layout:
+    """How a montage tiles a position's frames: rows of `row_length` frames, with `x_buffer`
+    and `y_buffer` pixels of padding before, between and after the tiles."""
+
+    montage_len: int
+    row_length: int
+    x_buffer: int
+    y_buffer: int
+
+
+def tile_corner(t: int, h: int, w: int, layout) -> tuple[int, int]:
+    """Return the (top, left) pixel of frame t's tile in a montage of h x w frames."""
+    row, col = t // layout.row_length, t % layout.row_length
+    # Above the tile: row + 1 buffers and row tiles; left of it: col + 1 buffers and col tiles.
+    top = (row + 1) * layout.y_buffer + row * h
+    left = (col + 1) * layout.x_buffer + col * w
+    return top, left
+
+
+def make_montage(frames: np.ndarray, layout, fill: int = 0) -> np.ndarray:
+    """Lay frames out in rows of row_length with buffers on every edge (the montage maker);
+    `layout` is a Layout, or anything with the same four attributes."""
     t, h, w = frames.shape[:3]
-    if t != geometry.montage_len:
-        raise ValueError(f"{t} frames for a montage of {geometry.montage_len}")
-    height = geometry.rows * h + (geometry.rows + 1) * geometry.y_buffer
-    width = geometry.row_length * w + (geometry.row_length + 1) * geometry.x_buffer
+    if t != layout.montage_len:
+        raise ValueError(f"{t} frames for a montage of {layout.montage_len}")
+    rows = -(-t // layout.row_length)  # a short last row still takes a full row's height
+    height = rows * h + (rows + 1) * layout.y_buffer
+    width = layout.row_length * w + (layout.row_length + 1) * layout.x_buffer
     out = np.full((height, width, *frames.shape[3:]), fill, frames.dtype)
     for i in range(t):
-        y0, y1, x0, x1 = geometry.tile_box(i, h, w)
-        out[y0:y1, x0:x1] = frames[i]
+        top, left = tile_corner(i, h, w, layout)
+        out[top : top + h, left : left + w] = frames[i]
     return out
+
+
+@dataclass(frozen=True)
+class Grid:
+    """How raw frames are cut into overlapping positions (the overlapping chopper): `ny` x `nx`
+    steps of `height // ny` x `width // nx` pixels, each widened by the overlap on every side."""
+
+    height: int
+    width: int
+    ny: int
+    nx: int
+    overlap_y: int
+    overlap_x: int
+
+    def positions(self) -> list[tuple[int, int]]:
+        """Return every (x, y) position, x in the outer loop (the chopper's order)."""
+        return [(x, y) for x in range(self.nx) for y in range(self.ny)]
+
+    def crop(self, frame: np.ndarray, x: int, y: int) -> np.ndarray:
+        """Return position (x, y) of a full frame, zeros where it reaches beyond the frame."""
+        sy, sx = self.height // self.ny, self.width // self.nx
+        oy, ox = self.overlap_y, self.overlap_x
+        # The chopper pads the whole frame by the overlap first, then cuts equal windows.
+        padded = np.pad(frame, ((oy, oy), (ox, ox), *[(0, 0)] * (frame.ndim - 2)))
+        return padded[y * sy : y * sy + sy + 2 * oy, x * sx : x * sx + sx + 2 * ox]
 
 
 REPORT_COLUMNS = (
@@ -151,6 +199,7 @@ class Job:
     clean: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
     dirty: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)
     special: bool = False
+    grid: Grid | None = None  # how the raw frames were cut into positions
 
     def write_inputs(self, root: Path) -> None:
         """Write the raw frames and the pre-annotation logs under root."""
@@ -247,10 +296,10 @@ def generate_job(
     rng = np.random.default_rng(seed)
     truth = label_movie(frames, height, width, cells, seed=seed)
     step_y, step_x = height // ny, width // nx
-    chopper = Chopper(
+    grid = Grid(
         height, width, ny, nx, int(step_y * overlap_perc / 100), int(step_x * overlap_perc / 100)
     )
-    geometry = Geometry(montage_len, row_length, buffer, buffer, nx, ny, frames // montage_len)
+    layout = Layout(montage_len, row_length, buffer, buffer)
     inputs = {}
     for t in range(frames):
         raw = raw_frame(truth[t], rng)
@@ -277,8 +326,8 @@ def generate_job(
             "identifier": identifier,
             "y_start_indices": [j * step_y for j in range(ny)],
             "x_start_indices": [i * step_x for i in range(nx)],
-            "overlapping_x_pix": chopper.overlapping_x_pix,
-            "overlapping_y_pix": chopper.overlapping_y_pix,
+            "overlapping_x_pix": grid.overlap_x,
+            "overlapping_y_pix": grid.overlap_y,
             "original_y": height,
             "original_x": width,
             "frame_offset": 0,
@@ -287,19 +336,21 @@ def generate_job(
     ).encode()
     annotations, montages, clean, dirty = {}, [], {}, {}
     for part in range(frames // montage_len):
-        for x, y in chopper.positions():
+        for x, y in grid.positions():
             movie = truth[part * montage_len : (part + 1) * montage_len]
-            pieces = np.stack([chopper.piece(f, x, y) for f in movie])
+            pieces = np.stack([grid.crop(f, x, y) for f in movie])
             clean[(x, y, part)] = pieces
             dirty[(x, y, part)] = add_artefacts(
                 pieces, seed=seed + 7 * part + 3 * x + y, holes=6, specks=6
             )
-            montage = make_montage(annotation_rgb(dirty[(x, y, part)]), geometry)
+            montage = make_montage(annotation_rgb(dirty[(x, y, part)]), layout)
             annotations[annotation_name(identifier, x, y, part)] = encode_png(montage)
             montages.append((x, y, part))
     if special:
         annotations["superseded.png"] = encode_png(np.zeros_like(montage))
-    return Job(identifier, job_id, inputs, annotations, montages, truth, clean, dirty, special)
+    return Job(
+        identifier, job_id, inputs, annotations, montages, truth, clean, dirty, special, grid
+    )
 
 
 class _Figure8Handler(Handler):

@@ -244,6 +244,7 @@ def project(tmp_path, server, cache_dir) -> Project:
 @pytest.fixture(scope="session")
 def fetched(tmp_path_factory) -> Path:
     """The demo's video folder, fetched once: 6 files by content (one under two names)."""
+    from stages.core.executor import LocalExecutor
     from stages.fetch import fetch
     from stages.pipeline.compose import group_defaults, source_defaults
     from stages.sources import load
@@ -259,6 +260,7 @@ def fetched(tmp_path_factory) -> Path:
         group_defaults("store"),
         tmp / "fetch",
         tmp / "c",
+        executor=LocalExecutor(2),
     )
     return tmp / "fetch"
 
@@ -272,7 +274,8 @@ def dask_client():
     """
     from distributed import Client
 
-    from stages.core.executor import load_conf, local_cluster
+    from stages.core.cluster import local_cluster
+    from stages.pipeline.executors import load_conf
 
     env = {"DSREPO_EXECUTOR": "dask", "DSREPO_EXECUTOR_OVERRIDES": "workers=2 allowed_failures=1"}
     with local_cluster(load_conf(ROOT / "conf", env)) as cluster, Client(cluster) as client:

@@ -22,6 +22,16 @@ JPEG = b"\xff\xd8\xff\xe0" + b"j" * 3000 + b"\xff\xd9"
 Script = Callable[[socket.socket, "HostileServer"], bool]
 
 
+def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> bool:
+    """Poll condition until it holds or timeout passes (a hang guard); return whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def head(status: str, *headers: str) -> bytes:
     """Return a status line and headers, CRLF-terminated."""
     return ("\r\n".join([f"HTTP/1.1 {status}", *headers]) + "\r\n\r\n").encode("utf-8")
@@ -175,6 +185,7 @@ class _Handler(socketserver.BaseRequestHandler):
             try:
                 keep = script(conn, server)
             except OSError:
+                server.hung_up(path)
                 return
             if not keep:
                 try:
@@ -202,13 +213,24 @@ class HostileServer:
         self.lock = threading.Lock()
         self.requests: Counter = Counter()
         self.sent: Counter = Counter()
+        # When each path was asked for, by `clock` (a test may swap in its fake clock).
+        self.clock: Callable[[], float] = time.monotonic
+        self.times: dict[str, list[float]] = {}
+        # Request targets (query included) whose client hung up while a script was writing.
+        self.hangups: Counter = Counter()
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def count(self, path: str, nbytes: int, request: bool = False) -> None:
         with self.lock:
             if request:
                 self.requests[path] += 1
+                self.times.setdefault(path, []).append(self.clock())
             self.sent[path] += nbytes
+
+    def hung_up(self, target: str) -> None:
+        """Record that the client closed the connection while a script was answering target."""
+        with self.lock:
+            self.hangups[target] += 1
 
     def __enter__(self) -> HostileServer:
         self._thread.start()

@@ -15,6 +15,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 from stages.core.errors import StageError
+from stages.core.executor import LocalExecutor
 from stages.fetch import fetch
 from stages.pipeline.compose import group_defaults
 from stages.sources import load
@@ -129,7 +130,15 @@ def azure_fetch(index, mirror, out, cache):
         sas_token_env="LILA_SAS",
         sas_token_origins=[origin],
     )
-    return fetch(load("lila"), cfg, group_defaults("fetch"), group_defaults("store"), out, cache)
+    return fetch(
+        load("lila"),
+        cfg,
+        group_defaults("fetch"),
+        group_defaults("store"),
+        out,
+        cache,
+        executor=LocalExecutor(2),
+    )
 
 
 def test_lila_from_the_azure_mirror_with_a_sas_token(standin_root, mirror, monkeypatch, tmp_path):

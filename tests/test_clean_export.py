@@ -10,14 +10,16 @@ import pytest
 from lxml import etree
 from PIL import Image
 
-from stages.clean_annotations import clean
 from stages.core.config import Aspect
+from stages.core.executor import LocalExecutor
 from stages.core.store import Row, Store, rebase, write_manifest, write_store
 from stages.export_folders import export_folders
-from stages.export_npz import export, fit
+from stages.families.clean import ImageCleaner
+from stages.families.export import fit
 from stages.pipeline.compose import group_defaults
 from stages.sources.lila import SOURCE as LILA
 from tests.conftest import lila_conf
+from tests.families import clean, export, export_splits
 
 NAMES = ["deer", "cougar", "empty"]
 
@@ -83,7 +85,9 @@ def fetched(tmp_path) -> Store:
         r.meta["location"] = f"site{n % 3}"  # what splits group camera-trap images by
         if r.item_id in paths:
             r.sha256 = hashlib.sha256(paths[r.item_id].read_bytes()).hexdigest()
-    write_store(tmp_path / "fetch", rows, lambda r: paths.get(r.item_id), 1 << 20)
+    write_store(
+        tmp_path / "fetch", rows, lambda r: paths.get(r.item_id), 1 << 20, executor=LocalExecutor(2)
+    )
     return Store(tmp_path / "fetch")
 
 
@@ -172,14 +176,19 @@ def test_folder_exports(fetched, tmp_path):
     assert images[0].read_bytes() == store.read("t/a")
 
 
-class DropsCougars(type(LILA)):
-    """A source whose cleaning hook drops one class."""
+class CougarCleaner(ImageCleaner):
+    """A cleaner whose hook drops one class."""
 
-    def clean_row(self, cfg, row, counts):
-        if "cougar" in row.labels:
-            counts["cougars_dropped"] += 1
-            return None
-        return row
+    def clean_rows(self, cfg, rows, counts):
+        counts["cougars_dropped"] += sum("cougar" in r.labels for r in rows)
+        return [r for r in rows if "cougar" not in r.labels]
+
+
+class DropsCougars(type(LILA)):
+    """A source whose cleaner drops one class."""
+
+    def cleaner(self):
+        return CougarCleaner()
 
 
 def test_a_source_cleaning_hook_runs_after_the_shared_checks(fetched, tmp_path):
@@ -202,7 +211,7 @@ def test_voc_export_survives_control_characters_in_ids_and_labels(tmp_path):
         labels=["de\x07er"],
         boxes=[{"label": "de\x07er", "x": 1.0, "y": 1.0, "w": 5.0, "h": 5.0}],
     )
-    write_store(tmp_path / "s", [row], lambda r: src, 1 << 20)
+    write_store(tmp_path / "s", [row], lambda r: src, 1 << 20, executor=LocalExecutor(2))
     assert export_folders(Store(tmp_path / "s"), tmp_path / "voc", "voc") == 1
     (xml,) = (tmp_path / "voc" / "Annotations").iterdir()
     doc = etree.parse(str(xml))  # well-formed XML
@@ -212,12 +221,10 @@ def test_voc_export_survives_control_characters_in_ids_and_labels(tmp_path):
 
 
 def test_export_writes_one_set_of_shards_per_split(fetched, tmp_path):
-    from stages.export_npz import export_splits
-
     store, _ = cleaned(fetched, tmp_path)
     splits = group_defaults("split").names
     cfg = group_defaults("export", height=16, width=16, items_per_shard=2)
-    m = export_splits(store, NAMES, cfg, tmp_path / "npz", splits, video=False)
+    m = export_splits(store, LILA, lila_conf(NAMES), cfg, tmp_path / "npz", splits)
     want = {s: sorted(r.item_id for r in store.rows() if r.split == s) for s in splits}
     for split in splits:
         got = []
@@ -247,7 +254,7 @@ def camera_trap_store(root, locations: range) -> Store:
         for loc in locations
         for k in range(3)
     ]
-    write_store(root / "fetch", rows, lambda r: image, 1 << 20)
+    write_store(root / "fetch", rows, lambda r: image, 1 << 20, executor=LocalExecutor(2))
     return Store(root / "fetch")
 
 

@@ -1,6 +1,7 @@
 """Every conf file composes and validates; typos fail at compose; secrets never reach params."""
 
 import dataclasses
+import inspect
 import shutil
 import typing
 from pathlib import Path
@@ -12,8 +13,8 @@ from omegaconf import MISSING
 from stages import sources
 from stages.core.config import GROUPS, ExecutorConf, ExecutorKind, SourceConf, typed
 from stages.core.errors import ConfigError
-from stages.core.executor import load_conf
 from stages.pipeline.compose import compose, compose_text, source_files, write_params
+from stages.pipeline.executors import load_conf
 from stages.pipeline.params import hand_edited, load_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,6 +147,16 @@ def test_every_default_lives_in_conf_only():
             assert f.default is MISSING and f.default_factory is dataclasses.MISSING, (
                 f"{cls.__name__}.{f.name} has a default in code; put it in conf/ instead"
             )
+
+
+def test_what_carries_a_setting_into_the_work_has_no_default_of_its_own():
+    """A frame spec and the decoder's memory budget come from conf, never a second default."""
+    from stages.formats.video import FrameSpec, extract
+
+    for f in dataclasses.fields(FrameSpec):
+        assert f.default is dataclasses.MISSING, f"FrameSpec.{f.name} has a default in code"
+    hold = inspect.signature(extract).parameters["hold_bytes"]
+    assert hold.default is inspect.Parameter.empty
 
 
 def copy_conf(tmp_path):

@@ -8,6 +8,7 @@ import ssl
 import pytest
 
 from stages.core.errors import ConfigError, StageError
+from stages.core.executor import LocalExecutor
 from stages.core.origins import origin_of, parse_origins
 from stages.fetch import fetch
 from stages.net.credentials import Credential, Credentials, from_env
@@ -112,7 +113,13 @@ def test_the_sas_token_goes_to_its_origins_and_nowhere_else(
     cfg = lila_with_token(index, [meta.url, imgs.url])
     fetch_cfg = group_defaults("fetch", workers=4)
     rows, metrics = fetch(
-        LILA, cfg, fetch_cfg, group_defaults("store"), tmp_path / "out", tmp_path / "cache"
+        LILA,
+        cfg,
+        fetch_cfg,
+        group_defaults("store"),
+        tmp_path / "out",
+        tmp_path / "cache",
+        executor=LocalExecutor(2),
     )
     assert metrics["ok"] == metrics["items"] > 10 and metrics["failed"] == 0
     # The index host and the redirect target never saw the token, in the query or a header.
@@ -139,6 +146,7 @@ def test_a_rejected_credential_stops_the_stage_and_writes_nothing(
             group_defaults("store"),
             tmp_path / "out",
             tmp_path / "cache",
+            executor=LocalExecutor(2),
         )
     assert isinstance(err.value, StageError) and err.value.exit_code == 2
     assert "TEST_SAS_TOKEN" in str(err.value) and "wrong" not in str(err.value)

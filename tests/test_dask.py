@@ -2,33 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
+import yaml
 from distributed import WorkerPlugin
 
-from stages.core.errors import StageError, TransientFailures
-from stages.core.executor import DaskExecutor, LocalExecutor, load_conf
+from stages.core.cluster import DaskExecutor, write_security
+from stages.core.errors import ConfigError, StageError, TransientFailures
+from stages.core.executor import LocalExecutor
 from stages.core.store import Row, Store, write_store
-from stages.export_npz import export_splits
-from stages.extract_frames import extract_frames
 from stages.fetch import fetch
 from stages.net.download import CredentialRejected, Downloader
 from stages.net.ledger import Ledger
 from stages.pipeline.compose import group_defaults, source_defaults
+from stages.pipeline.executors import load_conf, open_executor
 from stages.sources import load
 from standins.figure8 import Figure8Standin, generate_job
 from standins.kinetics import KineticsStandin, generate
 from standins.video import make_clip
 from tests.conftest import ROOT, SECRET, SIG, lila_conf, make_project
+from tests.families import clean_store, export_splits, extract_frames
 from tests.hostile import HostileServer
 from tests.test_credentials import images, leaked, lila_with_token
 from tests.test_download import assert_cache_sound
@@ -123,7 +130,15 @@ def test_kinetics_clips_fetch_on_dask_as_locally(dask_client, tmp_path):
         cfg = kconf(kserver)
         fetch_cfg = group_defaults("fetch", retries=2, backoff=0.01, backoff_max=0.05)
         store = group_defaults("store")
-        _, local = fetch(KINETICS, cfg, fetch_cfg, store, tmp_path / "local", tmp_path / "c1")
+        _, local = fetch(
+            KINETICS,
+            cfg,
+            fetch_cfg,
+            store,
+            tmp_path / "local",
+            tmp_path / "c1",
+            executor=LocalExecutor(2),
+        )
         before = sum(kserver.requests.values())
         with executor_for(dask_client) as ex:
             rows, metrics = fetch(
@@ -153,7 +168,7 @@ def test_a_lost_scheduler_loses_no_finished_download(server, tmp_path):
     settings = {"distributed.scheduler.worker-saturation": 1.0}
     with dask.config.set(settings):
         cluster = LocalCluster(
-            n_workers=2, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1"
+            n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0", host="127.0.0.1"
         )
     client = Client(cluster)
 
@@ -216,12 +231,18 @@ def test_figure8_movies_and_cleaning_on_dask_as_locally(dask_client, tmp_path):
     with executor_for(dask_client) as ex:
         for name, executor in (("local", LocalExecutor(2)), ("dask", ex)):
             out = tmp_path / name
-            _, frames = figure8.extract(
-                cfg, Store(tmp_path / "fetch"), out / "frames", 1 << 20, executor
+            _, frames = extract_frames(
+                Store(tmp_path / "fetch"), figure8, cfg, out / "frames", 1 << 20, executor=executor
             )
-            args = (cfg, None, ONE_SPLIT, Store(out / "frames"), out / "clean", 1 << 20, executor)
-            _, cleaned = figure8.clean_store(*args)
-            assert frames["clips_ok"] > 0 and cleaned["frames"] > 0
+            cleaned = clean_store(
+                Store(out / "frames"),
+                figure8,
+                cfg,
+                out / "clean",
+                executor=executor,
+                split=ONE_SPLIT,
+            )
+            assert frames["clips_ok"] > 0 and cleaned.metrics["frames"] > 0
     assert tree_digest(tmp_path / "dask") == tree_digest(tmp_path / "local")
     assert not list((tmp_path / "dask").rglob(".spool"))
 
@@ -232,7 +253,7 @@ class Poison(WorkerPlugin):
     name = "poison"
 
     def setup(self, worker):
-        import stages.extract_frames as ef
+        import stages.families.frames as ef
 
         self.real = real = ef.extract
 
@@ -245,7 +266,7 @@ class Poison(WorkerPlugin):
         ef.extract = extract
 
     def teardown(self, worker):
-        import stages.extract_frames as ef
+        import stages.families.frames as ef
 
         ef.extract = self.real
 
@@ -375,7 +396,7 @@ def test_a_local_cluster_keeps_a_worker_whose_restart_is_slow(tmp_path):
     import dask
     from distributed import Client
 
-    from stages.core.executor import local_cluster
+    from stages.core.cluster import local_cluster
 
     slow = tmp_path / "slow"
     preload = tmp_path / "slow_start.py"
@@ -413,7 +434,7 @@ def test_a_cluster_without_workers_stops_instead_of_waiting_forever(tmp_path):
     from distributed import Client, LocalCluster
 
     with (
-        LocalCluster(n_workers=0, dashboard_address=":0", host="127.0.0.1") as cluster,
+        LocalCluster(n_workers=0, dashboard_address="127.0.0.1:0", host="127.0.0.1") as cluster,
         Client(cluster) as client,
         executor_for(client, wait_workers=0, wait_timeout=1.0) as ex,
         pytest.raises(TransientFailures, match="no Dask worker for 1 s"),
@@ -435,7 +456,9 @@ def clips(tmp_path_factory):
         Row(item_id=k, source="kinetics", source_id=k, url=f"file:{k}.mp4", labels=["x"])
         for k in sorted(paths)
     ]
-    write_store(root / "fetch", rows, lambda r: paths[r.item_id], 1 << 30)
+    write_store(
+        root / "fetch", rows, lambda r: paths[r.item_id], 1 << 30, executor=LocalExecutor(2)
+    )
     return root / "fetch"
 
 
@@ -470,9 +493,9 @@ def test_export_npz_on_dask_is_byte_identical(dask_client, clips, tmp_path):
     store = Store(tmp_path / "frames")
     export = group_defaults("export")
     export.frames, export.clips_per_shard = 4, 2
-    a = export_splits(store, ["x"], export, tmp_path / "local", ["all"], True, LocalExecutor(2))
+    a = export_splits(store, KINETICS, cfg, export, tmp_path / "local", ["all"], LocalExecutor(2))
     with executor_for(dask_client) as ex:
-        b = export_splits(store, ["x"], export, tmp_path / "dask", ["all"], True, ex)
+        b = export_splits(store, KINETICS, cfg, export, tmp_path / "dask", ["all"], ex)
     assert a == b and a["items"] == 3 and a["shards"] == 2
     assert tree_digest(tmp_path / "dask") == tree_digest(tmp_path / "local")
 
@@ -481,11 +504,15 @@ def test_a_worker_that_cannot_see_the_output_fails_fast(tmp_path):
     """A `dask worker` in a mount namespace of its own, where tmp_path is an empty tmpfs."""
     from distributed import Client, LocalCluster
 
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, check=False)
-    if shutil.which("unshare") is None or probe.returncode != 0:
+    usable = shutil.which("unshare") is not None and (
+        subprocess.run(["unshare", "-rm", "true"], capture_output=True, check=False).returncode == 0
+    )
+    if not usable:
+        if os.environ.get("CI"):
+            pytest.fail("`unshare -rm` fails here: CI must allow user namespaces")
         pytest.skip("no user namespaces here (unshare -rm)")
     dask = str(Path(sys.executable).parent / "dask")
-    with LocalCluster(n_workers=0, dashboard_address=":0", host="127.0.0.1") as cluster:
+    with LocalCluster(n_workers=0, dashboard_address="127.0.0.1:0", host="127.0.0.1") as cluster:
         blind = subprocess.Popen(
             [
                 "unshare",
@@ -520,22 +547,30 @@ def test_a_worker_that_cannot_see_the_output_fails_fast(tmp_path):
 @pytest.mark.slow
 def test_a_probe_that_hangs_is_reported_instead_of_blocking_the_stage(tmp_path):
     """A worker's storage check gives up on a read that never returns (a hung NFS mount)."""
-    from stages.core.executor import _missing
+    from stages.core.cluster import _missing
 
     (tmp_path / "seen").mkdir()
     (tmp_path / "seen" / "probe").write_text("tok")
     hung = tmp_path / "hung"
     hung.mkdir()
     os.mkfifo(hung / "probe")  # opening it for reading blocks until a writer comes
-    try:
-        started = time.monotonic()
-        missing = _missing(
+    box: dict = {}
+    returned = threading.Event()
+
+    def check() -> None:
+        box["missing"] = _missing(
             [(str(tmp_path / "seen" / "probe"), "tok"), (str(hung / "probe"), "tok")],
             [],
             timeout=0.5,
         )
-        assert time.monotonic() - started < 5
-        assert missing == [f"{hung} (no answer within 0.5 s: a hung mount?)"]
+        returned.set()
+
+    threading.Thread(target=check, daemon=True).start()
+    try:
+        # The read cannot return before a writer opens the FIFO, which happens only after
+        # this: the check returning at all means it gave up on the read instead of waiting.
+        assert returned.wait(120), "the storage check blocked on the hung read"
+        assert box["missing"] == [f"{hung} (no answer within 0.5 s: a hung mount?)"]
     finally:
         os.close(os.open(hung / "probe", os.O_WRONLY | os.O_NONBLOCK))  # release the reader
 
@@ -551,10 +586,18 @@ def test_dvc_lock_is_the_same_whichever_executor_builds(dask_client, server, tmp
     )
     proj.dvc("repro")
     lock, data = (proj.path / "dvc.lock").read_text(), tree_digest(proj.path / "data")
+    # The session cluster speaks TLS: the driver connects as a user's cluster's client does,
+    # with certificate files named in the executor's conf.
+    (tmp_path / "tls").mkdir(mode=0o700)
+    tls = write_security(dask_client.security, tmp_path / "tls")
     env = {
         **proj.env,
         "DSREPO_EXECUTOR": "dask",
-        "DSREPO_EXECUTOR_OVERRIDES": f"address={dask_client.scheduler.address} items_per_task=8",
+        "DSREPO_EXECUTOR_OVERRIDES": (
+            f"address={dask_client.scheduler.address} items_per_task=8 "
+            f"security.ca_file={tls.tls_ca_file} security.cert={tls.tls_client_cert} "
+            f"security.key={tls.tls_client_key}"
+        ),
     }
     # Switching the executor invalidates nothing...
     assert "up to date" in proj.dvc("status", env=env).stdout
@@ -571,3 +614,164 @@ def test_dvc_lock_is_the_same_whichever_executor_builds(dask_client, server, tmp
     assert "Dask" in out.stderr or "dask" in out.stderr  # it ran there, not locally
     assert (proj.path / "dvc.lock").read_text() == lock
     assert tree_digest(proj.path / "data") == data
+
+
+# --- the cluster is a trust boundary: its workers hold the sources' secrets -----------------
+
+
+def _refused(address: str, **connection_args) -> bool:
+    """Tell whether a Dask listener refuses a connection (and so any request on it)."""
+    from distributed.comm import connect
+
+    async def ask():
+        comm = await connect(address, timeout=5, **connection_args)
+        try:
+            await comm.write({"op": "identity"})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        asyncio.run(ask())
+    except OSError:  # CommClosedError, an SSL error or a timeout
+        return True
+    return False
+
+
+def _listening(pid: int) -> set[str]:
+    """Return the IP addresses a process listens on."""
+    conns = psutil.Process(pid).net_connections("inet")
+    return {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN}
+
+
+def test_only_the_driver_can_use_the_cluster_it_starts(tmp_path, monkeypatch):
+    """Anyone else reaching the LocalCluster's ports gets no session, so runs no code on the
+    workers (where the sources' secrets are); everything listens on loopback only, and its
+    key stays in memory."""
+    from distributed import Client
+    from distributed.comm.utils import get_tcp_server_addresses
+    from distributed.security import Security
+
+    monkeypatch.chdir(tmp_path)
+    env = {"DSREPO_EXECUTOR": "dask", "DSREPO_EXECUTOR_OVERRIDES": "workers=1"}
+    with DaskExecutor(load_conf(ROOT / "conf", env)) as ex:
+        assert list(ex.map(abs, [-1, -2])) == [1, 2]  # the driver can
+        scheduler = ex.client.scheduler.address
+        info = ex.client.scheduler_info()["workers"]
+        listeners = [scheduler, *info, *(w["nanny"] for w in info.values())]
+        assert all(a.startswith("tls://127.0.0.1:") for a in listeners), listeners
+        untrusting = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        untrusting.check_hostname, untrusting.verify_mode = False, ssl.CERT_NONE
+        for address in listeners:
+            assert _refused(address.replace("tls://", "tcp://"))  # no TLS
+            assert _refused(address, ssl_context=untrusting)  # TLS, no certificate
+            other = Security.temporary().get_connection_args("client")
+            assert _refused(address, **other)  # a certificate of another cluster
+        for attempt in (
+            {"address": scheduler.replace("tls://", "tcp://")},
+            {"address": scheduler, "security": Security.temporary()},
+        ):
+            with pytest.raises(OSError):
+                Client(**attempt, timeout=5).run(os.environ.get, "TEST_SAS_TOKEN")
+        # The dashboard, the scheduler, the nannies and the workers: loopback only.
+        dashboard = get_tcp_server_addresses(ex.cluster.scheduler.http_server)
+        assert {host for host, *_ in dashboard} == {"127.0.0.1"}
+        for pid in ex.client.run(os.getpid).values():
+            nanny = psutil.Process(pid).ppid()
+            assert _listening(pid) | _listening(nanny) == {"127.0.0.1"}
+    assert list(tmp_path.iterdir()) == []  # no key file in the working directory
+
+
+@pytest.mark.parametrize(
+    "address, refused",
+    [
+        ("tcp://192.0.2.7:8786", True),
+        ("192.0.2.7:8786", True),  # Dask's default scheme: tcp
+        ("tcp://scheduler.example.org:8786", True),
+        ("ws://192.0.2.7:8786", True),
+        ("tcp://127.0.0.1:8786", False),
+        ("tcp://localhost:8786", False),
+        ("tcp://[::1]:8786", False),
+        ("tls://192.0.2.7:8786", False),
+    ],
+)
+def test_an_unencrypted_scheduler_is_refused_unless_it_is_on_this_machine(address, refused):
+    from stages.core.cluster import insecure
+
+    assert insecure(address) is refused
+
+
+def test_the_executor_refuses_an_insecure_remote_scheduler_unless_told(tmp_path, caplog):
+    def conf(**over):
+        overrides = " ".join(f"{k}={v}" for k, v in {"wait_timeout": 1.0, **over}.items())
+        env = {"DSREPO_EXECUTOR": "dask", "DSREPO_EXECUTOR_OVERRIDES": overrides}
+        return load_conf(ROOT / "conf", env)
+
+    with pytest.raises(ConfigError, match="not encrypted and not on this machine"):
+        DaskExecutor(conf(address="tcp://192.0.2.7:8786"))
+    sched = tmp_path / "scheduler.json"
+    sched.write_text('{"address": "tcp://192.0.2.7:8786"}')
+    with pytest.raises(ConfigError, match="not encrypted and not on this machine"):
+        DaskExecutor(conf(scheduler_file=sched))
+    with pytest.raises(ConfigError, match="speaks TLS: name this client's certificate"):
+        DaskExecutor(conf(address="tls://192.0.2.7:8786"))
+    # A cluster class the driver cannot hand TLS settings to is not started at all.
+    with pytest.raises(ConfigError, match="takes no `security`"):
+        DaskExecutor(conf(cluster="{_target_:argparse.Namespace}"))
+    # Told otherwise: a warning, then a connection attempt (to an address that never answers).
+    with pytest.raises(StageError, match="cannot reach the Dask scheduler"):
+        DaskExecutor(conf(address="tcp://192.0.2.7:8786", allow_insecure="true"))
+    assert "unencrypted Dask scheduler at tcp://192.0.2.7:8786" in caplog.text
+
+
+def test_a_job_cluster_keeps_its_key_outside_the_workspace(tmp_path, monkeypatch):
+    """dask-jobqueue hands workers the run's key as files on shared storage: in a private
+    folder of the download cache, never the working directory, and gone after the run."""
+    pytest.importorskip("dask_jobqueue")
+    from distributed.comm.utils import get_tcp_server_addresses
+
+    workspace, cache = tmp_path / "repo", tmp_path / "cache"
+    workspace.mkdir()
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("DSREPO_CACHE_DIR", str(cache))
+    overrides = "adapt=null wait_workers=0 +cluster.scheduler_options={host:127.0.0.1}"
+    env = {"DSREPO_EXECUTOR": "slurm", "DSREPO_EXECUTOR_OVERRIDES": overrides}
+    cfg = load_conf(ROOT / "conf", env)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "writing temp files to current working directory"
+        ex = DaskExecutor(cfg)
+    with ex:
+        assert ex.client.scheduler.address.startswith("tls://")
+        script = ex.cluster.job_script()
+        flags = dict(re.findall(r"--tls-(ca-file|cert|key) (\S+)", script))
+        assert set(flags) == {"ca-file", "cert", "key"}, script
+        key = Path(flags["key"])
+        assert key.parent.parent == cache and key.parent.name.startswith("dask-tls-")
+        assert key.stat().st_mode & 0o777 == 0o600
+        assert key.parent.stat().st_mode & 0o777 == 0o700
+        dashboard = get_tcp_server_addresses(ex.cluster.scheduler.http_server)
+        assert {host for host, *_ in dashboard} == {"127.0.0.1"}
+        assert list(workspace.iterdir()) == []
+    assert not key.parent.exists()
+    assert list(workspace.iterdir()) == []
+
+
+# --- the executor's conf: every value from conf/executor/ ------------------------------------
+
+
+def test_without_conf_executor_the_executor_is_one_clear_error(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf, ignore=shutil.ignore_patterns("executor"))
+    with pytest.raises(ConfigError, match=r"conf/executor not found: every executor setting"):
+        load_conf(conf, {})
+
+
+def test_items_per_task_comes_from_the_conf_for_both_executors(dask_client):
+    common = yaml.safe_load((ROOT / "conf" / "executor" / "_common.yaml").read_text())
+    local = load_conf(ROOT / "conf", {"DSREPO_EXECUTOR": "local"})
+    assert open_executor(local).items_per_task == common["items_per_task"]
+    env = {"DSREPO_EXECUTOR": "local", "DSREPO_EXECUTOR_OVERRIDES": "items_per_task=7 workers=3"}
+    with open_executor(load_conf(ROOT / "conf", env)) as ex:
+        assert (ex.items_per_task, ex.slots) == (7, 3)
+    with executor_for(dask_client, items_per_task=7) as ex:
+        assert ex.items_per_task == 7

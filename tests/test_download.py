@@ -14,6 +14,7 @@ from stages.net.credentials import Credential, Credentials
 from stages.net.download import Downloader, parse_retry_after
 from stages.net.verify import check_structure, goog_md5
 from stages.pipeline.compose import group_defaults
+from tests.hostile import wait_until
 
 FAST = dict(backoff=0.01, backoff_max=0.05, low_speed_time=5.0, connect_timeout=2.0)
 
@@ -30,6 +31,26 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.offset += seconds
+
+
+class FrozenClock(FakeClock):
+    """A clock that only sleeping moves, so waits come out exact however busy the machine."""
+
+    def __call__(self) -> float:
+        return self.offset
+
+
+def stamp_requests(standin, clock, monkeypatch) -> list[tuple[float, str]]:
+    """Record (clock time, path) of every request the stand-in receives; return the list."""
+    stamps: list[tuple[float, str]] = []
+    record = standin._record
+
+    def stamped(seen):
+        stamps.append((clock(), seen.path))
+        record(seen)
+
+    monkeypatch.setattr(standin, "_record", stamped)
+    return stamps
 
 
 def images(standin_root, n=None):
@@ -102,14 +123,18 @@ def test_stalled_response_times_out_and_is_retried(tmp_path, server, standin_roo
     assert (res.status, res.sha256, res.attempts) == ("ok", sha, 2)
 
 
-def test_429_honours_retry_after(tmp_path, server, standin_root):
+def test_429_honours_retry_after(tmp_path, server, standin_root, monkeypatch):
     rel, _ = next(iter(images(standin_root, 1).items()))
     server.faults.add(rel, [("429", 7), ("429", 500)])
-    clock = FakeClock()
+    clock = FrozenClock()
+    stamps = stamp_requests(server, clock, monkeypatch)
     dl = make(tmp_path, clock=clock, retry_after_max=60)
     assert dl.fetch(url(server, rel)).status == "ok"
-    # The server's value, capped by retry_after_max (less the instant the answer took).
-    assert clock.sleeps == [pytest.approx(7.0, abs=0.2), pytest.approx(60.0, abs=0.2)]
+    # The server saw each retry exactly when its Retry-After ran out, capped by
+    # retry_after_max: the frozen clock moves only while the downloader sleeps.
+    times = [t for t, path in stamps if path == f"/gcp/{rel}"]
+    assert [b - a for a, b in zip(times, times[1:], strict=False)] == pytest.approx([7.0, 60.0])
+    assert clock.sleeps == pytest.approx([7.0, 60.0])
 
 
 def test_exhausted_retries_fail_transiently_and_resume_next_run(tmp_path, server, standin_root):
@@ -255,23 +280,36 @@ def test_ctrl_c_stops_within_seconds_and_keeps_every_finished_result(tmp_path, s
     from tests.conftest import make_project
 
     proj = make_project(tmp_path / "repo", tmp_path / "cache", server.index_url)
-    stalled = "nacti-unzipped/part1/*"
-    server.faults.set_default(stalled, "stall:60")  # these never finish on their own
+    # Neither the rate limit nor the deadline may end the stalled transfers before the guard
+    # below does: only Ctrl-C can stop this run in time.
+    proj.set_conf("conf/fetch/default.yaml", "low_speed_time: 30.0", "low_speed_time: 900.0")
+    proj.set_conf("conf/fetch/default.yaml", "attempt_timeout: 600.0", "attempt_timeout: 900.0")
+    proj.compose()
+    stalled = "/nacti-unzipped/part1/"
+    server.faults.set_default(f"{stalled[1:]}*", "stall:900")  # woken when the server stops
     cmd = [sys.executable, "-m", "stages.fetch", "lila", "data/lila/fetch"]
     cmd += ["data/lila/metrics/fetch.json", "data/lila/plots/fetch.json"]
     proc = subprocess.Popen(
         cmd, cwd=proj.path, env=proj.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     objects = tmp_path / "cache" / "objects"
-    deadline = time.monotonic() + 60
-    while sum(1 for p in objects.rglob("*") if p.is_file()) < 15:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    time.sleep(0.3)
+
+    def ready() -> bool:
+        # Ctrl-C must land with finished downloads to keep and stalled ones in flight.
+        assert proc.poll() is None, proc.communicate()
+        done = sum(1 for p in objects.rglob("*") if p.is_file())
+        return done >= 15 and any(stalled in path for path in list(server.requests))
+
+    assert wait_until(ready, timeout=120), "the fetch never got going"
     proc.send_signal(signal.SIGINT)
-    start = time.monotonic()
-    _, err = proc.communicate(timeout=30)
-    assert time.monotonic() - start < 5, "Ctrl-C took too long"
+    try:
+        # A hang guard, far below the stalls' 900 s: a run that waited for its transfers
+        # instead of stopping would be killed here.
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("Ctrl-C did not stop the fetch while transfers were stalled")
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     # Every verified download is in the ledger, and nothing half-written is left.
     db = sqlite3.connect(tmp_path / "cache" / "ledger-lila.sqlite")

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from stages.core.errors import ConfigError, MetadataError, StageError
+from stages.core.executor import LocalExecutor
 from stages.core.splits import split_of
 from stages.core.store import Store
 from stages.fetch import fetch
@@ -22,13 +23,14 @@ from stages.formats.images import decode_array, encode_array
 from stages.net.download import CredentialRejected
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.sources import load
-from stages.sources.figure8 import Figure8SplitBy
 from stages.sources.figure8.clean import clean_movie
+from stages.sources.figure8.conf import Figure8SplitBy
 from stages.sources.figure8.export import tile_starts
 from stages.sources.figure8.labels import clean_labels
 from stages.sources.figure8.montage import Chopper, natural_key, stitch
 from stages.sources.figure8.movies import Ref
 from standins.figure8 import Figure8Standin, generate_job, report_zip
+from tests.families import clean_store, export_splits, extract_frames
 
 SOURCE = load("figure8")
 KEY = "f8-key-5ecret"
@@ -47,7 +49,9 @@ def conf(url: str, root: Path, **sections):
 def run_fetch(cfg, out: Path, cache: Path):
     """Run fetch@figure8; return its rows and metrics."""
     fetch_cfg = group_defaults("fetch", backoff=0.01, retries=2)
-    return fetch(SOURCE, cfg, fetch_cfg, group_defaults("store"), out, cache)
+    return fetch(
+        SOURCE, cfg, fetch_cfg, group_defaults("store"), out, cache, executor=LocalExecutor(2)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +70,10 @@ def built(tmp_path_factory, job):
         cfg = conf(srv.url, tmp / "input")
         _, fetched = run_fetch(cfg, tmp / "fetch", tmp / "cache")
         seen = list(srv.seen)
-    _, frames = SOURCE.extract(cfg, Store(tmp / "fetch"), tmp / "frames", 1 << 20)
-    clean_args = (cfg, None, ONE_SPLIT, Store(tmp / "frames"), tmp / "clean", 1 << 20)
-    _, cleaned = SOURCE.clean_store(*clean_args)
-    exported = SOURCE.export_store(cfg, EXPORT, ["train"], Store(tmp / "clean"), tmp / "npz")
+    _, frames = extract_frames(Store(tmp / "fetch"), SOURCE, cfg, tmp / "frames", 1 << 20)
+    cleaned = clean_store(Store(tmp / "frames"), SOURCE, cfg, tmp / "clean", split=ONE_SPLIT)
+    cleaned = cleaned.metrics
+    exported = export_splits(Store(tmp / "clean"), SOURCE, cfg, EXPORT, tmp / "npz", ["train"])
     yield dataclasses.make_dataclass("Built", ["tmp", "cfg", "metrics", "seen", "url"])(
         tmp, cfg, {"fetch": fetched, "frames": frames, "clean": cleaned, "export": exported},
         seen, srv.url,
@@ -116,7 +120,6 @@ def test_the_last_judgment_wins_and_a_404_is_one_missing_montage(built, job):
 
 def test_movies_are_the_montages_cut_and_the_raw_frames_cut_alike(built, job):
     store = Store(built.tmp / "frames")
-    chopper = chopper_of(job)
     raws = [decode_array(job.inputs[f"raw/raw_frame_{t}.tif"]) for t in range(8)]
     ok = 0
     for (x, y, part), dirty in job.dirty.items():
@@ -128,7 +131,8 @@ def test_movies_are_the_montages_cut_and_the_raw_frames_cut_alike(built, job):
             labels = decode_array(store.read(f"{movie}_frame_{t:02d}/annotated"))
             raw = decode_array(store.read(f"{movie}_frame_{t:02d}/raw"))
             assert np.array_equal(labels, dirty[t])
-            assert np.array_equal(raw, chopper.piece(raws[part * 4 + t], x, y))
+            # The stand-in's own cut of the same raw frame, not the product's.
+            assert np.array_equal(raw, job.grid.crop(raws[part * 4 + t], x, y))
         assert f"{movie}_frame_04/annotated" not in {r.item_id for r in store.rows()}
         ok += 1
     assert ok == built.metrics["frames"]["clips_ok"] == 7
@@ -249,9 +253,9 @@ def position(movie: str) -> str:
 
 def test_a_fields_movies_share_its_split_and_export_writes_each_split(built, tmp_path):
     split = group_defaults("split", fractions=[0.5, 0.25, 0.25])
-    _, m = SOURCE.clean_store(
-        built.cfg, None, split, Store(built.tmp / "frames"), tmp_path / "clean", 1 << 20
-    )
+    m = clean_store(
+        Store(built.tmp / "frames"), SOURCE, built.cfg, tmp_path / "clean", split=split
+    ).metrics
     movies: dict[str, set] = {}
     for row in Store(tmp_path / "clean").rows():
         movies.setdefault(row.meta["movie"], set()).add(row.split)
@@ -262,8 +266,8 @@ def test_a_fields_movies_share_its_split_and_export_writes_each_split(built, tmp
     ok = [mv for mv in want if mv != "3D_example_x_01_y_01_part_1"]  # its montage 404'd
     assert m["splits"]["items"] == {s: sum(want[mv] == s for mv in ok) for s in split.names}
     assert sum(m["splits"]["groups"].values()) == 4
-    exported = SOURCE.export_store(
-        built.cfg, EXPORT, split.names, Store(tmp_path / "clean"), tmp_path / "npz"
+    exported = export_splits(
+        Store(tmp_path / "clean"), SOURCE, built.cfg, EXPORT, tmp_path / "npz", split.names
     )
     seen = {}
     for path in (tmp_path / "npz").glob("*/*.npz"):
@@ -282,7 +286,7 @@ def test_tiles_are_anchored_to_the_far_edge_and_relabelled(built, tmp_path):
         built.cfg,
         export=dataclasses.replace(built.cfg.export, reshape_size=32, samples_to_drop=drop),
     )
-    m = SOURCE.export_store(cfg, EXPORT, ["train"], Store(built.tmp / "clean"), tmp_path)
+    m = export_splits(Store(built.tmp / "clean"), SOURCE, cfg, EXPORT, tmp_path, ["train"])
     assert m["movies_dropped"] == 2 and m["entry_shape"] == [4, 32, 32, 1]
     with np.load(tmp_path / "train/3D_example_part_0.npz", allow_pickle=False) as npz:
         y, ids = npz["y"], list(npz["ids"])
@@ -295,7 +299,7 @@ def test_tiles_are_anchored_to_the_far_edge_and_relabelled(built, tmp_path):
         cfg, export=dataclasses.replace(cfg.export, samples_to_drop=["x_07_y_07"])
     )
     with pytest.raises(ConfigError, match="x_07_y_07.*name no movie or position"):
-        SOURCE.export_store(bad, EXPORT, ["train"], Store(built.tmp / "clean"), tmp_path)
+        export_splits(Store(built.tmp / "clean"), SOURCE, bad, EXPORT, tmp_path, ["train"])
     with pytest.raises(ConfigError, match=r"\['x_7'\] name no position"):
         dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, samples_to_drop=["x_7"]))
 
@@ -308,7 +312,7 @@ def test_recombine_stitches_positions_with_unique_labels(built, job, tmp_path):
     cfg.frames.mode = type(built.cfg.frames.mode)("recombine")
     with pytest.raises(ConfigError, match="whole job in one split"):
         dataclasses.replace(cfg, clean=built.cfg.clean)
-    _, m = SOURCE.extract(cfg, Store(built.tmp / "fetch"), tmp_path / "frames", 1 << 20)
+    _, m = extract_frames(Store(built.tmp / "fetch"), SOURCE, cfg, tmp_path / "frames", 1 << 20)
     assert m["clips_ok"] == 1 and m["reasons"] == {
         "montage x_01_y_01 not fetched (missing: http 404)": 1
     }
@@ -464,7 +468,7 @@ def test_hostile_annotations_are_each_one_movies_failure(tmp_path, job, monkeypa
         srv.faults.set_default(f"annotations/{name(0, 0, 1)}", "corrupt")
         cfg = conf(srv.url, tmp_path / "input")
         run_fetch(cfg, tmp_path / "fetch", tmp_path / "cache")
-    _, m = SOURCE.extract(cfg, Store(tmp_path / "fetch"), tmp_path / "frames", 1 << 20)
+    _, m = extract_frames(Store(tmp_path / "fetch"), SOURCE, cfg, tmp_path / "frames", 1 << 20)
     reasons = m["reasons"]
     assert m["clips_ok"] == 4 and sum(reasons.values()) == 4
     assert any(r.startswith("montage not fetched (corrupt: truncated PNG") for r in reasons)

@@ -10,7 +10,7 @@ from skimage import morphology
 
 from stages.core.errors import MetadataError
 from stages.sources.figure8.labels import clean_labels, to_labels
-from stages.sources.figure8.montage import Geometry, chop, read_montage_log
+from stages.sources.figure8.montage import Chopper, Geometry, chop, read_montage_log
 from standins.figure8 import add_artefacts, label_movie, make_montage
 
 
@@ -27,6 +27,46 @@ def test_chopping_a_made_montage_gives_the_movie_back(montage_len, row_length, x
         frames = chop(montage, geometry)
         # Exactly montage_len frames: the short last row's padding tiles are not frames.
         assert frames.shape == movie.shape and np.array_equal(frames, movie)
+
+
+def test_tiles_sit_where_the_montage_maker_put_them():
+    # 5 frames of 10 x 7 in rows of 3: 2 rows, with y_buffer 2 and x_buffer 4 on every edge.
+    # Montage height 2 * 10 + 3 * 2 = 26, width 3 * 7 + 4 * 4 = 37.
+    geometry = Geometry(montage_len=5, row_length=3, x_buffer=4, y_buffer=2)
+    assert geometry.tile_size(26, 37) == (10, 7)
+    # Frame 0 (row 0, column 0): one buffer above and left, y 2..12, x 4..11.
+    assert geometry.tile_box(0, 10, 7) == (2, 12, 4, 11)
+    # Frame 4 (row 1, column 1): y0 = 2 + 10 + 2 = 14, x0 = 4 + 7 + 4 = 15.
+    assert geometry.tile_box(4, 10, 7) == (14, 24, 15, 22)
+    # Frame 2 (row 0, column 2): x0 = 4 + 2 * (7 + 4) = 26, x1 = 33; the last 4 px are buffer.
+    assert geometry.tile_box(2, 10, 7) == (2, 12, 26, 33)
+    montage = np.zeros((26, 37), np.uint8)
+    montage[2:12, 4:11] = 1
+    montage[2:12, 26:33] = 3
+    montage[14:24, 15:22] = 5
+    frames = chop(montage, geometry)
+    assert frames.shape == (5, 10, 7)
+    assert [int(f.min()) for f in frames] == [int(f.max()) for f in frames] == [1, 0, 3, 0, 5]
+
+
+def test_positions_are_cut_where_the_chopper_cut_them():
+    # A 20 x 30 frame in 2 x 3 steps of 20 // 2 = 10 rows and 30 // 3 = 10 columns, widened by
+    # 2 rows and 3 columns on each side: positions of 10 + 2 * 2 = 14 x 10 + 2 * 3 = 16.
+    chopper = Chopper(
+        original_y=20, original_x=30, num_y_segments=2, num_x_segments=3,
+        overlapping_y_pix=2, overlapping_x_pix=3,
+    )  # fmt: skip
+    frame = np.arange(1, 601).reshape(20, 30)  # pixel (r, c) holds 30 * r + c + 1
+    assert chopper.piece_shape == (14, 16)
+    # Position (x 1, y 1) starts at row 10 - 2 = 8, column 10 - 3 = 7: 30 * 8 + 7 + 1 = 248.
+    middle = chopper.piece(frame, 1, 1)
+    assert middle.shape == (14, 16) and middle[0, 0] == 248
+    # Its row 11, column 15 is frame row 19, column 22: 30 * 19 + 22 + 1 = 593; its rows 12 and
+    # 13 are frame rows 20 and 21, beyond the frame, so zeros.
+    assert middle[11, 15] == 593 and not middle[12:].any()
+    # Position (0, 0) starts at row -2, column -3: 2 zero rows and 3 zero columns, then (0, 0).
+    corner = chopper.piece(frame, 0, 0)
+    assert not corner[:2].any() and not corner[:, :3].any() and corner[2, 3] == 1
 
 
 def test_the_montage_log_is_read_and_checked(tmp_path):

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.clean_annotations import clean, gate_store, write_gate_report
+from stages.clean_annotations import write_gate_report
 from stages.core.errors import ConfigError
+from stages.core.executor import LocalExecutor
 from stages.core.gates import (
     CONFLICT,
     CROSS,
@@ -31,6 +32,7 @@ from stages.core.store import Row, Store, rebase, write_manifest, write_store
 from stages.pipeline.compose import group_defaults
 from stages.sources.lila import SOURCE as LILA
 from tests.conftest import lila_conf
+from tests.families import clean, gate_store
 
 NAMES = ["mule deer", "cougar"]
 SPLIT = group_defaults("split")
@@ -89,7 +91,7 @@ def planted(tmp_path_factory):
     # Blank frames (night, lens cap) hash alike however unrelated: not near copies.
     add("flat-black", jpeg(Image.new("RGB", (96, 72))), NAMES[0], train[0])
     add("flat-grey", jpeg(Image.new("RGB", (96, 72), (128,) * 3)), NAMES[1], val[0])
-    write_store(tmp / "fetch", rows, lambda r: files[r.item_id], 1 << 20)
+    write_store(tmp / "fetch", rows, lambda r: files[r.item_id], 1 << 20, executor=LocalExecutor(2))
     return Store(tmp / "fetch")
 
 

@@ -13,11 +13,12 @@ import pytest
 
 from stages.core.errors import ConfigError
 from stages.core.store import Store
-from stages.import_media import RECORD, read_record, run_import, write_record
+from stages.import_media import run_import
 from stages.import_status import status_lines
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.targets import TargetBusy
 from stages.targets.folder import FolderTarget
+from stages.targets.record import RECORD, read_record, write_record
 
 RETRY = group_defaults("fetch", retries=2, backoff=0.01)
 
@@ -164,6 +165,7 @@ def test_a_busy_target_is_retried_then_given_up_per_file(tmp_path, fetched):
 
 def test_a_file_that_vanishes_mid_run_is_one_clear_error_and_loses_nothing(tmp_path, monkeypatch):
     from stages.core.errors import StageError
+    from stages.core.executor import LocalExecutor
     from stages.fetch import fetch
     from stages.net.download import Downloader
     from stages.sources import load
@@ -184,12 +186,26 @@ def test_a_file_that_vanishes_mid_run_is_one_clear_error_and_loses_nothing(tmp_p
     monkeypatch.setattr(Downloader, "import_file", vanishing)
     fetch_cfg = group_defaults("fetch", workers=1)
     with pytest.raises(StageError, match=r"cannot import .*\.mp4 into the cache: No such file"):
-        fetch(load("videodir"), cfg, fetch_cfg, store_cfg, tmp_path / "fetch", tmp_path / "c")
+        fetch(
+            load("videodir"),
+            cfg,
+            fetch_cfg,
+            store_cfg,
+            tmp_path / "fetch",
+            tmp_path / "c",
+            executor=LocalExecutor(2),
+        )
     assert not (tmp_path / "fetch").exists()
     kept = sorted(p.name for p in (tmp_path / "c" / "objects").rglob("*") if p.is_file())
     assert kept  # what was hashed before stays in the cache for the next run
     monkeypatch.undo()
     rows, metrics = fetch(
-        load("videodir"), cfg, fetch_cfg, store_cfg, tmp_path / "fetch", tmp_path / "c"
+        load("videodir"),
+        cfg,
+        fetch_cfg,
+        store_cfg,
+        tmp_path / "fetch",
+        tmp_path / "c",
+        executor=LocalExecutor(2),
     )
     assert metrics["ok"] == len(rows) == 5  # the vanished file is simply not there any more

@@ -13,8 +13,8 @@ import pytest
 import simplejpeg
 
 from stages.core.errors import ConfigError, CorruptMetadata
+from stages.core.executor import LocalExecutor
 from stages.core.store import Row, Store, write_store
-from stages.extract_frames import extract_frames
 from stages.fetch import fetch
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.sources import load
@@ -22,6 +22,7 @@ from stages.sources.kinetics.clips import parse_clips
 from stages.sources.kinetics.fetch import select
 from standins.kinetics import KineticsStandin, generate
 from standins.video import make_clip, read_index
+from tests.families import extract_frames
 
 SOURCE = load("kinetics")
 
@@ -52,7 +53,9 @@ def kconf(server, **fetch_changes):
 
 def run_fetch(cfg, out: Path, cache: Path, **over):
     fetch_cfg = group_defaults("fetch", retries=2, backoff=0.01, backoff_max=0.05, **over)
-    return fetch(SOURCE, cfg, fetch_cfg, group_defaults("store"), out, cache)
+    return fetch(
+        SOURCE, cfg, fetch_cfg, group_defaults("store"), out, cache, executor=LocalExecutor(2)
+    )
 
 
 def manifest(root: Path) -> dict:
@@ -226,7 +229,13 @@ def test_bad_videos_fail_alone(tmp_path):
         Row(item_id=n, source="kinetics", source_id=n, url=f"file:{n}.mp4", labels=["x"])
         for n in ("empty", "garbage", "good", "truncated")
     ]
-    write_store(tmp_path / "in", rows, lambda r: tmp_path / f"{r.item_id}.mp4", 1 << 20)
+    write_store(
+        tmp_path / "in",
+        rows,
+        lambda r: tmp_path / f"{r.item_id}.mp4",
+        1 << 20,
+        executor=LocalExecutor(2),
+    )
     cfg = source_defaults("kinetics", classes=["x"])
     out, m = extract_frames(Store(tmp_path / "in"), SOURCE, cfg, tmp_path / "out", 1 << 20, 2)
     by_id = {r.item_id: r for r in out if r.status != "ok"}
@@ -242,10 +251,11 @@ def test_bad_videos_fail_alone(tmp_path):
 
 
 def test_clean_export_and_frame_folders(kserver, tmp_path):
-    from stages.clean_annotations import clean
+    from stages.core.executor import LocalExecutor
     from stages.core.store import rebase, write_manifest
     from stages.export_folders import export_folders
-    from stages.export_npz import export_clips
+    from stages.families.export import ClipExporter
+    from tests.families import clean
 
     cfg = kconf(kserver, caps={"arm wrestling": 2, "bungee jumping": 1, "playing cards, poker": 1})
     run_fetch(cfg, tmp_path / "fetch", tmp_path / "cache")
@@ -262,7 +272,9 @@ def test_clean_export_and_frame_folders(kserver, tmp_path):
     write_manifest(tmp_path / "clean", rebase(kept, tmp_path / "frames", tmp_path / "clean"))
     exp = group_defaults("export", height=32, width=48, frames=4, clips_per_shard=2)
     clean_store = Store(tmp_path / "clean")
-    em = export_clips(clean_store.rows(), clean_store, cfg.classes, exp, tmp_path / "npz")
+    em = ClipExporter().export(
+        clean_store.rows(), clean_store, cfg.classes, exp, tmp_path / "npz", LocalExecutor(2)
+    )
     assert em["items"] == 3 and em["shards"] == 2
     with np.load(tmp_path / "npz" / "shard-00000.npz", allow_pickle=False) as z:
         assert z["X"].shape == (2, 4, 32, 48, 3) and z["X"].dtype == np.uint8
@@ -288,14 +300,38 @@ def test_truncated_and_stalled_transfers_are_transient(kserver, tmp_path):
     # Every request for the video is cut short, then every one stalls: never a usable clip.
     kserver.faults.set_default(path, "truncate")
     fetch_cfg = group_defaults("fetch", retries=1, backoff=0.01, attempt_timeout=3.0)
-    rows, m = fetch(SOURCE, cfg, fetch_cfg, group_defaults("store"), tmp_path / "a", tmp_path / "c")
+    rows, m = fetch(
+        SOURCE,
+        cfg,
+        fetch_cfg,
+        group_defaults("store"),
+        tmp_path / "a",
+        tmp_path / "c",
+        executor=LocalExecutor(2),
+    )
     assert m["failed"] == 1 and m["ok"] == 0, m["reasons"]
     kserver.faults.set_default(path, "stall:60")
-    rows, m = fetch(SOURCE, cfg, fetch_cfg, group_defaults("store"), tmp_path / "b", tmp_path / "c")
+    rows, m = fetch(
+        SOURCE,
+        cfg,
+        fetch_cfg,
+        group_defaults("store"),
+        tmp_path / "b",
+        tmp_path / "c",
+        executor=LocalExecutor(2),
+    )
     assert m["reasons"] == {"failed: attempt deadline exceeded": 1}
     assert not list((tmp_path / "c" / "tmp").iterdir())  # no work directory left behind
     kserver.faults.clear()
-    rows, m = fetch(SOURCE, cfg, fetch_cfg, group_defaults("store"), tmp_path / "d", tmp_path / "c")
+    rows, m = fetch(
+        SOURCE,
+        cfg,
+        fetch_cfg,
+        group_defaults("store"),
+        tmp_path / "d",
+        tmp_path / "c",
+        executor=LocalExecutor(2),
+    )
     assert m["ok"] == 1
 
 
@@ -315,7 +351,9 @@ def test_rate_sampling_and_window_pick_the_right_source_frames(
     from stages.formats.video import FrameSpec, extract
 
     clip = make_clip(tmp_path / "c.mp4", seconds=2, fps=10, width=96, height=64, gop=7)
-    res = extract(str(clip), FrameSpec(short_side=None, fps=fps, num_frames=num_frames), window)
+    conf = source_defaults("kinetics").frames
+    spec = FrameSpec(None, fps, num_frames, conf.quality, conf.interpolation.value)
+    res = extract(str(clip), spec, window, hold_bytes=1 << 26)
     got = [read_index(simplejpeg.decode_jpeg(j)) for j in res.jpegs]
     assert got == expected
     assert (res.width, res.height) == (96, 64)
@@ -366,7 +404,13 @@ def test_a_decoder_process_that_dies_costs_no_clip(tmp_path, caplog):
         Row(item_id=p.stem, source="kinetics", source_id=p.stem, url="file:x.mp4", labels=["x"])
         for p in clips
     ]
-    write_store(tmp_path / "in", rows, lambda r: tmp_path / f"{r.item_id}.mp4", 1 << 30)
+    write_store(
+        tmp_path / "in",
+        rows,
+        lambda r: tmp_path / f"{r.item_id}.mp4",
+        1 << 30,
+        executor=LocalExecutor(2),
+    )
     cfg = source_defaults("kinetics", classes=["x"], frames={"short_side": None})
     me, own = os.getpid(), Path("/proc/self/cmdline").read_bytes()
     killed = []

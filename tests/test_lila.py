@@ -316,6 +316,7 @@ ODD_NAMES = [
 
 
 def test_file_names_are_percent_encoded_and_fetch_the_right_object(tmp_path):
+    from stages.core.executor import LocalExecutor
     from stages.fetch import fetch
     from stages.pipeline.compose import group_defaults
     from stages.sources.lila import SOURCE
@@ -354,6 +355,7 @@ def test_file_names_are_percent_encoded_and_fetch_the_right_object(tmp_path):
             group_defaults("store"),
             tmp_path / "out",
             tmp_path / "cache",
+            executor=LocalExecutor(2),
         )
     assert metrics["ok"] == len(ODD_NAMES), metrics["reasons"]
     by_id = {r.source_id: r for r in rows}

@@ -7,6 +7,7 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
+from stages.core.executor import LocalExecutor
 from stages.core.selection import ranker
 from stages.core.store import (
     Packer,
@@ -52,7 +53,7 @@ def make_rows(tmp_path, n=30, size=3000):
 def build(tmp_path, name, rows, paths, shard_bytes=20_000, order=None):
     out = tmp_path / name
     rows = [Row.from_record(r.to_record()) for r in (order or rows)]
-    write_store(out, rows, lambda r: paths[r.item_id], shard_bytes)
+    write_store(out, rows, lambda r: paths[r.item_id], shard_bytes, executor=LocalExecutor(2))
     return out
 
 
@@ -139,7 +140,9 @@ def test_a_shard_that_fails_mid_write_never_gets_its_final_name(tmp_path):
     ]
     # Shards of two items each; t/4's recorded hash is not its bytes: shard 2 fails mid-write.
     with pytest.raises(PayloadMismatch, match="t/4"):
-        write_store(tmp_path / "out", rows, lambda row: src, shard_bytes=12_000)
+        write_store(
+            tmp_path / "out", rows, lambda row: src, shard_bytes=12_000, executor=LocalExecutor(2)
+        )
     shards = tmp_path / "out" / "shards"
     first, second = (f"{group_prefix('')}-{i:05d}.tar" for i in (0, 1))
     assert sorted(p.name for p in shards.iterdir()) == [first, second]  # no part file either
@@ -152,7 +155,9 @@ def test_rebase_keeps_workspace_paths_when_shards_are_symlinks(tmp_path):
     # DVC's `cache.type symlink` turns every shard into a link into the cache: the clean
     # manifest must still name ../fetch/shards/..., the same on every machine.
     rows, paths = make_rows(tmp_path, n=3)
-    write_store(tmp_path / "fetch", rows, lambda r: paths.get(r.item_id), 1 << 20)
+    write_store(
+        tmp_path / "fetch", rows, lambda r: paths.get(r.item_id), 1 << 20, executor=LocalExecutor(2)
+    )
     name = f"{group_prefix('a')}-00000.tar"
     shard = tmp_path / "fetch" / "shards" / name
     cache = tmp_path / "dvc-cache" / "ab" / "cdef"
@@ -189,7 +194,12 @@ def pack(tmp_path, name, rows):
     fresh = [Row.from_record(r.to_record()) for r, _ in rows]
     rank = ranker(7)
     write_store(
-        tmp_path / name, fresh, lambda r: blobs[r.item_id], 8_000, rank=lambda r: rank(r.item_id)
+        tmp_path / name,
+        fresh,
+        lambda r: blobs[r.item_id],
+        8_000,
+        rank=lambda r: rank(r.item_id),
+        executor=LocalExecutor(2),
     )
     return digests(tmp_path / name / "shards")
 
@@ -231,5 +241,11 @@ def test_a_payload_whose_bytes_changed_since_verification_is_refused(tmp_path):
     rows, paths = make_rows(tmp_path, n=3)
     paths[rows[1].item_id].write_bytes(b"replaced after it was verified")
     with pytest.raises(StoreError, match="do not match its sha256"):
-        write_store(tmp_path / "out", rows, lambda r: paths.get(r.item_id), 1 << 20)
+        write_store(
+            tmp_path / "out",
+            rows,
+            lambda r: paths.get(r.item_id),
+            1 << 20,
+            executor=LocalExecutor(2),
+        )
     assert not (tmp_path / "out" / "manifest.parquet").exists()

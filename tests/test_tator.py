@@ -14,8 +14,8 @@ import pytest
 import requests
 from lxml import etree
 
-from stages.clean_annotations import clean
 from stages.core.errors import ConfigError, MetadataError
+from stages.core.executor import LocalExecutor
 from stages.core.store import Store, rebase, write_manifest
 from stages.export_folders import export_folders
 from stages.fetch import fetch
@@ -28,6 +28,7 @@ from stages.sources.tator.api import (
     session_for,
 )
 from standins.tator import BOX_TYPE, CLASSES, TatorStandin, generate
+from tests.families import clean
 
 TOKEN = "test-token-5ecret"
 SOURCE = load("tator")
@@ -61,7 +62,13 @@ def run(url: str, tmp: Path, name: str = "fetch", fetch_cfg=None, classes=None, 
         **({} if classes is None else {"classes": classes}),
     )
     _, metrics = fetch(
-        SOURCE, cfg, fetch_cfg or fast_fetch(), group_defaults("store"), tmp / name, tmp / "cache"
+        SOURCE,
+        cfg,
+        fetch_cfg or fast_fetch(),
+        group_defaults("store"),
+        tmp / name,
+        tmp / "cache",
+        executor=LocalExecutor(2),
     )
     return Store(tmp / name), metrics
 
@@ -279,19 +286,22 @@ def test_a_storm_longer_than_the_retries_is_one_clear_error(tator, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "fault, changes, message",
+    "fault, changes, message, attempts",
     [
-        ("corrupt", {}, "malformed response"),
-        ("truncate", {}, "ChunkedEncodingError|ConnectionError|ProtocolError|IncompleteRead"),
-        ("stall:30", {"attempt_timeout": 1.0, "low_speed_time": 1.0}, "Timeout|timed out"),
+        ("corrupt", {}, "malformed response", 1),  # the same bytes again: not retried
+        ("truncate", {}, "ChunkedEncodingError|ConnectionError|ProtocolError|IncompleteRead", 2),
+        # Were the timeout not enforced, the server's 30 s stall would end as a truncation.
+        ("stall:30", {"attempt_timeout": 1.0, "low_speed_time": 1.0}, "Timeout|timed out", 2),
     ],
 )
-def test_a_hostile_api_response_is_a_clear_error(tator, tmp_path, fault, changes, message):
+def test_a_hostile_api_response_is_a_clear_error(
+    tator, tmp_path, fault, changes, message, attempts
+):
     tator.faults.set_default("rest/Localizations/*", fault)
-    start = time.monotonic()
     with pytest.raises(MetadataError, match=message):
         run(tator.url, tmp_path, fetch_cfg=fast_fetch(retries=1, **changes))
-    assert time.monotonic() - start < 20
+    asked = [s for s in tator.seen if s.path.startswith("/rest/Localizations/")]
+    assert len(asked) == attempts
     assert not (tmp_path / "fetch").exists()
 
 
@@ -305,20 +315,24 @@ def test_one_broken_or_stalled_answer_is_retried(tator, tmp_path, fault):
 
 def test_an_endless_error_body_is_bounded_too(tmp_path, monkeypatch):
     """A 503 whose body never ends (urllib3's Retry would drain it forever) is one error."""
-    from tests.hostile import HostileServer, drip, head, raw
+    from tests.hostile import HostileServer, drip, head, raw, wait_until
 
     monkeypatch.setenv("TATOR_TOKEN", TOKEN)
     with HostileServer() as hostile:
-        hostile.scripts["/schema/"] = drip(b"x" * 10_000, 0.2)  # never done in time
-        start = time.monotonic()
+        # 20 s to send, far past the 1 s deadline: were the deadline not enforced, the body
+        # would arrive and fail as a schema that is not OpenAPI, not as DeadlineExceeded.
+        hostile.scripts["/schema/"] = drip(b"x" * 100, 0.2)
         with pytest.raises(MetadataError, match="DeadlineExceeded.*after 2 attempt"):
             run(hostile.url, tmp_path, fetch_cfg=fast_fetch(retries=1, attempt_timeout=1.0))
+        assert hostile.requests["/schema/"] == 2
+        # Both attempts hung up on the drip rather than leaving it open.
+        assert wait_until(lambda: hostile.hangups["/schema/"] == 2), hostile.hangups
         hostile.scripts["/schema/"] = raw(
             head("503 Busy", "Content-Length: 100000000") + b"x" * 100_000
         )
         with pytest.raises(MetadataError, match="ResponseTooLarge"):
             run(hostile.url, tmp_path, fetch_cfg=fast_fetch(retries=1), max_response_bytes=50_000)
-    assert time.monotonic() - start < 10
+        assert hostile.requests["/schema/"] == 3  # refused by its length: not retried
 
 
 def test_a_response_over_the_cap_is_refused_while_reading(tator, tmp_path):
@@ -376,13 +390,14 @@ def test_metadata_is_kept_beside_the_store(tator, data, tmp_path):
 def test_the_api_session_bounds_every_response(path, error):
     from tests.hostile import HostileServer
 
+    # Unbounded, /drip and /trickle would arrive whole (in 100 s and 16 s) and raise nothing.
     cfg = fast_fetch(retries=0, attempt_timeout=1.0, low_speed_time=2.0)
     session = session_for(cfg, max_bytes=1 << 20)
     with HostileServer() as hostile:
-        start = time.monotonic()
         with pytest.raises(error):
             session.get(hostile.url + path)
-    assert time.monotonic() - start < 5
+        # One request, and no redirect followed (/to-good points at /good).
+        assert hostile.requests == {path: 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,7 +648,9 @@ def test_class_names_voc_readers_choke_on_are_declared_for_them(tmp_path):
         )
         for i, name in enumerate(names)
     ]
-    write_store(tmp_path / "s", rows, lambda r: src, 1 << 20, classes=names)
+    write_store(
+        tmp_path / "s", rows, lambda r: src, 1 << 20, classes=names, executor=LocalExecutor(2)
+    )
     export_folders(Store(tmp_path / "s"), tmp_path / "voc", "voc")
     assert json.loads((tmp_path / "voc/dataset_meta.json").read_text())["labels"] == names
     found = datumaro_read("voc_detection", tmp_path / "voc")

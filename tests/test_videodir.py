@@ -11,13 +11,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from stages.core.errors import ConfigError, MetadataError
+from stages.core.executor import LocalExecutor
 from stages.core.store import Row, Store
-from stages.extract_frames import extract_frames
 from stages.fetch import fetch
 from stages.pipeline.compose import group_defaults, source_defaults
 from stages.sources.videodir import SOURCE
 from stages.sources.videodir.scan import parse_timestamp
 from standins.video import make_clip
+from tests.families import extract_frames
 
 REGEX = r"(?P<camera>[^/]+)/(?:(?P<label>[^/]+)/)?(?P<timestamp>\d{8}_\d{6})\.\w+"
 CLIPS = {  # path under the root -> make_clip seed (equal seeds give equal bytes)
@@ -86,6 +87,7 @@ def run_fetch(tmp_path: Path, cfg, out: str = "fetch"):
         group_defaults("store"),
         tmp_path / out,
         cache_dir=tmp_path / "cache",
+        executor=LocalExecutor(2),
     )
 
 
@@ -191,10 +193,11 @@ def test_per_camera_frames_end_to_end(tmp_path, tree):
     camera = {r.item_id: r.meta["camera"] for r in rows}
     row_b = next(r for r in rows if r.meta["camera"] == "camB")
     row_a = next(r for r in rows if r.meta["camera"] == "camA")
-    assert SOURCE.frames(cfg, row_b).short_side == 16
-    assert SOURCE.frames(cfg, row_a).short_side == 32
-    assert SOURCE.frames(cfg, row_a).quality == SOURCE.frames(cfg, row_b).quality == 90
-    assert SOURCE.frames(cfg, Row("x", "videodir", "x")).short_side == 32  # no camera: global
+    settings = SOURCE.extractor().settings
+    assert settings(cfg, row_b).short_side == 16
+    assert settings(cfg, row_a).short_side == 32
+    assert settings(cfg, row_a).quality == settings(cfg, row_b).quality == 90
+    assert settings(cfg, Row("x", "videodir", "x")).short_side == 32  # no camera: global
 
     frames, metrics = extract_frames(
         Store(tmp_path / "fetch"), SOURCE, cfg, tmp_path / "frames", shard_bytes=1 << 20, workers=1

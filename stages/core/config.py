@@ -30,6 +30,16 @@ def setting(doc: str) -> Any:
     return dataclasses.field(default=MISSING, metadata={"doc": doc})
 
 
+def overlay(base: Any, over: Any | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Return base's values of `keys` with over's non-null values on top (per-camera
+    overrides of the global settings)."""
+    out = {}
+    for key in keys:
+        value = getattr(over, key) if over is not None else None
+        out[key] = getattr(base, key) if value is None else value
+    return out
+
+
 def positive(where: str, **values: float) -> None:
     """Raise unless every value is > 0."""
     for key, value in values.items():
@@ -69,7 +79,9 @@ class FetchConf:
         "Cap on one downloaded item in bytes, enforced during the transfer."
     )
     max_redirects: int = setting("Redirects followed per attempt (each one re-scopes credentials).")
-    retries: int = setting("Extra attempts per file on connection errors, timeouts, 429 and 5xx.")
+    retries: int = setting(
+        "Extra attempts per file on connection errors, timeouts, 408, 425, 429 and 5xx."
+    )
     backoff: float = setting("First backoff in seconds; it doubles each attempt, with jitter.")
     backoff_max: float = setting("Cap on one backoff, in seconds.")
     retry_after_max: float = setting("Cap on a server's Retry-After, in seconds.")
@@ -462,11 +474,7 @@ class ImportConf:
 
     def for_camera(self, camera: str) -> dict:
         """Return one camera's settings: its values over the global ones."""
-        over = self.cameras.get(camera)
-        out = {}
-        for key in ("section", "short_side"):
-            value = getattr(over, key) if over is not None else None
-            out[key] = getattr(self, key) if value is None else value
+        out = overlay(self, self.cameras.get(camera), ("section", "short_side"))
         if out["section"] is None:
             out["section"] = camera
         return out
@@ -477,6 +485,30 @@ class ExecutorKind(Enum):
 
     local = "local"  # this machine's threads and processes
     dask = "dask"  # a Dask distributed cluster
+
+
+@dataclass
+class ExecutorTLS:
+    """TLS certificate files for a Dask cluster: paths to PEM files, never their contents."""
+
+    ca_file: Optional[str] = MISSING  # noqa: UP045
+    cert: Optional[str] = MISSING  # noqa: UP045
+    key: Optional[str] = MISSING  # noqa: UP045
+
+    def __post_init__(self) -> None:
+        # Either none (no TLS files) or enough to prove who this client is.
+        named = [k for k in ("ca_file", "cert", "key") if getattr(self, k)]
+        if named and not (self.ca_file and self.cert):
+            raise ConfigError(
+                "executor.security needs ca_file and cert (and key, unless cert holds it), "
+                f"not only {', '.join(named)}"
+            )
+        for key in named:
+            if "\n" in getattr(self, key) or "-----BEGIN" in getattr(self, key):
+                raise ConfigError(
+                    f"executor.security.{key} must name a file: never put a certificate or key "
+                    "in conf"
+                )
 
 
 @dataclass
@@ -496,17 +528,24 @@ class ExecutorConf:
     adapt: Optional[dict[str, Any]] = MISSING  # noqa: UP045
     window: int = MISSING
     items_per_task: int = MISSING
+    frame_memory: int = MISSING
     retries: int = MISSING
     allowed_failures: int = MISSING
     resources: dict[str, float] = MISSING
     wait_workers: int = MISSING
     wait_timeout: float = MISSING
+    dashboard_address: str = MISSING
+    security: ExecutorTLS = MISSING
+    allow_insecure: bool = MISSING
 
     def __post_init__(self) -> None:
+        if not self.dashboard_address.strip():
+            raise ConfigError("executor.dashboard_address is blank: give host:port")
         positive(
             "executor",
             window=self.window,
             items_per_task=self.items_per_task,
+            frame_memory=self.frame_memory,
             wait_timeout=self.wait_timeout,
         )
         non_negative(

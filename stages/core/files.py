@@ -70,3 +70,12 @@ def unspool(path: str | Path, sizes: list[int]) -> list[bytes]:
         blobs = [fh.read(n) for n in sizes]
     Path(path).unlink()
     return blobs
+
+
+def cache_root() -> Path:
+    """Return the download cache directory ($DSREPO_CACHE_DIR, else ~/.cache/dsrepo)."""
+    env = os.environ.get("DSREPO_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dsrepo"

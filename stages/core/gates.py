@@ -287,6 +287,28 @@ def summary(found: Found, drops: list[Pair], cfg: GatesConf) -> dict:
     }
 
 
+@dataclass
+class Gate:
+    """What the quality gates found: copies worst first, and the exact copies dropped."""
+
+    pairs: list[Pair]
+    drops: list[Pair]
+    metrics: dict
+
+
+def judge(
+    rows: list[Row],
+    hashed: list[tuple[bytes | None, str]],
+    groups: list[str],
+    cfg: GatesConf,
+    drops: list[Pair],
+) -> Gate:
+    """Find the copies among rows from their (perceptual hash, sha256), and sum them up."""
+    codes, digests = [c for c, _ in hashed], [d for _, d in hashed]
+    found = find(rows, codes, digests, groups, cfg, max(cfg.report_max_pairs, cfg.sheet_pairs))
+    return Gate(found.pairs, drops, summary(found, drops, cfg))
+
+
 def message(source: str, metrics: dict, report: str = "plots/gates.csv") -> str:
     """Return the one-line summary of tripped gates, naming where this run's report is."""
     parts = [f"{t['count']} pairs > {t['gate']} {t['limit']}" for t in metrics["tripped"]]

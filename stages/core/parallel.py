@@ -1,4 +1,5 @@
-"""One executor interface: ordered parallel map on local threads or processes."""
+"""Ordered, bounded parallel maps on this machine's threads or processes (what the local
+executor runs)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from stages.core.config import OnEmpty, SplitConf
@@ -21,7 +21,6 @@ from stages.core.errors import ConfigError, MetadataError
 
 if TYPE_CHECKING:
     from stages.core.store import Row
-    from stages.sources import Source
 
 log = logging.getLogger("stages.splits")
 
@@ -115,19 +114,22 @@ def check(cfg: SplitConf, metrics: dict, source: str) -> list[str]:
     return [f"{source}: class {e['class']!r} has no items in split {e['split']!r}" for e in empty]
 
 
-def set_splits(rows: list[Row], source: Source, src_cfg, cfg: SplitConf) -> list[str]:
-    """Set each row's split from its group; return each row's group."""
+def set_splits(
+    rows: list[Row], group_of: Callable[[Row], tuple[str, str | None]], source: str, cfg: SplitConf
+) -> list[str]:
+    """Set each row's split from its group (group_of: the group, and the split its data
+    names, if any); return each row's group."""
     chosen: dict[str, str] = {}
     groups = []
     for row in rows:
-        group, own = source.split_group(src_cfg, row)
+        group, own = group_of(row)
         if own is not None:
-            split = own_split(cfg, own, f"{source.name} item {row.item_id!r}")
+            split = own_split(cfg, own, f"{source} item {row.item_id!r}")
         else:  # drawn once per group: a video's frames or a site's images share it
-            split = chosen.get(group) or split_of(cfg, source.name, group)
+            split = chosen.get(group) or split_of(cfg, source, group)
         if chosen.setdefault(group, split) != split:
             raise MetadataError(
-                f"{source.name}: group {group!r} names two splits ({chosen[group]!r} and "
+                f"{source}: group {group!r} names two splits ({chosen[group]!r} and "
                 f"{split!r}, at item {row.item_id!r}): its near copies would leak"
             )
         row.split = split
@@ -148,9 +150,14 @@ def split_metrics(
 
 
 def assign_rows(
-    rows: list[Row], units: list[Row], classes: list[str], source: Source, src_cfg, cfg: SplitConf
+    rows: list[Row],
+    units: list[Row],
+    classes: list[str],
+    group_of: Callable[[Row], tuple[str, str | None]],
+    source: str,
+    cfg: SplitConf,
 ) -> dict:
     """Set each row's split from its group; return the split metrics over `units`."""
-    groups = set_splits(rows, source, src_cfg, cfg)
+    groups = set_splits(rows, group_of, source, cfg)
     by_group = {g: r.split for g, r in zip(groups, rows, strict=True)}
-    return split_metrics(cfg, units, by_group, classes, source.name)
+    return split_metrics(cfg, units, by_group, classes, source)

@@ -12,12 +12,16 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.core.errors import StoreError
 from stages.core.files import atomic_path, part_path
+
+if TYPE_CHECKING:
+    from stages.core.executor import Executor
 
 MANIFEST = "manifest.parquet"
 SHARD_DIR = "shards"
@@ -398,16 +402,14 @@ def write_store(
     ext: Callable[[Row], str] = payload_ext,
     classes: list[str] | None = None,
     rank: Callable[[Row], bytes] = item_rank,
-    executor=None,
+    *,
+    executor: Executor,
 ) -> list[Row]:
     """Pack each row's payload (a file path, or None for no payload) and write the manifest.
 
     Payloads are laid out by class, then by `rank` (the source's selection order; see Packer).
-    Each shard is a task of `executor` (default: this machine's threads); its bytes depend on
-    the rows alone.
+    Each shard is a task of `executor`; its bytes depend on the rows alone.
     """
-    from stages.core.executor import LocalExecutor
-
     out_dir = Path(out_dir)
     (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)  # present even if none is packed
     rows = sorted(rows, key=layout_key(rank))
@@ -424,7 +426,6 @@ def write_store(
         members.append(Member(name, src, size, row.sha256, row.item_id))
         packed.append(row)
     jobs = plan_shards(out_dir, packed, members, shard_bytes)
-    executor = executor or LocalExecutor()
     try:
         for _ in executor.map(pack_shard, jobs, kind="thread"):
             pass

@@ -1,1 +1,3 @@
-"""File formats: streaming JSON, COCO Camera Traps, archives, VOC, npz."""
+"""File formats: `jsonstream`, `coco_ct` (COCO Camera Traps), `archives`, `voc`, `coco`,
+`video` (frames), `images` (lossless arrays), `labels` (a platform's labels back), `npz`.
+"""

@@ -19,9 +19,6 @@ from av.video.reformatter import Interpolation, VideoReformatter
 
 from stages.core.selection import even_indices
 
-# Holding decoded frames for N-of-M sampling costs memory; above this, decode twice instead.
-HOLD_BYTES = 512 * 1024 * 1024
-
 
 class VideoError(Exception):
     """A clip that cannot be decoded; its message is the stable failure reason."""
@@ -31,11 +28,11 @@ class VideoError(Exception):
 class FrameSpec:
     """What extract-frames makes of a clip."""
 
-    short_side: int | None = 256  # None: native size
-    fps: float | None = None  # None: native rate
-    num_frames: int | None = None  # None: every frame, else N evenly spaced frames
-    quality: int = 90
-    interpolation: str = "BICUBIC"  # swscale's filter, as ffmpeg's scale filter defaults to
+    short_side: int | None  # None: native size
+    fps: float | None  # None: native rate
+    num_frames: int | None  # None: every frame, else N evenly spaced frames
+    quality: int
+    interpolation: str  # swscale's filter name (conf: sources.<name>.frames.interpolation)
 
 
 @dataclass
@@ -139,7 +136,8 @@ def extract(
     window: tuple[float, float] | None = None,
     threads: str = "AUTO",
     sink: Callable[[bytes], None] | None = None,
-    hold_bytes: int = HOLD_BYTES,
+    *,
+    hold_bytes: int,
 ) -> Frames:
     """Decode a clip (a path or a binary file object) once; return its window's frames as JPEGs.
 

@@ -1,1 +1,4 @@
-"""Network code: the libcurl transport, origin-scoped credentials, the downloader, its ledger."""
+"""Network code: `transport` (libcurl), `retry` (the one retry policy), `credentials`
+(origin-scoped secrets), `download` (the downloader and its object cache), `ledger` (per-URL
+outcomes), `verify` (body checks), `sharing` (one cache for concurrent runs).
+"""

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import heapq
 import itertools
 import logging
 import os
 import queue
-import random
-import re
 import shutil
 import socket
 import threading
@@ -25,17 +22,18 @@ from urllib.parse import urlsplit
 from stages.core.config import FetchConf
 from stages.core.errors import StageError
 from stages.core.executor import Executor
-from stages.core.files import sha256_file
+from stages.core.files import cache_root, sha256_file
 from stages.core.origins import origin_of, redact
 from stages.core.parallel import progress
 from stages.net.credentials import Credentials
 from stages.net.ledger import PERMANENT, Ledger, Result
+from stages.net.retry import Action, Policy, SessionBlocked, Transient
+from stages.net.retry import parse_retry_after as parse_retry_after  # callers import it here
 from stages.net.transport import Exchange, Options, Transport
 from stages.net.verify import check_structure, decode_check, goog_md5, kind_of
 
 log = logging.getLogger("stages.net.download")
 
-TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 MISSING_HTTP = {404, 410}
 REDIRECT_HTTP = {301, 302, 303, 307, 308}
 SPILL = 8 << 20  # bodies up to this size stay in memory until verified
@@ -44,12 +42,12 @@ COMMIT_THREADS = 2
 WORKER_DIED = "its Dask worker died while fetching"  # a task that kept killing its worker
 
 
-class Retry(Exception):
-    """A transient failure; carries the server's Retry-After if any."""
+class Retry(Transient):
+    """A transient failure; carries the wait the server named, if any."""
 
     def __init__(self, reason: str, retry_after: float | None = None, http_status=None):
-        super().__init__(reason)
-        self.reason, self.retry_after, self.http_status = reason, retry_after, http_status
+        super().__init__(reason, retry_after)
+        self.http_status = http_status
 
 
 class Final(Exception):
@@ -60,42 +58,8 @@ class Final(Exception):
         self.status, self.reason, self.http_status = status, reason, http_status
 
 
-class CredentialRejected(StageError):
+class CredentialRejected(SessionBlocked):
     """A credentialed origin answered 401/403: every later request would fail the same way."""
-
-
-def cache_root() -> Path:
-    """Return the download cache directory ($DSREPO_CACHE_DIR, else ~/.cache/dsrepo)."""
-    env = os.environ.get("DSREPO_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dsrepo"
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Parse Retry-After as ASCII delta-seconds or an HTTP date; None if it is neither."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    try:
-        return max(0.0, when.timestamp() - time.time())
-    except (OverflowError, ValueError, OSError):
-        return None
-
-
-def backoff_delay(cfg: FetchConf, attempt: int, retry_after: float | None) -> float:
-    """Return the wait before retry `attempt`: Retry-After (capped), else backoff + jitter."""
-    if retry_after is not None:
-        return min(retry_after, cfg.retry_after_max)
-    base = min(cfg.backoff_max, cfg.backoff * (2**attempt))
-    return base * (0.5 + random.random() / 2)
 
 
 HOST = socket.gethostname().replace("-", "_") or "host"
@@ -199,6 +163,7 @@ class _Job:
     attempts: int = 0
     hops: int = 0
     started: float = 0.0  # when the current attempt began: its hops share one deadline
+    first: float = 0.0  # when the first attempt began, on the downloader's clock
 
 
 class Downloader:
@@ -220,7 +185,7 @@ class Downloader:
         self.cfg = cfg
         # A 400 whose body matches is a throttle (Tator): retried, after the seconds it names.
         self.throttled_text = throttled
-        self.throttled = re.compile(throttled.encode()) if throttled else None
+        self.policy = Policy.from_conf(cfg, throttled=throttled)
         # Absolute: Dask workers write into the same cache, at the same path.
         self.root = (Path(cache_dir) if cache_dir else cache_root()).absolute()
         self.objects = self.root / "objects"
@@ -456,7 +421,7 @@ class Downloader:
             url,
             kind or kind_of(url),
             int(max_bytes or self.cfg.max_item_bytes),
-            float(deadline or self.cfg.attempt_timeout),
+            float(deadline or self.policy.attempt_timeout),
             target=url,
         )
 
@@ -479,8 +444,8 @@ class Downloader:
                 ready.appendleft(job)
                 return
             except Retry as exc:
-                if job.attempts <= self.cfg.retries:
-                    delay = self.backoff(job.attempts - 1, exc.retry_after)
+                delay = self.policy.next_wait(job.attempts, exc.wait, self.clock() - job.first)
+                if delay is not None:
                     log.debug("retry %s in %.2fs: %s", redact(job.url), delay, exc.reason)
                     job.target, job.hops = job.url, 0
                     heapq.heappush(waiting, (self.clock() + delay, next(self._seq), job))
@@ -542,6 +507,8 @@ class Downloader:
     def _start(self, job: _Job) -> None:
         """Send the next request of a job, with the credentials of its current origin only."""
         if job.hops == 0:
+            if not job.attempts:
+                job.first = self.clock()
             job.attempts += 1
             job.started = time.monotonic()
         part = PartFile(part_name(self.tmp_str))
@@ -553,10 +520,6 @@ class Downloader:
         ex = Exchange(url, headers, job.max_bytes, left, part, job)
         self.transport.start(ex)
 
-    def backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Return the delay before the next attempt: Retry-After, else exponential + jitter."""
-        return backoff_delay(self.cfg, attempt, retry_after)
-
     # ------------------------------------------------------------------ one response
 
     def _check(self, job: _Job, ex: Exchange) -> None:
@@ -566,13 +529,22 @@ class Downloader:
         committed = False
         try:
             status = ex.status
-            labels = self.creds.scoped(job.target) if status in (401, 403) else []
-            if labels:
-                scheme, host, port = origin_of(job.target)
-                raise CredentialRejected(
-                    f"{scheme}://{host}:{port} answered http {status} to the credential from "
-                    f"{', '.join(labels)}: check that secret and the origins it is scoped to"
+            verdict = None
+            if status != 200:
+                labels = self.creds.scoped(job.target) if status in (401, 403) else []
+                verdict = self.policy.judge(
+                    status, ex.header("Retry-After"), ex.error_head, credentialed=bool(labels)
                 )
+                if verdict.action is Action.STOP:
+                    scheme, host, port = origin_of(job.target)
+                    where = f"{scheme}://{host}:{port}"
+                    if labels:
+                        raise CredentialRejected(
+                            f"{where} answered http {status} to the credential from "
+                            f"{', '.join(labels)}: check that secret and the origins it is "
+                            "scoped to"
+                        )
+                    raise SessionBlocked(f"{where} answered http {status}: this session is blocked")
             if ex.error is not None:
                 if ex.retryable:
                     raise Retry(ex.error, None, status or None)
@@ -585,16 +557,11 @@ class Downloader:
                 raise _Redirect(self._next_hop(job, ex))
             if status in MISSING_HTTP:
                 raise Final("missing", f"http {status}", status)
-            if status == 202:  # accepted, not ready (a report being generated): ask again
-                raise Retry(
-                    "http 202 (not ready)", parse_retry_after(ex.header("Retry-After")), 202
-                )
-            if status in TRANSIENT_HTTP or status >= 500:
-                raise Retry(f"http {status}", parse_retry_after(ex.header("Retry-After")), status)
-            if status == 400 and self.throttled is not None:
-                found = self.throttled.search(ex.error_head)
-                if found is not None:
-                    raise Retry("throttled (http 400)", float(found.group(1) or 1), status)
+            if verdict.action is Action.RETRY:
+                if status == 202:  # accepted, not ready (a report being generated)
+                    raise Retry("http 202 (not ready)", verdict.wait, status)
+                reason = "throttled (http 400)" if verdict.throttled else f"http {status}"
+                raise Retry(reason, verdict.wait, status)
             # 401/403 without a credential of ours, 204, 304, other 4xx: a re-run may fix it.
             raise Final("failed", f"http {status}", status)
         finally:

@@ -1,1 +1,4 @@
-"""What ties stages to conf/ and DVC: composing params.yaml, reading it back, stage entries."""
+"""What ties stages to conf/ and DVC: `compose` (params.yaml from conf/), `params` (reading it
+back), `explain`, `entry` (the shared stage entry), `restore` and `previous` (a stage's last
+build from dvc.lock), `revisions` (a manifest at a git revision), `plots_page`.
+"""

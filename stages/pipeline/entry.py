@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stages import sources
 from stages.core.config import GROUPS, SourceConf, typed
 from stages.core.errors import StageError
 from stages.core.metrics import headline, write_json, write_plot
+from stages.core.store import Store
 from stages.pipeline.params import load_params, source_params
 from stages.pipeline.restore import (
     failed_copy_path,
@@ -23,6 +25,9 @@ from stages.pipeline.restore import (
     remember,
     restore_after_failure,
 )
+
+if TYPE_CHECKING:
+    from stages.families import Inputs
 
 log = logging.getLogger("stages")
 # The small files a stage writes (metrics, plots, report), copied into DVC's cache when it
@@ -94,9 +99,26 @@ class StageRun:
 
     def executor(self):
         """Start the executor this run asked for (DSREPO_EXECUTOR; never params.yaml)."""
-        from stages.core.executor import load_conf, open_executor
+        from stages.pipeline.executors import load_conf, open_executor
 
         return open_executor(load_conf())
+
+    @contextlib.contextmanager
+    def inputs(self) -> Iterator[Inputs]:
+        """Yield what the source's stage-family implementation gets, its executor running
+        until the block ends."""
+        from stages.families import Inputs
+
+        with self.executor() as ex:
+            yield Inputs(
+                source=self.source,
+                cfg=self.cfg,
+                store=Store(self.args.inp),
+                out_dir=self.args.out,
+                shard_bytes=self.section("store").shard_bytes,
+                executor=ex,
+                split=self.section("split"),
+            )
 
     def finish(self, metrics: dict, per_split: dict[str, dict[str, int]] | None = None) -> None:
         """Write the stage's report (all it counted, where argv names a --report), its

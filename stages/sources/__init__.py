@@ -4,7 +4,9 @@ Adding a source means adding `stages/sources/<name>/` (a module-level `SOURCE`, 
 of a `Source` subclass) and `conf/source/<name>.yaml`; nothing else changes. The schema of
 the conf file is the source's `schema`, a `SourceConf` subclass whose `fetch` (and, where the
 source has settings for them, `frames`, `clean`, `export`) sections are read by those stages
-only, so dvc.yaml can make each stage depend on its own part.
+only, so dvc.yaml can make each stage depend on its own part. A source plans and downloads
+its items; for the stages after fetch it names its implementations of the stage families
+(`extractor()`, `cleaner()`, `exporter()`: stages.families), the shared ones by default.
 """
 
 from __future__ import annotations
@@ -12,18 +14,16 @@ from __future__ import annotations
 import importlib
 import re
 from abc import ABC, abstractmethod
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from stages.core.config import CleanConf, ExportConf, FramesConf, SourceConf, SplitConf
+from stages.core.config import SourceConf
 from stages.core.errors import ConfigError
 from stages.core.store import Row, Store, item_rank
 
-if TYPE_CHECKING:  # only fetch imports the network code: other stages do not depend on it
-    from stages.core.executor import Executor
+if TYPE_CHECKING:  # imported where used: a stage depends only on the code it runs
+    from stages.families import Cleaner, Exporter, Extractor
     from stages.net.credentials import Credential
     from stages.net.download import Downloader
     from stages.net.ledger import Result
@@ -57,27 +57,20 @@ class Source(ABC):
 
     name: ClassVar[str]
     schema: ClassVar[type[SourceConf]]
-    # Whether items are videos that the extract-frames stage turns into frames. Said here
-    # only: compose derives the stage lists of dvc.yaml from it.
+    # Whether items are videos (clips: frames, and layouts of clips). Said here only: compose
+    # derives the stage lists of dvc.yaml from it.
     video: ClassVar[bool] = False
+    # Whether an extract-frames stage (the source's extractor()) runs between fetch and clean.
+    has_frames: ClassVar[bool] = False
     # Whether fetch reads local files, from data/<name>/input/ (which DVC tracks as its input).
     local_input: ClassVar[bool] = False
     # A regex that marks a 400 answer's body as the server's throttle (retried after the
     # seconds in its first group, else backoff), for servers that do not say 429.
     throttled: ClassVar[str | None] = None
-    # Stage families that run this source's own code (its hooks below) instead of the shared
-    # code: "extract-frames" for frames that are not decoded video (montage tiles),
-    # "clean-annotations" and "export-npz" for items that are not boxed images.
-    own_stages: ClassVar[frozenset[str]] = frozenset()
     # What the plots stage draws from the clean store (a PNG and a series), or None: no stage.
     plots: ClassVar[PlotSpec | None] = None
     # The item metadata naming a group of near copies, which share a split (stages.core.splits).
     split_key: ClassVar[str] = ""
-
-    @property
-    def has_frames(self) -> bool:
-        """Return whether an extract-frames stage runs between fetch and clean."""
-        return self.video or "extract-frames" in self.own_stages
 
     @abstractmethod
     def plan(self, cfg: SourceConf, ctx: Context) -> Plan:
@@ -100,17 +93,6 @@ class Source(ABC):
         """
         return ctx.downloader.fetch_all([r.url for r in rows], desc=f"fetch@{self.name}")
 
-    def frames(self, cfg: SourceConf, row: Row) -> FramesConf:
-        """Return the extract-frames settings for one clip (hook: per-camera overrides)."""
-        return cfg.frames
-
-    def clean_row(self, cfg: SourceConf, row: Row, counts: Counter) -> Row | None:
-        """Apply source-specific cleaning to a row that passed the shared checks (hook).
-
-        Return the row (possibly changed) or None to drop it; count what was done in `counts`.
-        """
-        return row
-
     def split_group(self, cfg: SourceConf, row: Row) -> tuple[str, str | None]:
         """Return an item's group for the splits, and the split its data names, if any
         (hook: default, the `split_key` metadata; no split of its own)."""
@@ -120,15 +102,6 @@ class Source(ABC):
             raise NotImplementedError(f"{self.name}: no split group is defined")
         return group_key(row.meta, self.split_key, row.item_id, self.name), None
 
-    def gated(self, row: Row) -> bool:
-        """Return whether the quality gates hash an item of the clean store (hook: all; a
-        source whose items include label images checks its pictures only)."""
-        return True
-
-    def clean_stats(self, cfg: SourceConf, store: Store) -> dict:
-        """Return source-specific counts for clean's metrics, from its input store (hook)."""
-        return {}
-
     def classes(self, cfg: SourceConf) -> list[str]:
         """Return the configured class names in id order (empty: discovered by fetch)."""
         return list(cfg.classes)
@@ -137,45 +110,52 @@ class Source(ABC):
         """Return the class names in id order as the input store recorded them."""
         return store.classes or self.classes(cfg)
 
-    # Hooks of the stages in `own_stages`: each gets the stage's input store and output dir,
-    # writes a store (or, for export-npz, npz files) there and returns its metrics.
+    def extractor(self) -> Extractor:
+        """Return what makes the extract-frames store (with `has_frames`)."""
+        raise NotImplementedError(f"{self.name} has no extract-frames stage")
 
-    def extract(
-        self,
-        cfg: SourceConf,
-        store: Store,
-        out_dir: Path,
-        shard_bytes: int,
-        executor: Executor | None = None,
-    ) -> tuple[list[Row], dict]:
-        """Write the extract-frames store, its per-item work on `executor`; return its rows
-        and metrics (own stage hook)."""
-        raise NotImplementedError(f"{self.name} has no extract-frames stage of its own")
+    def cleaner(self) -> Cleaner:
+        """Return what makes the clean-annotations store (default: boxed images)."""
+        from stages.families.clean import ImageCleaner
 
-    def clean_store(
-        self,
-        cfg: SourceConf,
-        clean: CleanConf,
-        split: SplitConf,
-        store: Store,
-        out_dir: Path,
-        shard_bytes: int,
-        executor: Executor | None = None,
-    ) -> tuple[list[Row], dict]:
-        """Write the clean-annotations store, each item in its group's split, its per-item
-        work on `executor`; return its rows and metrics (own stage hook)."""
-        raise NotImplementedError(f"{self.name} has no clean-annotations stage of its own")
+        return ImageCleaner()
 
-    def export_store(
-        self, cfg: SourceConf, export: ExportConf, splits: list[str], store: Store, out_dir: Path
-    ) -> dict:
-        """Write the export-npz files under out_dir/<split>/; return the metrics (own stage
-        hook)."""
-        raise NotImplementedError(f"{self.name} has no export-npz stage of its own")
+    def exporter(self) -> Exporter:
+        """Return what writes the export-npz files (default: boxed images)."""
+        from stages.families.export import ImageExporter
+
+        return ImageExporter()
 
     def draw(self, cfg: SourceConf, store: Store) -> tuple[bytes, list[dict]]:
         """Return the plots stage's PNG and series rows for the clean store (hook)."""
         raise NotImplementedError(f"{self.name} has no plots")
+
+
+class VideoSource(Source):
+    """A source of video clips: decoded into frames, cleaned as frames, exported as clips.
+
+    Its schema extends `VideoSourceConf` (a `frames:` section that extract-frames reads)."""
+
+    video = True
+    has_frames = True
+
+    def extractor(self) -> Extractor:
+        """Return the clip decoder (hook: a subclass may set per-clip settings)."""
+        from stages.families.frames import VideoExtractor
+
+        return VideoExtractor()
+
+    def cleaner(self) -> Cleaner:
+        """Return the cleaner of video frames (whole clips kept or dropped)."""
+        from stages.families.clean import VideoCleaner
+
+        return VideoCleaner()
+
+    def exporter(self) -> Exporter:
+        """Return the exporter of clips of evenly spaced frames."""
+        from stages.families.export import ClipExporter
+
+        return ClipExporter()
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,24 @@ or a plain folder), behind one small interface.
 A target registers a camera (a section, a folder), lists what it already holds by content
 hash (its own records, compared here: never trusted to filter), takes one file, and reads
 back the labels annotators put on the files it holds. The importer owns everything else:
-which files, in which job and shard, retries, the record.
+which files, in which job and shard, retries, the record (`record.py`).
+
+Targets are loaded by name, like sources: `stages/targets/<kind>.py` (the `import_to.target`
+value) defines `build(cfg, retry)`, imported only when that target is used.
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+from stages.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stages.core.config import FetchConf, ImportConf
 
 
 @dataclass(frozen=True)
@@ -81,3 +90,15 @@ def gone_message(gone: list) -> str:
         "deleted there, or the target is another server; re-import them with "
         "`dvc repro -f import@<source>`"
     )
+
+
+def load(cfg: ImportConf, retry: FetchConf) -> Target:
+    """Return the configured target (`retry`: the fetch section's timeouts and retries)."""
+    kind = cfg.target.value
+    try:
+        module = importlib.import_module(f"stages.targets.{kind}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"stages.targets.{kind}":
+            raise
+        raise ConfigError(f"import_to.target {kind!r}: no stages/targets/{kind}.py") from None
+    return module.build(cfg, retry)

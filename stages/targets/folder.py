@@ -16,6 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
+from stages.core.config import FetchConf, ImportConf
 from stages.core.errors import MetadataError
 from stages.core.files import atomic_path, atomic_write
 from stages.core.store import safe_name
@@ -115,3 +116,8 @@ def _frame(value) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"frame {value!r} is not a non-negative integer")
     return value
+
+
+def build(cfg: ImportConf, retry: FetchConf) -> FolderTarget:
+    """Return the folder target import_to describes (a local copy needs no retries)."""
+    return FolderTarget(cfg.folder)

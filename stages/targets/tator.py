@@ -25,10 +25,11 @@ from pathlib import Path
 
 import tator
 
-from stages.core.config import FetchConf, TatorImport
+from stages.core.config import FetchConf, ImportConf, TatorImport
 from stages.core.errors import MetadataError, StageError
 from stages.net.credentials import Credentials, from_env
-from stages.sources.tator.api import Api, TokenRejected
+from stages.net.retry import SessionBlocked
+from stages.sources.tator.api import Api
 from stages.sources.tator.fetch import annotations, checked, class_name, track_classes, valid_box
 from stages.targets import Target, TargetLabel, Upload, gone_message
 
@@ -204,8 +205,8 @@ class TatorTarget(Target):
 
         try:
             media_id = self.api.retrying(f"upload of {item.name}", attempt)
-        except TokenRejected:
-            raise  # the run's failure, not this file's
+        except SessionBlocked:
+            raise  # the session is refused (the token): the run's failure, not this file's
         except StageError as exc:
             raise OSError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - tator's own failures: one file's failure
@@ -285,3 +286,8 @@ def _media_id(response) -> str | None:
     if isinstance(ids, list) and len(ids) == 1 and isinstance(ids[0], int):
         return str(ids[0])  # create_media_list (non-video files)
     return None
+
+
+def build(cfg: ImportConf, retry: FetchConf) -> TatorTarget:
+    """Return the Tator target import_to describes."""
+    return TatorTarget(cfg.tator, retry, workers=cfg.workers)

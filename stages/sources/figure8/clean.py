@@ -10,17 +10,13 @@ not make stay in the manifest without payload (so export knows their ids) and ar
 from __future__ import annotations
 
 import io
-import shutil
 import statistics
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from stages.core.config import SplitConf
+from stages.core.config import CleanConf, GatesConf
 from stages.core.errors import StoreError
-from stages.core.executor import Executor, LocalExecutor
 from stages.core.files import spool, unspool
-from stages.core.parallel import progress
 from stages.core.splits import assign_rows
 from stages.core.store import (
     Row,
@@ -31,13 +27,12 @@ from stages.core.store import (
     rebase,
     write_manifest,
 )
+from stages.families import Cleaned, Cleaner, Inputs
+from stages.families.clean import gate_rows
 from stages.formats.images import decode_array, encode_array
-from stages.sources.figure8 import Figure8Clean, Figure8Conf
+from stages.sources.figure8.conf import Figure8Clean, Figure8Conf
 from stages.sources.figure8.labels import clean_movie_labels
-from stages.sources.figure8.movies import SPOOL, Ref, ref
-
-if TYPE_CHECKING:
-    from stages.sources import Source
+from stages.sources.figure8.movies import Ref, ref
 
 
 def clean_movie(job: tuple[list[Ref], Figure8Clean]) -> list[tuple[bytes, str, dict]]:
@@ -85,53 +80,42 @@ def spread(values: list[int]) -> dict:
     }
 
 
-def clean_spooled(job: tuple[list[Ref], Figure8Clean, str]) -> tuple[list, list[int]]:
-    """Clean one movie (a task) into a spool file in the output dir; return each frame's
-    (ext, counts) and the images' sizes (small: never the images)."""
-    where, cfg, path = job
+def clean_spooled(job: tuple[tuple[list[Ref], Figure8Clean], str]) -> tuple[list, list[int]]:
+    """Clean one movie (a task) into its spool file; return each frame's (ext, counts) and
+    the images' sizes (small: never the images)."""
+    (where, cfg), path = job
     frames = clean_movie((where, cfg))
     return [(ext, counts) for _, ext, counts in frames], spool(path, [d for d, _, _ in frames])
 
 
-def clean_store(
-    cfg: Figure8Conf,
-    split: SplitConf,
-    store: Store,
-    out_dir: Path,
-    shard_bytes: int,
-    workers: int | None = None,
-    *,
-    source: Source,
-    executor: Executor | None = None,
-) -> tuple[list[Row], dict]:
-    """Write the cleaned store, each movie's frames in the movie's split; return its rows and
-    metrics."""
-    rows = store.rows()
-    movies = frames_by_clip(
-        r for r in rows if r.status == "ok" and r.meta.get("role") == "annotated"
-    )
-    raws = [r for r in rows if r.status == "ok" and r.meta.get("role") == "raw"]
-    failed = [r for r in rows if r.status != "ok"]  # kept (no payload): export knows their ids
-    dropped = Counter(f"movie_{r.status}" for r in failed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    writer = ShardWriter(out_dir, shard_bytes)
-    totals: Counter = Counter()
-    cells = []
-    executor = executor or LocalExecutor(workers)
-    executor.check_visible(out_dir)
-    spools = out_dir.absolute() / SPOOL
-    names = sorted(movies)
-    labels = [r for name in names for r in movies[name]]
-    try:
-        jobs = [
-            ([ref(store, r) for r in movies[name]], cfg.clean, str(spools / f"{i:08d}.bin"))
-            for i, name in enumerate(names)
-        ]
-        done = executor.map(clean_spooled, jobs, kind="process")
-        bar = progress(done, total=len(jobs), desc="clean@figure8", unit="movie")
-        for name, job, (info, sizes) in zip(names, jobs, bar, strict=True):
-            images = unspool(job[2], sizes)
-            for row, data, (ext, counts) in zip(movies[name], images, info, strict=True):
+class Figure8Cleaner(Cleaner):
+    """Label frames cleaned movie by movie (a task each), raw frames passed through; the
+    gates compare the raw frames only."""
+
+    def clean(self, inputs: Inputs) -> dict:
+        """Write the cleaned store, each movie's frames in the movie's split; return its
+        metrics."""
+        cfg: Figure8Conf = inputs.cfg
+        store, out_dir, ex = inputs.store, inputs.out_dir, inputs.executor
+        rows = store.rows()
+        movies = frames_by_clip(
+            r for r in rows if r.status == "ok" and r.meta.get("role") == "annotated"
+        )
+        raws = [r for r in rows if r.status == "ok" and r.meta.get("role") == "raw"]
+        failed = [r for r in rows if r.status != "ok"]  # kept (no payload): export knows ids
+        dropped = Counter(f"movie_{r.status}" for r in failed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ex.check_visible(out_dir)
+        writer = ShardWriter(out_dir, inputs.shard_bytes)
+        totals: Counter = Counter()
+        cells = []
+        names = sorted(movies)
+        labels = [r for name in names for r in movies[name]]
+
+        def pack(i: int, res: tuple[list, list[int]], path: Path) -> None:
+            info, sizes = res
+            images = unspool(path, sizes)
+            for row, data, (ext, counts) in zip(movies[names[i]], images, info, strict=True):
                 row.shard, row.offset = writer.add(
                     member_name(row.item_id, ext), io.BytesIO(data), len(data)
                 )
@@ -139,34 +123,56 @@ def clean_store(
                 row.meta = {**row.meta, **counts, "ext": ext}
                 totals.update(counts)
                 cells.append(counts["cells"])
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        shutil.rmtree(spools, ignore_errors=True)
-    kept = labels + rebase(raws, store.root, out_dir)
-    firsts = [movies[name][0] for name in names]  # one per movie: the unit the splits count
-    splits = assign_rows(kept + failed, firsts, list(cfg.classes), source, cfg, split)
-    write_manifest(out_dir, kept + failed, list(cfg.classes))
-    metrics = {
-        "items_in": len(rows),
-        "items_out": len(kept),
-        "movies": len(movies),
-        "clips_out": len(movies),  # movies are this source's clips
-        "frames": len(labels),
-        "dropped": dict(sorted(dropped.items())),
-        "cells_total": totals["cells"],
-        "cells_per_frame": spread(cells),
-        "holes_filled": totals["holes_filled"],
-        "hole_pixels": totals["hole_pixels"],
-        "objects_removed": totals["objects_removed"],
-        "settings": {
-            "hole_max": cfg.clean.hole_max,
-            "object_max": cfg.clean.object_max,
-            "connectivity": cfg.clean.connectivity,
-        },
-        "classes": {cfg.classes[0]: len(movies)},
-        "splits": splits,
-    }
-    return kept, metrics
+
+        jobs = [([ref(store, r) for r in movies[name]], cfg.clean) for name in names]
+        ex.pack_spooled(
+            clean_spooled, jobs, out_dir, writer, pack, desc="clean@figure8", unit="movie"
+        )
+        kept = labels + rebase(raws, store.root, out_dir)
+        firsts = [movies[name][0] for name in names]  # one per movie: the unit splits count
+        splits = assign_rows(
+            kept + failed,
+            firsts,
+            list(cfg.classes),
+            lambda r: inputs.source.split_group(cfg, r),
+            inputs.source.name,
+            inputs.split,
+        )
+        write_manifest(out_dir, kept + failed, list(cfg.classes))
+        return {
+            "items_in": len(rows),
+            "items_out": len(kept),
+            "movies": len(movies),
+            "clips_out": len(movies),  # movies are this source's clips
+            "frames": len(labels),
+            "dropped": dict(sorted(dropped.items())),
+            "cells_total": totals["cells"],
+            "cells_per_frame": spread(cells),
+            "holes_filled": totals["holes_filled"],
+            "hole_pixels": totals["hole_pixels"],
+            "objects_removed": totals["objects_removed"],
+            "settings": {
+                "hole_max": cfg.clean.hole_max,
+                "object_max": cfg.clean.object_max,
+                "connectivity": cfg.clean.connectivity,
+            },
+            "classes": {cfg.classes[0]: len(movies)},
+            "splits": splits,
+        }
+
+    def run(self, inputs: Inputs, clean: CleanConf, gates: GatesConf) -> Cleaned:
+        """Clean the store, then check the gates over its raw frames (pictures to compare;
+        label frames are not)."""
+        metrics = self.clean(inputs)
+        cleaned = Store(inputs.out_dir)
+        pictures = [
+            r
+            for r in cleaned.rows()
+            if r.status == "ok" and r.shard and r.meta.get("role") == "raw"
+        ]
+        gate = gate_rows(inputs, cleaned, pictures, gates) if gates.enabled else None
+        if gate is not None:
+            metrics["gates"] = gate.metrics
+        firsts = [frames[0] for frames in frames_by_clip(pictures).values()]
+        names = cleaned.classes or list(inputs.cfg.classes)
+        return Cleaned(metrics, names, gate, firsts, cleaned.read)

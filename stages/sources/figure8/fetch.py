@@ -11,7 +11,7 @@ from stages.core.errors import MetadataError, StageError
 from stages.core.parallel import default_workers, pmap
 from stages.core.store import Row
 from stages.sources import Context, Plan
-from stages.sources.figure8 import Figure8Conf
+from stages.sources.figure8.conf import Figure8Conf
 from stages.sources.figure8.montage import natural_key, read_chopper_log, read_montage_log
 from stages.sources.figure8.report import Report, broken_csvs, read_report
 

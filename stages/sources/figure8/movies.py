@@ -11,7 +11,6 @@ size that does not match the logs) is one `corrupt` row with the reason; the res
 from __future__ import annotations
 
 import io
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,12 @@ import numpy as np
 from PIL import Image
 
 from stages.core.errors import MetadataError, StoreError
-from stages.core.executor import Executor, LocalExecutor
 from stages.core.files import spool, unspool
 from stages.core.metrics import class_counts
-from stages.core.parallel import progress
 from stages.core.store import Row, ShardWriter, Store, member_name, write_manifest
+from stages.families import Extractor, Inputs
 from stages.formats.images import decode_array, encode_array, refuse_lossy
-from stages.sources.figure8 import Figure8Conf, FramesMode, rgb
+from stages.sources.figure8.conf import Figure8Conf, FramesMode, rgb
 from stages.sources.figure8.fetch import LOGS
 from stages.sources.figure8.labels import label_dtype, to_labels
 from stages.sources.figure8.montage import (
@@ -37,8 +35,6 @@ from stages.sources.figure8.montage import (
     read_montage_log,
     stitch,
 )
-
-SPOOL = ".spool"  # inside the output: a killed run's leftovers go with it
 
 
 @dataclass(frozen=True)
@@ -267,89 +263,94 @@ def _movie_row(name: str, part: int, position: tuple[int, int] | None, ident: st
     return Row(item_id=name, source="figure8", source_id=ident, status="corrupt", meta=meta)
 
 
-def extract(
-    cfg: Figure8Conf,
-    store: Store,
-    out_dir: Path,
-    shard_bytes: int,
-    workers: int | None = None,
-    executor: Executor | None = None,
-):
-    """Write the label movies and their raw frames as a store; return rows and metrics.
+class Figure8Extractor(Extractor):
+    """Annotation montages cut into label movies beside their raw frames, a task per movie."""
 
-    Each movie is a task of `executor` (default: `workers` local processes) that spools its
-    images into the output dir; this process packs them in order."""
-    movies, failed = plan_movies(cfg, store)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    executor = executor or LocalExecutor(workers)
-    executor.check_visible(out_dir)
-    spools = out_dir.absolute() / SPOOL
-    writer = ShardWriter(out_dir, shard_bytes)
-    rows: list[Row] = []
-    reasons: Counter = Counter()
-    for row, reason in failed:
-        row.reason = reason
-        reasons[reason] += 1
-        rows.append(row)
-    unmapped, n_frames, n_bytes, ok = 0, 0, 0, []
-    jobs = [(m, str(spools / f"{i:08d}.bin")) for i, m in enumerate(movies)]
-    try:
-        made = executor.map(make_spooled, jobs, kind="process", lost=process_died)
-        bar = progress(made, total=len(movies), desc="frames@figure8", unit="movie")
-        for movie, res in zip(movies, bar, strict=True):
-            meta = {"movie": movie.movie, "clip": movie.movie, "part": movie.part}
-            if movie.position is not None:
-                meta.update(x=movie.position[0], y=movie.position[1])
+    def run(self, inputs: Inputs) -> dict:
+        """Write the label movies and their raw frames as a store; return the metrics.
+
+        Each movie is a task of the executor that spools its images into the output dir;
+        this process packs them in order."""
+        cfg: Figure8Conf = inputs.cfg
+        out_dir, ex = inputs.out_dir, inputs.executor
+        movies, failed = plan_movies(cfg, inputs.store)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ex.check_visible(out_dir)
+        writer = ShardWriter(out_dir, inputs.shard_bytes)
+        rows: list[Row] = []
+        reasons: Counter = Counter()
+        for row, reason in failed:
+            row.reason = reason
+            reasons[reason] += 1
+            rows.append(row)
+        totals: Counter = Counter()
+        ok: list[str] = []
+
+        def pack(i: int, res: Spooled | str, _: Path) -> None:
+            movie = movies[i]
             if isinstance(res, str):
                 reasons[res] += 1
                 bad = _movie_row(movie.movie, movie.part, movie.position, cfg.fetch.identifier)
                 bad.reason = res
                 rows.append(bad)
-                continue
-            unmapped += res.unmapped
+                return
+            totals["unmapped"] += res.unmapped
             ok.append(movie.movie)
-            T = movie.geometry.montage_len
-            for t, (lab, lab_ext, raw, raw_ext, (h, w)) in enumerate(res.frames()):
-                frame_id = f"{movie.movie}_frame_{t:02d}"
-                frame_meta = {**meta, "frame": t, "raw_frame": movie.part * T + t}
-                for role, data, ext in (("annotated", lab, lab_ext), ("raw", raw, raw_ext)):
-                    item_id = f"{frame_id}/{role}"
-                    shard, offset = writer.add(
-                        member_name(item_id, ext), io.BytesIO(data), len(data)
-                    )
-                    rows.append(
-                        Row(
-                            item_id=item_id,
-                            source="figure8",
-                            source_id=movie.movie,
-                            width=w,
-                            height=h,
-                            bytes=len(data),
-                            labels=list(cfg.classes) if role == "annotated" else [],
-                            shard=shard,
-                            offset=offset,
-                            meta={**frame_meta, "role": role, "ext": ext},
-                        )
-                    )
-                    n_bytes += len(data)
-                n_frames += 1
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        shutil.rmtree(spools, ignore_errors=True)
-    write_manifest(out_dir, rows, list(cfg.classes))
-    labelled = [r for r in rows if r.meta.get("role") == "annotated" and r.meta["frame"] == 0]
-    metrics = {
-        "mode": cfg.frames.mode.value,
-        "clips": len(movies) + len(failed),
-        "clips_ok": len(ok),
-        "clips_failed": sum(reasons.values()),
-        "reasons": dict(sorted(reasons.items())),
-        "frames": n_frames,
-        "bytes": n_bytes,
-        "unmapped_pixels": unmapped,
-        "classes": class_counts(labelled, list(cfg.classes)),
-    }
-    return rows, metrics
+            rows.extend(movie_rows(cfg, movie, res, writer, totals))
+
+        ex.pack_spooled(
+            make_spooled,
+            movies,
+            out_dir,
+            writer,
+            pack,
+            desc="frames@figure8",
+            unit="movie",
+            lost=process_died,
+        )
+        write_manifest(out_dir, rows, list(cfg.classes))
+        labelled = [r for r in rows if r.meta.get("role") == "annotated" and r.meta["frame"] == 0]
+        return {
+            "mode": cfg.frames.mode.value,
+            "clips": len(movies) + len(failed),
+            "clips_ok": len(ok),
+            "clips_failed": sum(reasons.values()),
+            "reasons": dict(sorted(reasons.items())),
+            "frames": totals["frames"],
+            "bytes": totals["bytes"],
+            "unmapped_pixels": totals["unmapped"],
+            "classes": class_counts(labelled, list(cfg.classes)),
+        }
+
+
+def movie_rows(
+    cfg: Figure8Conf, movie: Movie, res: Spooled, writer: ShardWriter, totals: Counter
+) -> list[Row]:
+    """Pack one movie's spooled frames (label image, then raw) in order; return their rows."""
+    meta = {"movie": movie.movie, "clip": movie.movie, "part": movie.part}
+    if movie.position is not None:
+        meta.update(x=movie.position[0], y=movie.position[1])
+    T, out = movie.geometry.montage_len, []
+    for t, (lab, lab_ext, raw, raw_ext, (h, w)) in enumerate(res.frames()):
+        frame_id = f"{movie.movie}_frame_{t:02d}"
+        frame_meta = {**meta, "frame": t, "raw_frame": movie.part * T + t}
+        for role, data, ext in (("annotated", lab, lab_ext), ("raw", raw, raw_ext)):
+            item_id = f"{frame_id}/{role}"
+            shard, offset = writer.add(member_name(item_id, ext), io.BytesIO(data), len(data))
+            out.append(
+                Row(
+                    item_id=item_id,
+                    source="figure8",
+                    source_id=movie.movie,
+                    width=w,
+                    height=h,
+                    bytes=len(data),
+                    labels=list(cfg.classes) if role == "annotated" else [],
+                    shard=shard,
+                    offset=offset,
+                    meta={**frame_meta, "role": role, "ext": ext},
+                )
+            )
+            totals["bytes"] += len(data)
+        totals["frames"] += 1
+    return out

@@ -18,8 +18,8 @@ from skimage.segmentation import find_boundaries
 from stages.core.selection import even_indices
 from stages.core.store import Row, Store
 from stages.formats.images import decode_array
-from stages.sources.figure8 import Figure8Conf
 from stages.sources.figure8.clean import movies_of
+from stages.sources.figure8.conf import Figure8Conf
 
 SHEET_MOVIES = 6
 COLUMNS = 3

@@ -19,7 +19,7 @@ from omegaconf import MISSING
 from stages.core.config import NoSettings, VideoSourceConf, non_negative, positive, setting
 from stages.core.errors import ConfigError
 from stages.core.selection import check_caps, ranker
-from stages.sources import Context, Plan, Source
+from stages.sources import Context, Plan, VideoSource
 
 if TYPE_CHECKING:
     from stages.core.store import Row
@@ -103,13 +103,12 @@ class KineticsConf(VideoSourceConf):
         check_caps(self.fetch.caps, self.classes)
 
 
-class Kinetics(Source):
+class Kinetics(VideoSource):
     """Kinetics-400/600/700-style clip lists (YouTube ids with start/end times)."""
 
     name = "kinetics"
     split_key = "youtube_id"  # the clips cut from one YouTube video
     schema = KineticsConf
-    video = True
 
     def split_group(self, cfg: KineticsConf, row: Row) -> tuple[str, str | None]:
         """Return the clip's YouTube video as its group, and the CSV's own split if given."""

@@ -22,8 +22,7 @@ from pathlib import Path
 from stages.core.errors import MetadataError
 from stages.net.ledger import Result
 from stages.sources import Context
-from stages.sources.kinetics.clips import Clip
-from stages.sources.kinetics.fetch import clip_row, read_text
+from stages.sources.kinetics.clips import Clip, clip_row, read_text
 
 log = logging.getLogger("stages.sources.kinetics")
 MEMBER = re.compile(r"(?:.*/)?([A-Za-z0-9_-]{1,64}_\d{6}_\d{6})\.mp4")

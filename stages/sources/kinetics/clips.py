@@ -1,14 +1,18 @@
-"""The Kinetics annotation CSV: columns by name, one validated Clip per row."""
+"""Kinetics clip lists: read one, parse its CSV (columns by name) into Clips, make their rows."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from stages.core.errors import CorruptMetadata
+from stages.core.errors import CorruptMetadata, MetadataError
+from stages.core.store import Row
+from stages.sources import Context
 
 REQUIRED = ("youtube_id", "time_start", "time_end")
 VIDEO_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -87,3 +91,45 @@ def parse_clips(text: str) -> tuple[list[Clip], bool, int]:
     except csv.Error as exc:
         raise CorruptMetadata(f"annotation CSV line {reader.line_num}: {exc}") from None
     return clips, has_label, dups
+
+
+def read_text(location: str, ctx: Context, max_bytes: int, what: str) -> tuple[str, str]:
+    """Return (text, sha256) of a local file or a URL fetched through the shared downloader."""
+    if location.startswith(("http://", "https://")):
+        dl = ctx.downloader
+        res = dl.fetch(location, kind="any", refresh=True, max_bytes=max_bytes)
+        if res.status != "ok":
+            raise MetadataError(f"cannot download the {what}: {res.status} ({res.reason})")
+        data, digest = dl.object_path(res.sha256).read_bytes(), res.sha256
+    else:
+        path = Path(location)
+        if not path.is_file():
+            raise MetadataError(f"{what} {location} not found")
+        if path.stat().st_size > max_bytes:
+            raise MetadataError(f"{what} {location} is larger than {max_bytes} bytes")
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+    try:
+        return data.decode("utf-8-sig"), digest
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"{what} is not UTF-8: {exc.reason}") from None
+
+
+def clip_row(clip: Clip, labels: list[str], url: str, source: str, window) -> Row:
+    """Return the row for one clip."""
+    return Row(
+        item_id=clip.clip_id,
+        source=source,
+        source_id=clip.youtube_id,
+        url=url,
+        labels=labels,
+        status="pending",
+        meta={
+            "youtube_id": clip.youtube_id,
+            "time_start": clip.start,
+            "time_end": clip.end,
+            "split": clip.split,
+            "window": window,
+            "ext": ".mp4",
+        },
+    )

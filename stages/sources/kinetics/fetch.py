@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from pathlib import Path
 from urllib.parse import quote
 
-from stages.core.errors import ConfigError, MetadataError
+from stages.core.errors import ConfigError
 from stages.core.selection import labels_of, match_names, pick
-from stages.core.store import Row
 from stages.sources import Context, Plan
-from stages.sources.kinetics.clips import Clip, parse_clips
+from stages.sources.kinetics.archives import archive_rows
+from stages.sources.kinetics.clips import Clip, clip_row, parse_clips, read_text
 
 log = logging.getLogger("stages.sources.kinetics")
 ALL = "\0all"  # the one pool of a CSV without labels (test split)
-
-
-def read_text(location: str, ctx: Context, max_bytes: int, what: str) -> tuple[str, str]:
-    """Return (text, sha256) of a local file or a URL fetched through the shared downloader."""
-    if location.startswith(("http://", "https://")):
-        dl = ctx.downloader
-        res = dl.fetch(location, kind="any", refresh=True, max_bytes=max_bytes)
-        if res.status != "ok":
-            raise MetadataError(f"cannot download the {what}: {res.status} ({res.reason})")
-        data, digest = dl.object_path(res.sha256).read_bytes(), res.sha256
-    else:
-        path = Path(location)
-        if not path.is_file():
-            raise MetadataError(f"{what} {location} not found")
-        if path.stat().st_size > max_bytes:
-            raise MetadataError(f"{what} {location} is larger than {max_bytes} bytes")
-        data = path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-    try:
-        return data.decode("utf-8-sig"), digest
-    except UnicodeDecodeError as exc:
-        raise MetadataError(f"{what} is not UTF-8: {exc.reason}") from None
 
 
 def select(
@@ -73,26 +49,6 @@ def select(
     return chosen, labels, stats
 
 
-def clip_row(clip: Clip, labels: list[str], url: str, source: str, window) -> Row:
-    """Return the row for one clip."""
-    return Row(
-        item_id=clip.clip_id,
-        source=source,
-        source_id=clip.youtube_id,
-        url=url,
-        labels=labels,
-        status="pending",
-        meta={
-            "youtube_id": clip.youtube_id,
-            "time_start": clip.start,
-            "time_end": clip.end,
-            "split": clip.split,
-            "window": window,
-            "ext": ".mp4",
-        },
-    )
-
-
 def plan(cfg, ctx: Context) -> Plan:
     """Read the clip list, select clips, and return their rows."""
     f = cfg.fetch
@@ -107,8 +63,6 @@ def plan(cfg, ctx: Context) -> Plan:
         **stats,
     }
     if f.mode.value == "archives":
-        from stages.sources.kinetics.archives import archive_rows
-
         rows, archive_stats = archive_rows(cfg, chosen, labels, ctx)
         stats["archives"] = archive_stats
     else:

@@ -30,6 +30,7 @@ from stages.core.parallel import pmap, progress
 from stages.core.store import Row
 from stages.net.download import WORKER_DIED, WorkerSpec, worker_downloader
 from stages.net.ledger import Result
+from stages.net.retry import Action, Transient
 from stages.sources import Context
 
 log = logging.getLogger("stages.sources.kinetics")
@@ -241,7 +242,7 @@ def attempt(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
     try:
         proc.start()
         send.close()
-        deadline = time.monotonic() + dl.cfg.attempt_timeout
+        deadline = time.monotonic() + dl.policy.attempt_timeout
         outcome = None
         while outcome is None:
             if _stop.is_set():
@@ -266,20 +267,29 @@ def attempt(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
 
 
 def fetch_clip(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
-    """Download one clip with bounded retries and backoff on transient failures."""
+    """Download one clip, retrying transient failures as the downloader's policy says."""
     dl = ctx.downloader
-    tries = dl.cfg.retries + 1
-    for n in range(tries):
+    tries = 0
+
+    def once() -> Result:
+        nonlocal tries
+        tries += 1
         res = attempt(row, cfg, ctx, bindir)
-        res.attempts = n + 1
-        if res.status != "failed" or _stop.is_set():
-            return res
-        if n + 1 == tries:
-            if res.reason.startswith(BAD_CLIP):
-                res.status = "corrupt"  # the source keeps sending unusable bytes
-            return res
-        dl.sleep(dl.backoff(n + 1, None))
-    return res
+        res.attempts = tries
+        # yt-dlp's own retries are off: a failure without an HTTP status (a timeout, a cut
+        # transfer, an unusable clip) or with a transient one is tried again here.
+        if res.status == "failed" and not _stop.is_set():
+            if dl.policy.judge(res.http_status).action is Action.RETRY:
+                raise Transient(res.reason, None, res)
+        return res
+
+    try:
+        return dl.policy.run(once, sleep=dl.sleep, clock=dl.clock)
+    except Transient as exc:
+        res = exc.outcome
+        if res.reason.startswith(BAD_CLIP):
+            res.status = "corrupt"  # the source keeps sending unusable bytes
+        return res
 
 
 @dataclass(frozen=True)

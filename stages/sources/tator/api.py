@@ -3,8 +3,9 @@
 tator 1.8 builds its methods from the server's /schema and sends every request through one
 `requests.Session` with no timeout and no retries. Here that session's adapter gives every
 attempt a connect/read timeout and a deadline, and reads each body under a size cap; `Api`
-retries 429, 5xx, Tator's "Request was throttled" 400 and broken or stalled bodies with
-backoff (honouring Retry-After up to fetch.retry_after_max), each retry a fresh attempt.
+retries what the shared policy (`stages.net.retry`) calls transient (408, 425, 429, 5xx),
+Tator's "Request was throttled" 400 and broken or stalled bodies, with its backoff (honouring
+Retry-After up to fetch.retry_after_max), each retry a fresh attempt.
 urllib3's `Retry` is not used for statuses: before retrying it drains the refused answer's
 body with no cap and no deadline, so an endless 503 would hang the stage.
 """
@@ -12,7 +13,6 @@ body with no cap and no deadline, so an endless 503 would hang the stage.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,22 +28,21 @@ from tator.openapi.client import OpenAPIClient, _ApiClientShim
 from tator.openapi.models import ModelFactory
 
 from stages.core.config import FetchConf
-from stages.core.errors import MetadataError, StageError
+from stages.core.errors import MetadataError
 from stages.core.origins import redact
 from stages.net.credentials import Credentials
-from stages.net.download import backoff_delay, parse_retry_after
-from stages.sources.tator import THROTTLED
+from stages.net.retry import Action, Policy, SessionBlocked, Transient
+from stages.sources.tator.conf import THROTTLED
 
 log = logging.getLogger("stages.sources.tator")
 
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # How Tator's own exception handler words an auth failure (a 400, like a throttle).
-AUTH_400 = re.compile(r"Invalid token\.|Authentication credentials were not provided\.")
+AUTH_400 = r"Invalid token\.|Authentication credentials were not provided\."
 CHUNK = 1 << 16
 
 
-class TokenRejected(StageError):
+class TokenRejected(SessionBlocked):
     """Raise when Tator refuses the token (401 or 403)."""
 
 
@@ -175,6 +174,8 @@ class Api:
         pool: int = 4,
     ):
         self.host, self.token_env, self.cfg, self.sleep = host, token_env, cfg, sleep
+        # Tator's throttle and auth failures come as 400s worded in the body.
+        self.policy = Policy.from_conf(cfg, throttled=THROTTLED, blocked=AUTH_400)
         self.session = session_for(cfg, max_bytes, pool)  # pool: connections kept per host
         self.calls = 0  # API calls made (retries not counted)
         self._lock = threading.Lock()
@@ -224,45 +225,45 @@ class Api:
         """Run a call; retry what a new attempt may fix; turn failures into one message.
 
         `call` may make several requests (an upload does); each retry runs it all again."""
-        retries = self.cfg.retries
-        for attempt in range(retries + 1):
+
+        def attempt():
             try:
                 return call()
             except ApiException as exc:
-                wait, error = self._refusal(what, exc)
+                raise self._refusal(what, exc) from None
             except (
                 requests.exceptions.ConnectionError,
                 requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.Timeout,  # DeadlineExceeded too
             ) as exc:
-                wait, error = None, f"{type(exc).__name__}: {_short(exc)}"
+                raise Transient(f"{type(exc).__name__}: {_short(exc)}") from None
             except ValueError as exc:  # a body that is not JSON (requests' JSONDecodeError too)
                 raise MetadataError(f"Tator {what}: malformed response ({_short(exc)})") from None
             except requests.exceptions.RequestException as exc:  # too large, redirected
                 raise MetadataError(f"Tator {what}: {type(exc).__name__}: {_short(exc)}") from None
             except TypeError as exc:  # the client refused an argument its schema lacks
                 raise MetadataError(f"Tator {what}: the server's schema differs: {exc}") from None
-            if attempt == retries:
-                raise MetadataError(f"Tator {what}: {error} (after {attempt + 1} attempt(s))")
-            delay = backoff_delay(self.cfg, attempt, wait)
-            log.info("Tator %s: %s; retrying in %.1f s", what, error, delay)
-            self.sleep(delay)
-        raise AssertionError("unreachable")
 
-    def _refusal(self, what: str, exc: ApiException) -> tuple[float | None, str]:
-        """Return (Retry-After, description) of a refusal worth retrying; raise otherwise."""
+        try:
+            return self.policy.run(attempt, sleep=self.sleep, what=f"Tator {what}")
+        except Transient as exc:
+            error = f"{exc.reason} (after {exc.attempts} attempt(s))"
+            raise MetadataError(f"Tator {what}: {error}") from None
+
+    def _refusal(self, what: str, exc: ApiException) -> Transient:
+        """Return a refusal worth retrying as a Transient; raise the error it is otherwise."""
         status, body = exc.status, exc.body if isinstance(exc.body, str) else ""
-        if status in (401, 403) or (status == 400 and AUTH_400.search(body)):
+        retry_after = (exc.headers or {}).get("Retry-After")
+        verdict = self.policy.judge(status, retry_after, body, credentialed=True)
+        if verdict.action is Action.STOP:
             raise TokenRejected(
                 f"Tator at {self.host} refused the token in ${self.token_env} "
                 f"(HTTP {status} on {what}): check that it is current and has access "
                 "to the project"
             ) from None
-        throttled = re.search(THROTTLED, body) if status == 400 else None
-        if throttled is not None:
-            return float(throttled.group(1) or 1), "throttled (HTTP 400)"
-        if status in RETRY_STATUS:
-            return parse_retry_after((exc.headers or {}).get("Retry-After")), f"HTTP {status}"
+        if verdict.action is Action.RETRY:
+            reason = "throttled (HTTP 400)" if verdict.throttled else f"HTTP {status}"
+            return Transient(reason, verdict.wait)
         raise MetadataError(f"Tator {what}: HTTP {status}: {_quote(body)}") from None
 
     def by_id(self, op: str, /, *args, page_size: int, **filters) -> Iterator[dict]:

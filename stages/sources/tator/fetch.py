@@ -14,8 +14,8 @@ from stages.core.parallel import pmap
 from stages.core.store import Row, safe_name
 from stages.formats.voc import xml_text
 from stages.sources import Context, Plan
-from stages.sources.tator import SUMMARY, IfMissing
 from stages.sources.tator.api import Api
+from stages.sources.tator.conf import SUMMARY, IfMissing
 
 log = logging.getLogger("stages.sources.tator")
 

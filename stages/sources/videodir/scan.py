@@ -23,7 +23,7 @@ from stages.core.errors import ConfigError, MetadataError, StageError
 from stages.core.parallel import default_workers, pmap, progress
 from stages.core.store import Row
 from stages.sources import Context, Plan
-from stages.sources.videodir import (
+from stages.sources.videodir.conf import (
     EPOCH,
     OnUnmatched,
     VideodirConf,

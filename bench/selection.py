@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import _unshadow  # noqa: F401  # isort: skip
-
 import argparse
 import json
 import random
@@ -175,7 +173,7 @@ def main() -> None:
         return
     if args.quick:
         args.images, args.rounds = 100_000, 1
-    with bench_dir("bench-select-") as tmp:
+    with bench_dir("bench-selection-") as tmp:
         path = tmp / "metadata.json"
         t = time.perf_counter()
         generate(path, args.images)
