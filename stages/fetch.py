@@ -71,7 +71,7 @@ def fetch(
             rows = write_store(
                 out_dir,
                 plan.rows,
-                lambda r: dl.object_path(r.sha256),
+                lambda r: dl.cache.object_path(r.sha256),
                 store_cfg.shard_bytes,
                 classes=names,
                 rank=source.rank(cfg),
@@ -122,20 +122,20 @@ def reuse_previous(dl: Downloader, rows: list[Row], previous: dict) -> int:
         if found is None or row.url in standing:
             continue
         sha256, path, offset, size = found
-        tmp = dl.work_path()
+        tmp = dl.cache.work_path()
         try:
             with open(path, "rb") as shard, open(tmp, "wb") as dst:
                 src = HashingReader(Segment(shard, offset, size))
                 shutil.copyfileobj(src, dst)
                 copied = dst.tell()
             if copied == size and src.hexdigest() == sha256:
-                dl.adopt(tmp, sha256)
+                dl.cache.adopt(tmp, sha256)
                 reused.append(Result(row.url, "ok", sha256=sha256, bytes=size))
         except OSError as exc:  # then it is downloaded as if there were no previous build
             log.debug("cannot reuse %s from %s: %s", row.url, path, exc.strerror)
         finally:
             tmp.unlink(missing_ok=True)
-    dl.ledger.put(*reused)
+    dl.record(*reused)
     return len(reused)
 
 
@@ -147,7 +147,7 @@ def plan_and_download(
     Items the previous build of the output dir `previous` packed are taken from DVC's cache.
     """
     try:
-        ctx = Context(downloader=dl, source_name=source.name)
+        ctx = Context(dl, source.name)
         plan = source.plan(cfg, ctx)
         pending = [r for r in plan.rows if r.status == "pending"]
         if previous is not None and not dl.cfg.refresh:

@@ -100,7 +100,7 @@ def test_only_previous_payloads_that_match_their_sha256_are_reused(tmp_path):
     dl = Downloader(group_defaults("fetch"), tmp_path / "cache")
     try:
         assert reuse_previous(dl, rows, previous) == 1
-        assert dl.object_path(sha(good)).read_bytes() == good
+        assert dl.cache.object_path(sha(good)).read_bytes() == good
         assert dl.ledger.get("http://h/a").status == "ok"
         assert dl.ledger.get("http://h/b") is None and dl.ledger.get("http://h/c") is None
         assert not list((tmp_path / "cache" / "tmp").iterdir())

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from stages.core.errors import ConfigError
-from stages.net.download import SPILL
+from stages.net.cache import SPILL
 from stages.pipeline.compose import compose, write_params
 from tests.hostile import JPEG, HostileServer, fixed
 from tests.test_download import assert_cache_sound, make
@@ -127,7 +127,7 @@ def test_verify_decode_catches_what_the_structure_check_lets_through(tmp_path, p
     assert (res.status, res.attempts) == ("corrupt", 1)
     assert res.reason == "undecodable image: OSError"
     assert_cache_sound(decoded)
-    assert not any(p.is_file() for p in decoded.objects.rglob("*"))
+    assert not any(p.is_file() for p in decoded.cache.objects.rglob("*"))
 
 
 def goog_hash(body: bytes) -> str:
@@ -149,7 +149,7 @@ def test_a_wrong_gcs_md5_fails_the_item_and_poisons_nothing(tmp_path, size):
         assert wrong.transient and hostile.requests["/wrong.jpg"] == 3  # retried, then given up
         assert dl.ledger.get(f"{hostile.url}/wrong.jpg").status == "failed"
         assert_cache_sound(dl)
-        assert not any(p.is_file() for p in dl.objects.rglob("*"))
+        assert not any(p.is_file() for p in dl.cache.objects.rglob("*"))
         right = dl.fetch(f"{hostile.url}/right.jpg")
     assert (right.status, right.sha256) == ("ok", hashlib.sha256(body).hexdigest())
 

@@ -11,7 +11,8 @@ import pytest
 
 from stages.core.origins import origin_of
 from stages.net.credentials import Credential, Credentials
-from stages.net.download import Downloader, parse_retry_after
+from stages.net.download import Downloader
+from stages.net.retry import parse_retry_after
 from stages.net.verify import check_structure, goog_md5
 from stages.pipeline.compose import group_defaults
 from tests.hostile import wait_until
@@ -78,10 +79,10 @@ def make(tmp_path, retries=3, clock=None, credentials=None, **kw):
 
 def assert_cache_sound(dl):
     """Every object in the cache is whole: its name is its content's sha256."""
-    for obj in dl.objects.rglob("*"):
+    for obj in dl.cache.objects.rglob("*"):
         if obj.is_file():
             assert hashlib.sha256(obj.read_bytes()).hexdigest() == obj.name
-    assert not list(dl.tmp.iterdir()), "a part file was left behind"
+    assert not list(dl.cache.tmp.iterdir()), "a part file was left behind"
 
 
 def test_plain_download_is_verified_and_recorded(tmp_path, server, standin_root):
@@ -91,7 +92,7 @@ def test_plain_download_is_verified_and_recorded(tmp_path, server, standin_root)
     for rel, sha in want.items():
         r = res[url(server, rel)]
         assert (r.status, r.sha256, r.attempts) == ("ok", sha, 1)
-        assert dl.object_path(sha).stat().st_size == r.bytes
+        assert dl.cache.object_path(sha).stat().st_size == r.bytes
     assert dl.ledger.get(url(server, next(iter(want)))).status == "ok"
     assert_cache_sound(dl)
 
@@ -144,7 +145,7 @@ def test_exhausted_retries_fail_transiently_and_resume_next_run(tmp_path, server
     res = dl.fetch(url(server, rel))
     assert res.status == "failed" and res.transient and "truncated" in res.reason
     assert_cache_sound(dl)
-    assert not any(p.is_file() for p in dl.objects.rglob("*"))
+    assert not any(p.is_file() for p in dl.cache.objects.rglob("*"))
     dl.close()
     # The next run tries again and completes.
     dl = make(tmp_path, retries=2)
@@ -164,7 +165,7 @@ def test_permanent_failures_are_recorded_not_retried(
     res = dl.fetch(url(server, rel))
     assert res.status == status and res.attempts == 1 and not res.transient
     assert_cache_sound(dl)
-    assert not any(p.is_file() for p in dl.objects.rglob("*"))
+    assert not any(p.is_file() for p in dl.cache.objects.rglob("*"))
     seen = server.requests[f"/gcp/{rel}"]
     dl.close()
     again = make(tmp_path).fetch(url(server, rel))
@@ -257,7 +258,7 @@ def test_part_files_of_dead_runs_are_removed(tmp_path):
         text=True,
         check=True,
     ).stdout.strip()
-    from stages.net.download import HOST
+    from stages.net.cache import HOST
 
     tmp = tmp_path / "cache" / "tmp"
     tmp.mkdir(parents=True)

@@ -167,14 +167,14 @@ def test_a_file_that_vanishes_mid_run_is_one_clear_error_and_loses_nothing(tmp_p
     from stages.core.errors import StageError
     from stages.core.executor import LocalExecutor
     from stages.fetch import fetch
-    from stages.net.download import Downloader
+    from stages.net.cache import ObjectCache
     from stages.sources import load
     from standins.video import make_folder
 
     make_folder(tmp_path / "input")
     cfg = source_defaults("videodir", fetch={"root": str(tmp_path / "input")})
     store_cfg = group_defaults("store")
-    real, seen = Downloader.import_file, []
+    real, seen = ObjectCache.import_file, []
 
     gone = tmp_path / "input" / "lobby" / "animal" / "20240502_063000.mp4"
 
@@ -183,7 +183,7 @@ def test_a_file_that_vanishes_mid_run_is_one_clear_error_and_loses_nothing(tmp_p
         gone.unlink(missing_ok=True)
         return real(self, src)
 
-    monkeypatch.setattr(Downloader, "import_file", vanishing)
+    monkeypatch.setattr(ObjectCache, "import_file", vanishing)
     fetch_cfg = group_defaults("fetch", workers=1)
     with pytest.raises(StageError, match=r"cannot import .*\.mp4 into the cache: No such file"):
         fetch(

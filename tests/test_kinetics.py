@@ -219,6 +219,29 @@ def test_archives_keep_only_selected_members_and_are_not_refetched(kserver, kroo
     assert sorted(r.item_id for r in rows2 if r.status == "ok") == ok
 
 
+def test_an_old_caches_member_rows_are_ignored_and_listings_rebuilt(kserver, tmp_path):
+    from stages.net.ledger import Ledger, Result
+
+    cfg = kconf(kserver, mode="archives", caps={"arm wrestling": 2})
+    rows, _ = run_fetch(cfg, tmp_path / "fetch", tmp_path / "cache", keep_cache=True)
+    ok = sorted(r.item_id for r in rows if r.status == "ok")
+    # A cache from before the listings store: member lists as `<archive>#members` ledger
+    # rows (here naming an object that is not there), and no listings.
+    for path in (tmp_path / "cache" / "listings").iterdir():
+        path.unlink()
+    ledger = Ledger(tmp_path / "cache" / "ledger-kinetics.sqlite")
+    archives = sorted({r.url.split("#")[0] for r in rows if r.status == "ok"})
+    ledger.put(*(Result(f"{url}#members", "ok", "", "0" * 64, 2) for url in archives))
+    ledger.close()
+    # The lists are read from the archives again, and kept in the listings for the next run.
+    rows2, m2 = run_fetch(cfg, tmp_path / "fetch2", tmp_path / "cache", keep_cache=True)
+    assert m2["selection"]["archives"]["fetched"] == 2
+    assert sorted(r.item_id for r in rows2 if r.status == "ok") == ok
+    rows3, m3 = run_fetch(cfg, tmp_path / "fetch3", tmp_path / "cache")
+    assert m3["selection"]["archives"]["skipped_complete"] == 2
+    assert [(r.item_id, r.sha256) for r in rows3] == [(r.item_id, r.sha256) for r in rows]
+
+
 def test_bad_videos_fail_alone(tmp_path):
     good = make_clip(tmp_path / "good.mp4", seconds=1, fps=10, width=64, height=48)
     data = good.read_bytes()

@@ -223,8 +223,12 @@ def fetch_clip(monkeypatch, outcomes: list[Result], **changes) -> tuple[Result, 
     """Run youtube.fetch_clip with attempts that give `outcomes` in turn."""
     clock = Clock()
     monkeypatch.setattr(youtube, "attempt", lambda *a: outcomes.pop(0))
-    dl = SimpleNamespace(policy=policy(rng=Fixed(0.0), **changes), sleep=clock.sleep, clock=clock)
-    res = youtube.fetch_clip(None, None, SimpleNamespace(downloader=dl), None)
+    pol = policy(rng=Fixed(0.0), **changes)
+    # The two members of Context that a clip's attempts use, on a clock that sleeps instantly.
+    ctx = SimpleNamespace(
+        policy=pol, retry=lambda attempt: pol.run(attempt, sleep=clock.sleep, clock=clock)
+    )
+    res = youtube.fetch_clip(None, None, ctx, None)
     return res, clock.sleeps
 
 

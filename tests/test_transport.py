@@ -9,8 +9,9 @@ import time
 import pytest
 
 from stages.core.origins import origin_of
+from stages.net.cache import PartFile
 from stages.net.credentials import Credential, Credentials
-from stages.net.download import CredentialRejected, Downloader, PartFile
+from stages.net.download import CredentialRejected, Downloader
 from stages.pipeline.compose import group_defaults
 from tests.hostile import GOOD, JPEG, HostileServer, wait_until
 from tests.test_download import FakeClock, FrozenClock, assert_cache_sound

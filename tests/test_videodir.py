@@ -165,14 +165,14 @@ def test_the_bytes_hashed_are_the_bytes_kept(tmp_path):
     try:
         src = tmp_path / "a.mp4"
         src.write_bytes(b"first" * 100_000)
-        first, size = dl.import_file(str(src))
+        first, size = dl.cache.import_file(str(src))
         assert first == sha(src.read_bytes()) and size == 500_000
         # The input is replaced by another file: a new item; the cached one keeps its bytes.
         (tmp_path / "b.mp4").write_bytes(b"second" * 100_000)
         (tmp_path / "b.mp4").replace(src)
-        second, _ = dl.import_file(str(src))
+        second, _ = dl.cache.import_file(str(src))
         assert second == sha(src.read_bytes()) != first
-        assert sha(dl.object_path(first).read_bytes()) == first
+        assert sha(dl.cache.object_path(first).read_bytes()) == first
         assert not list((tmp_path / "cache" / "tmp").iterdir())
     finally:
         dl.close()

@@ -257,8 +257,6 @@ def cluster_settings(cfg: ExecutorConf) -> dict:
 class DaskExecutor(Executor):
     """A Dask distributed cluster: windowed futures, released as their results are read."""
 
-    remote = True
-
     def __init__(self, cfg: ExecutorConf, client=None):
         self.cfg, self.cluster, self.own_client = cfg, None, client is None
         self.items_per_task, self.frame_memory = cfg.items_per_task, cfg.frame_memory
@@ -394,6 +392,27 @@ class DaskExecutor(Executor):
             for future in pending:
                 with contextlib.suppress(Exception):  # no scheduler left to tell
                     future.cancel()
+
+    def run_batches(self, items, here, make_task, lost, done, *, per_task=None):
+        if not items:
+            return
+        task, per = make_task(), per_task or self.items_per_task
+        batches = [tuple(items[i : i + per]) for i in range(0, len(items), per)]
+        dead: list[tuple] = []
+        # As they finish: a lost scheduler then costs only the batches still running.
+        for results in self.map(task, batches, lost=lambda b: dead.append(b) or [], ordered=False):
+            for res in results:
+                done(res)
+        # A batch that kept killing its workers goes again item by item: only the culprit is
+        # lost. (map ran a one-item batch alone once more already.)
+        singles = [(item,) for b in dead if len(b) > 1 for item in b]
+        for results in self.map(task, singles, lost=lost, ordered=False):
+            for res in results:
+                done(res)
+        for batch in dead:
+            if len(batch) == 1:
+                for res in lost(batch):
+                    done(res)
 
     def _wait(self, futures: list, every: bool = False):
         """Wait for the first (or every) future to finish; return the first finished, in

@@ -40,7 +40,6 @@ class Closable(Protocol):
 class Executor(ABC):
     """Run a function over items in parallel, yielding results in input order."""
 
-    remote = False  # whether tasks run in other processes that may sit on other machines
     items_per_task: int  # items a task takes where one item is too little work (conf/executor/)
     frame_memory: int  # bytes of decoded frames one machine's tasks may hold (conf/executor/)
 
@@ -72,6 +71,25 @@ class Executor(ABC):
         """Return how many tasks may share one machine's cores and memory (workers on other
         machines: assumed shaped like this one)."""
         return default_workers()
+
+    def run_batches(
+        self,
+        items: list[T],
+        here: Callable[[list[T], Callable[[R], None]], None],
+        make_task: Callable[[], Callable[[tuple[T, ...]], list[R]]],
+        lost: Callable[[tuple[T, ...]], list[R]],
+        done: Callable[[R], None],
+        *,
+        per_task: int | None = None,
+    ) -> None:
+        """Run work over items and pass each result to done(result), in no fixed order.
+
+        This machine runs here(items, done), which brings its own concurrency (a transfer loop,
+        a pool); an executor whose tasks run elsewhere instead runs make_task()(batch) on
+        tuples of `per_task` items (default `items_per_task`), and lost(batch) gives the
+        results of a batch whose task kept killing its worker (hook: default, here).
+        """
+        here(items, done)
 
     def map_shards(self, fn: Callable[[S], R], tasks: Iterable[S]) -> Iterator[R]:
         """Yield fn(task) in order for tasks that each hold a batch (a shard's items): one task

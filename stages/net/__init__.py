@@ -1,4 +1,6 @@
 """Network code: `transport` (libcurl), `retry` (the one retry policy), `credentials`
-(origin-scoped secrets), `download` (the downloader and its object cache), `ledger` (per-URL
-outcomes), `verify` (body checks), `sharing` (one cache for concurrent runs).
+(origin-scoped secrets), `cache` (the object cache: objects, scratch paths, part files),
+`download` (the downloader: transfers, redirects, verification, ledger writes), `batches`
+(downloads as Dask tasks), `ledger` (per-URL outcomes), `listings` (small cached JSON documents),
+`verify` (body checks), `sharing` (one cache for concurrent runs).
 """

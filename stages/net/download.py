@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import itertools
 import logging
 import os
 import queue
-import shutil
-import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -21,14 +19,15 @@ from urllib.parse import urlsplit
 
 from stages.core.config import FetchConf
 from stages.core.errors import StageError
-from stages.core.executor import Executor
-from stages.core.files import cache_root, sha256_file
+from stages.core.executor import Executor, LocalExecutor
+from stages.core.files import cache_root
 from stages.core.origins import origin_of, redact
 from stages.core.parallel import progress
+from stages.net.batches import WorkerSpec, download_batch, lost_batch
+from stages.net.cache import ObjectCache, PartFile
 from stages.net.credentials import Credentials
 from stages.net.ledger import PERMANENT, Ledger, Result
 from stages.net.retry import Action, Policy, SessionBlocked, Transient
-from stages.net.retry import parse_retry_after as parse_retry_after  # callers import it here
 from stages.net.transport import Exchange, Options, Transport
 from stages.net.verify import check_structure, decode_check, goog_md5, kind_of
 
@@ -36,10 +35,9 @@ log = logging.getLogger("stages.net.download")
 
 MISSING_HTTP = {404, 410}
 REDIRECT_HTTP = {301, 302, 303, 307, 308}
-SPILL = 8 << 20  # bodies up to this size stay in memory until verified
 LEDGER_BATCH = 256
+LOOKUPS = 4096  # up to this many URLs are looked up one by one; more, in one scan
 COMMIT_THREADS = 2
-WORKER_DIED = "its Dask worker died while fetching"  # a task that kept killing its worker
 
 
 class Retry(Transient):
@@ -60,95 +58,6 @@ class Final(Exception):
 
 class CredentialRejected(SessionBlocked):
     """A credentialed origin answered 401/403: every later request would fail the same way."""
-
-
-HOST = socket.gethostname().replace("-", "_") or "host"
-_PART_SEQ = itertools.count()  # shared by every Downloader of the process: names never clash
-
-
-def part_name(tmp: str) -> str:
-    """Return a fresh part-file path: <pid>-<seq>-<host>.part."""
-    return f"{tmp}{os.getpid()}-{next(_PART_SEQ)}-{HOST}.part"
-
-
-def process_alive(pid: int) -> bool:
-    """Tell whether a process runs (a killed one not yet reaped, a zombie, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
-
-
-def remove_orphan_parts(tmp: Path) -> None:
-    """Delete part files left by killed runs on this host (live processes keep theirs)."""
-    for part in tmp.glob("*.part"):
-        pid, _, rest = part.name.partition("-")
-        host = rest.partition("-")[2].removesuffix(".part")
-        if not pid.isdigit() or host != HOST:
-            continue  # another machine (or container) sharing the cache: not ours to judge
-        if not process_alive(int(pid)):
-            if part.is_dir():  # a work directory (yt-dlp sections)
-                shutil.rmtree(part, ignore_errors=True)
-            else:
-                part.unlink(missing_ok=True)
-
-
-class PartFile:
-    """A body being received: kept in memory, spilled to a .part file when it grows large."""
-
-    __slots__ = ("path", "chunks", "size", "fh", "sha", "md5", "head", "tail")
-
-    def __init__(self, path: str):
-        self.path: str | None = path
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.fh = None
-        self.sha = self.md5 = None
-        self.head = self.tail = b""
-
-    def write(self, data: bytes) -> None:
-        """Take the next chunk of the body."""
-        if self.fh is None:
-            self.chunks.append(data)
-            self.size += len(data)
-            if self.size > SPILL:
-                self._spill()
-            return
-        if self.size < 16:
-            self.head = (self.head + data[:16])[:16]
-        self.tail = (self.tail + data[-64:])[-64:]
-        self.fh.write(data)
-        self.sha.update(data)
-        self.md5.update(data)
-        self.size += len(data)
-
-    def _spill(self) -> None:
-        data = b"".join(self.chunks)
-        self.chunks = []
-        self.fh = open(self.path, "wb")
-        self.sha, self.md5 = hashlib.sha256(data), hashlib.md5(data)
-        self.head, self.tail = data[:16], data[-64:]
-        self.fh.write(data)
-
-    def discard(self) -> None:
-        """Drop the body and any part file (none once it was moved into the cache)."""
-        self.chunks = []
-        if self.fh is not None:
-            self.fh.close()
-            self.fh = None
-        if self.path is not None:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            self.path = None
 
 
 @dataclass(eq=False)
@@ -186,15 +95,12 @@ class Downloader:
         # A 400 whose body matches is a throttle (Tator): retried, after the seconds it names.
         self.throttled_text = throttled
         self.policy = Policy.from_conf(cfg, throttled=throttled)
-        # Absolute: Dask workers write into the same cache, at the same path.
-        self.root = (Path(cache_dir) if cache_dir else cache_root()).absolute()
-        self.objects = self.root / "objects"
-        self.tmp = self.root / "tmp"
-        self.objects.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.cache = ObjectCache(Path(cache_dir) if cache_dir else cache_root())
+        self.root = self.cache.root
         # Only the driver records outcomes (workers return them): None on a worker.
         self.ledger = Ledger(self.root / f"{ledger_name}.sqlite") if ledger_name else None
-        self.executor = executor
+        # Where transfers run: this process's transfer loop, or the executor's tasks.
+        self.executor = executor if executor is not None else LocalExecutor()
         # How a worker builds this run's credentials from its own environment (secrets never
         # travel with the tasks).
         self.worker_credentials = worker_credentials
@@ -209,58 +115,10 @@ class Downloader:
                 max_connections=max(1, cfg.workers),
             )
         )
-        for i in range(256):  # made once, not per file
-            (self.objects / f"{i:02x}").mkdir(exist_ok=True)
         self._seq = itertools.count()
         # Hashing and writing verified bodies happen off the transfer thread (both release the
         # GIL), so libcurl keeps receiving while the last bodies land in the cache.
         self.committer = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="commit")
-        remove_orphan_parts(self.tmp)
-        self.objects_str, self.tmp_str = f"{self.objects}/", f"{self.tmp}/"
-
-    # ------------------------------------------------------------------ cache
-
-    def object_file(self, sha256: str) -> str:
-        """Return where content with this hash lives in the cache (a plain string: hot path)."""
-        return f"{self.objects_str}{sha256[:2]}/{sha256}"
-
-    def object_path(self, sha256: str) -> Path:
-        """Return where content with this hash lives in the cache."""
-        return Path(self.object_file(sha256))
-
-    def work_path(self) -> Path:
-        """Return a fresh scratch path in the cache's tmp dir (removed if its run is killed)."""
-        return Path(part_name(self.tmp_str))
-
-    def adopt(self, path: Path, sha256: str | None = None) -> tuple[str, int]:
-        """Move a finished local file into the object cache; return (sha256, size).
-
-        For items that arrive by other means than this downloader (yt-dlp sections, archive
-        members, local files): the file is hashed unless its hash is given, then renamed
-        into place atomically, so an object's name always matches its bytes.
-        """
-        size = os.path.getsize(path)
-        sha256 = sha256 or sha256_file(path)
-        os.replace(path, self.object_file(sha256))
-        return sha256, size
-
-    def import_file(self, src: str | Path) -> tuple[str, int]:
-        """Put a local file into the object cache under its hash; return (sha256, size).
-
-        The file is linked (or, across file systems, copied) first and the link is hashed: the
-        bytes hashed are the bytes kept, even if the input is replaced meanwhile.
-        """
-        tmp = self.work_path()
-        try:
-            try:
-                os.link(src, tmp)  # no copy when the cache shares the file system
-            except OSError:
-                shutil.copyfile(src, tmp)
-            return self.adopt(tmp)  # an object already there is replaced by equal bytes
-        except OSError as exc:
-            raise StageError(f"cannot import {src} into the cache: {exc.strerror}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def reusable(self, res: Result | None) -> Result | None:
         """Return a recorded result if it stands (object present, or a permanent failure)."""
@@ -269,7 +127,7 @@ class Downloader:
         if res.status == "ok":
             if self.cfg.refresh:
                 return None  # the user asked for upstream as it is now
-            path = self.object_path(res.sha256)
+            path = self.cache.object_path(res.sha256)
             if path.is_file() and path.stat().st_size == res.bytes:
                 return res
             return None
@@ -279,10 +137,16 @@ class Downloader:
 
     def standing(self, urls: Iterable[str]) -> dict[str, Result]:
         """Return the recorded outcomes that stand for these URLs (the rest need fetching)."""
-        recorded = self.ledger.all()
+        urls = list(urls)
+        if len(urls) <= LOOKUPS:
+            recorded = {u: r for u in urls if (r := self.ledger.get(u)) is not None}
+        else:
+            recorded = self.ledger.all()
         return {u: r for u in urls if (r := self.reusable(recorded.get(u))) is not None}
 
-    # ------------------------------------------------------------------ public API
+    def record(self, *results: Result) -> None:
+        """Record outcomes in the ledger (one transaction)."""
+        self.ledger.put(*results)
 
     def fetch(
         self,
@@ -318,7 +182,7 @@ class Downloader:
         """Download many URLs concurrently; show items/s and MB/s on a TTY."""
         urls = sorted(set(urls))
         results = self.standing(urls)
-        todo = [self._job(u, kind, max_bytes, None) for u in urls if u not in results]
+        todo = [u for u in urls if u not in results]
         bar = progress(total=len(urls), initial=len(results), desc=desc, unit="item")
         start, nbytes = time.monotonic(), 0
         # Results are recorded in batches (one transaction each); the finally below writes the
@@ -339,11 +203,15 @@ class Downloader:
                 elapsed = max(time.monotonic() - start, 1e-9)
                 bar.set_postfix_str(f"{nbytes / elapsed / 1e6:.1f} MB/s", refresh=False)
 
+        def here(todo: list[str], report: Callable[[Result], None]) -> None:
+            self.transfer(todo, kind, max_bytes, report)
+
+        def make_task() -> Callable[[tuple[str, ...]], list[Result]]:
+            return functools.partial(download_batch, self.worker_spec(), kind, max_bytes)
+
         try:
-            if self.executor is not None and self.executor.remote and todo:
-                self._run_remote([j.url for j in todo], kind, max_bytes, done)
-            else:
-                self._run(todo, done)
+            # Here, one transfer loop takes every URL; on a cluster, batches of URLs are tasks.
+            self.executor.run_batches(todo, here, make_task, lost_batch, done)
         finally:
             if batch:
                 self.ledger.put(*batch)
@@ -370,6 +238,7 @@ class Downloader:
         if self.creds and self.worker_credentials is None:
             raise StageError("this source's credentials cannot be rebuilt on Dask workers")
         return WorkerSpec(
+            type(self),
             self.cfg,
             str(self.root),
             self.throttled_text,
@@ -377,31 +246,15 @@ class Downloader:
             tuple(sorted(c.label for c in self.creds.creds)),
         )
 
-    def _run_remote(
+    def transfer(
         self,
-        urls: list[str],
+        urls: Iterable[str],
         kind: str | None,
         max_bytes: int | None,
         done: Callable[[Result], None],
     ) -> None:
-        """Download on the executor's workers, in batches cut from the sorted URLs alone."""
-        spec = self.worker_spec()
-        per = self.executor.items_per_task
-        batches = [
-            Batch(spec, tuple(urls[i : i + per]), kind, max_bytes) for i in range(0, len(urls), per)
-        ]
-        lost: list[Batch] = []
-        # As they finish: a lost scheduler then costs only the batches still running.
-        for results in self.executor.map(
-            download_batch, batches, lost=lambda b: lost.append(b) or [], ordered=False
-        ):
-            for res in results:
-                done(res)
-        # A batch that kept killing its workers goes again URL by URL: only the culprit fails.
-        singles = [Batch(spec, (url,), kind, max_bytes) for b in lost for url in b.urls]
-        for results in self.executor.map(download_batch, singles, lost=lost_batch, ordered=False):
-            for res in results:
-                done(res)
+        """Download URLs in this process, passing each outcome to done (it records them)."""
+        self._run([self._job(url, kind, max_bytes, None) for url in urls], done)
 
     def forget(self, url: str) -> None:
         """Drop a URL's recorded result, so the next fetch downloads it again."""
@@ -413,8 +266,6 @@ class Downloader:
         self.committer.shutdown(wait=True)
         if self.ledger is not None:
             self.ledger.close()
-
-    # ------------------------------------------------------------------ the loop
 
     def _job(self, url: str, kind: str | None, max_bytes: int | None, deadline: float | None):
         return _Job(
@@ -511,7 +362,7 @@ class Downloader:
                 job.first = self.clock()
             job.attempts += 1
             job.started = time.monotonic()
-        part = PartFile(part_name(self.tmp_str))
+        part = PartFile(self.cache.part_file())
         url, headers = self.creds.apply(job.target)
         # Ask for the bytes as stored: a content coding would defeat the length and md5 checks.
         headers.append("Accept-Encoding: identity")
@@ -519,8 +370,6 @@ class Downloader:
         left = max(0.001, job.deadline - (time.monotonic() - job.started))
         ex = Exchange(url, headers, job.max_bytes, left, part, job)
         self.transport.start(ex)
-
-    # ------------------------------------------------------------------ one response
 
     def _check(self, job: _Job, ex: Exchange) -> None:
         """Return if a finished exchange's body should be committed, else raise Retry /
@@ -636,72 +485,9 @@ class Downloader:
             with open(part.path, "wb") as fh:
                 fh.write(data)
         # Atomic: nothing unverified ever lands. Plain strings: this runs per file.
-        os.replace(part.path, self.object_file(sha))
+        os.replace(part.path, self.cache.object_file(sha))
         part.path = None
         return Result(job.url, "ok", "", sha, part.size, 200)
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """How a Dask worker rebuilds the driver's downloader (no secrets, no ledger)."""
-
-    cfg: FetchConf
-    root: str
-    throttled: str | None
-    credentials: Callable[[], Credentials] | None
-    labels: tuple[str, ...]  # the driver's credentials, by env var name: the worker's must match
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One download task: URLs cut from the sorted list, never from the worker count."""
-
-    spec: WorkerSpec
-    urls: tuple[str, ...]
-    kind: str | None
-    max_bytes: int | None
-
-
-_WORKER_DOWNLOADERS: dict[str, Downloader] = {}
-
-
-def worker_downloader(spec: WorkerSpec) -> Downloader:
-    """Return this worker thread's downloader for a run (pooled connections across tasks)."""
-    key = f"{threading.get_ident()}:{spec!r}"  # a transport serves one thread
-    dl = _WORKER_DOWNLOADERS.get(key)
-    if dl is None:
-        try:
-            creds = spec.credentials() if spec.credentials is not None else Credentials()
-        except StageError as exc:
-            raise StageError(
-                f"on Dask worker {HOST}: {exc} (workers read secrets from their own environment)"
-            ) from None
-        labels = tuple(sorted(c.label for c in creds.creds))
-        if labels != spec.labels:
-            raise StageError(
-                f"on Dask worker {HOST}: credentials from {list(labels)}, the driver has "
-                f"{list(spec.labels)}: give the workers the same environment"
-            )
-        dl = Downloader(
-            spec.cfg, Path(spec.root), ledger_name=None, credentials=creds, throttled=spec.throttled
-        )
-        _WORKER_DOWNLOADERS[key] = dl
-    return dl
-
-
-def download_batch(batch: Batch) -> list[Result]:
-    """Download a batch on a worker into the shared cache; return the outcomes (small)."""
-    dl = worker_downloader(batch.spec)
-    jobs = [dl._job(url, batch.kind, batch.max_bytes, None) for url in batch.urls]
-    out: list[Result] = []
-    dl._run(jobs, out.append)
-    return out
-
-
-def lost_batch(batch: Batch) -> list[Result]:
-    """Return a batch's outcomes when its task kept killing its worker: failed, retried by
-    the next run."""
-    return [Result(url, "failed", WORKER_DIED, None, None, None) for url in batch.urls]
 
 
 def _unwrap(out: Result | BaseException) -> Result:

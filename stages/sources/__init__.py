@@ -14,27 +14,139 @@ from __future__ import annotations
 import importlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from stages.core.config import SourceConf
 from stages.core.errors import ConfigError
 from stages.core.store import Row, Store, item_rank
 
 if TYPE_CHECKING:  # imported where used: a stage depends only on the code it runs
+    from stages.core.config import FetchConf
+    from stages.core.executor import Executor
     from stages.families import Cleaner, Exporter, Extractor
-    from stages.net.credentials import Credential
+    from stages.net.batches import WorkerSpec
+    from stages.net.credentials import Credential, Credentials
     from stages.net.download import Downloader
     from stages.net.ledger import Result
+    from stages.net.retry import Policy
+
+T = TypeVar("T")
 
 
-@dataclass
 class Context:
-    """What a source may use while planning."""
+    """What a source may use while planning and downloading, and nothing else.
 
-    downloader: Downloader
-    source_name: str  # what rows record as their source
+    - transfers: `fetch(url)` and `fetch_all(urls)` (verified, retried, recorded), `forget(url)`;
+    - outcomes kept in the source's ledger for items that come by other means (yt-dlp sections,
+      archive members): `standing(urls)` (what a re-run reuses), `record(*results)`;
+    - the retry policy: `policy` (judge an answer, the attempt deadline) and `retry(attempt)`
+      (its loop, on the downloader's clock);
+    - the object cache: `object_path(sha256)`, `import_file(path)`, `adopt(path)`,
+      `work_path()`, `cache_dir`; and `listings`, small JSON documents by key (get/put);
+    - the run: `executor`, `worker_spec()` (how its Dask workers rebuild this context, with
+      `Context.on_worker`), `credentials` and `fetch_conf` (for a source's own API client).
+    """
+
+    def __init__(self, downloader: Downloader, source_name: str):
+        from stages.net.listings import Listings
+
+        self._dl = downloader
+        self.source_name = source_name  # what rows record as their source
+        self.listings = Listings(downloader.cache)
+
+    @classmethod
+    def on_worker(cls, spec: WorkerSpec, source_name: str) -> Context:
+        """Return the context of a task on a Dask worker (no ledger: the driver records)."""
+        from stages.net.batches import worker_downloader
+
+        return cls(worker_downloader(spec), source_name)
+
+    def fetch(
+        self,
+        url: str,
+        kind: str | None = None,
+        *,
+        refresh: bool = False,
+        max_bytes: int | None = None,
+        deadline: float | None = None,
+    ) -> Result:
+        """Download one URL (a recorded outcome that stands is reused unless `refresh`)."""
+        return self._dl.fetch(url, kind, refresh=refresh, max_bytes=max_bytes, deadline=deadline)
+
+    def fetch_all(
+        self,
+        urls: Iterable[str],
+        *,
+        desc: str,
+        max_bytes: int | None = None,
+        kind: str | None = None,
+    ) -> dict[str, Result]:
+        """Download many URLs on the run's executor; return results by URL."""
+        return self._dl.fetch_all(urls, desc=desc, max_bytes=max_bytes, kind=kind)
+
+    def forget(self, url: str) -> None:
+        """Drop a URL's recorded outcome, so the next run downloads it again."""
+        self._dl.forget(url)
+
+    def standing(self, urls: Iterable[str]) -> dict[str, Result]:
+        """Return the recorded outcomes that stand for these URLs (the rest need fetching)."""
+        return self._dl.standing(urls)
+
+    def record(self, *results: Result) -> None:
+        """Record outcomes of items fetched by other means, in one transaction."""
+        self._dl.record(*results)
+
+    @property
+    def policy(self) -> Policy:
+        """Return the run's retry policy."""
+        return self._dl.policy
+
+    def retry(self, attempt: Callable[[], T]) -> T:
+        """Run an attempt under the retry policy, on the downloader's clock."""
+        return self._dl.policy.run(attempt, sleep=self._dl.sleep, clock=self._dl.clock)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Return the download cache's directory (shared by a run's Dask workers)."""
+        return self._dl.cache.root
+
+    def object_path(self, sha256: str) -> Path:
+        """Return where content with this hash lives in the cache."""
+        return self._dl.cache.object_path(sha256)
+
+    def import_file(self, src: str | Path) -> tuple[str, int]:
+        """Put a local file into the object cache under its hash; return (sha256, size)."""
+        return self._dl.cache.import_file(src)
+
+    def adopt(self, path: Path, sha256: str | None = None) -> tuple[str, int]:
+        """Move a finished file into the object cache; return (sha256, size)."""
+        return self._dl.cache.adopt(path, sha256)
+
+    def work_path(self) -> Path:
+        """Return a fresh scratch path in the cache (removed if its run is killed)."""
+        return self._dl.cache.work_path()
+
+    @property
+    def executor(self) -> Executor:
+        """Return the run's executor (`run_batches`: work here or as tasks on its workers)."""
+        return self._dl.executor
+
+    def worker_spec(self) -> WorkerSpec:
+        """Return how a Dask worker rebuilds this context's downloader (no secrets)."""
+        return self._dl.worker_spec()
+
+    @property
+    def credentials(self) -> Credentials:
+        """Return the source's origin-scoped credentials (for its own API client)."""
+        return self._dl.creds
+
+    @property
+    def fetch_conf(self) -> FetchConf:
+        """Return the run's downloader settings (timeouts, retries, sizes)."""
+        return self._dl.cfg
 
 
 @dataclass
@@ -91,7 +203,7 @@ class Source(ABC):
         A source whose items do not come over plain HTTP (yt-dlp sections) records them in
         the same ledger and object cache, so resuming and failure classes work the same.
         """
-        return ctx.downloader.fetch_all([r.url for r in rows], desc=f"fetch@{self.name}")
+        return ctx.fetch_all([r.url for r in rows], desc=f"fetch@{self.name}")
 
     def split_group(self, cfg: SourceConf, row: Row) -> tuple[str, str | None]:
         """Return an item's group for the splits, and the split its data names, if any

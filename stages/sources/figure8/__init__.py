@@ -63,7 +63,7 @@ class Figure8(Source):
     def download(self, cfg: Figure8Conf, rows: list[Row], ctx: Context) -> dict[str, Result]:
         """Download the annotations, checked as PNG whatever their URLs look like (signed
         storage URLs often have no extension)."""
-        return ctx.downloader.fetch_all([r.url for r in rows], desc="fetch@figure8", kind="png")
+        return ctx.fetch_all([r.url for r in rows], desc="fetch@figure8", kind="png")
 
     def extractor(self) -> Extractor:
         """Return what cuts montages into label movies beside their raw frames."""

@@ -31,14 +31,14 @@ def download_report(cfg: Figure8Conf, ctx: Context) -> Report:
     """Download the report afresh (it grows as judgments come in); return it and its CSV."""
     f = cfg.fetch
     url = report_url(cfg)
-    res = ctx.downloader.fetch(url, refresh=True, max_bytes=f.max_report_bytes)
+    res = ctx.fetch(url, refresh=True, max_bytes=f.max_report_bytes)
     if res.status != "ok":
         hint = {"missing": ": check fetch.job_id"}.get(res.status, "")
         raise StageError(
             f"the report of job {f.job_id} could not be downloaded ({res.status}: "
             f"{res.reason}){hint}"
         )
-    path = ctx.downloader.object_path(res.sha256)
+    path = ctx.object_path(res.sha256)
     try:
         return read_report(path, f.max_report_bytes, f.identifier)
     except MetadataError as exc:  # name the report, not its file in the download cache
@@ -94,7 +94,7 @@ def raw_rows(cfg: Figure8Conf, ctx: Context) -> list[Row]:
         raise StageError(f"{folder} holds no raw frames ({', '.join(f.raw_extensions)})")
     workers = min(4, default_workers())
     rows = []
-    digests = pmap(lambda p: ctx.downloader.import_file(p), files, kind="thread", workers=workers)
+    digests = pmap(lambda p: ctx.import_file(p), files, kind="thread", workers=workers)
     for frame, (path, (sha, size)) in enumerate(zip(files, digests, strict=True)):
         rel = f"{f.raw_dir}/{path.name}"
         rows.append(

@@ -2,8 +2,9 @@
 
 An archive is downloaded through the shared downloader (size cap, retries, ledger), read as
 a stream, and only members named like a selected clip (`<id>_<start:06d>_<end:06d>.mp4`) are
-hashed into the object cache. Its member list is recorded, so a later run skips an archive
-whose selected members are all in the cache. The archive itself is dropped once read.
+hashed into the object cache. Its member list is kept in the cache's listings, so a later run
+skips an archive whose selected members are all in the cache. The archive itself is dropped
+once read.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import functools
 import gzip
 import hashlib
 import io
-import json
 import logging
 import re
 import tarfile
@@ -74,30 +74,22 @@ def archive_urls(text: str) -> list[str]:
     return urls
 
 
-def _listing_key(url: str) -> str:
-    return f"{url}#members"
+def listing_key(url: str) -> str:
+    """Return the key an archive's member list is kept under in the cache's listings."""
+    return f"kinetics-archive-members:{url}"
 
 
-def _known_members(dl, url: str) -> list[str] | None:
-    """Return an archive's member names recorded by an earlier run, if any."""
-    res = dl.ledger.get(_listing_key(url))
-    if res is None or res.status != "ok":
+def known_members(ctx: Context, url: str) -> list[str] | None:
+    """Return an archive's member names kept by an earlier run, if any."""
+    names = ctx.listings.get(listing_key(url))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return None
-    path = dl.object_path(res.sha256)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return names
 
 
-def _store_listing(dl, url: str, names: list[str]) -> None:
-    tmp = dl.work_path()
-    tmp.write_bytes(json.dumps(sorted(names)).encode())
-    digest, size = dl.adopt(tmp)
-    dl.ledger.put(Result(_listing_key(url), "ok", "", digest, size))
-
-
-def _extract(dl, url: str, path: Path, wanted: set[str], max_bytes: int) -> dict[str, Result]:
+def _extract(
+    ctx: Context, url: str, path: Path, wanted: set[str], max_bytes: int
+) -> dict[str, Result]:
     """Stream an archive; store the wanted members; return results by clip id."""
     found: dict[str, Result] = {}
     names = []
@@ -121,24 +113,24 @@ def _extract(dl, url: str, path: Path, wanted: set[str], max_bytes: int) -> dict
                 found[clip_id] = Result(key, "corrupt", f"member larger than {max_bytes} bytes")
                 continue
             src = tar.extractfile(member)
-            tmp = dl.work_path()
+            tmp = ctx.work_path()
             sha = hashlib.sha256()
             try:
                 with open(tmp, "wb") as out:
                     for block in iter(functools.partial(src.read, 1 << 20), b""):
                         sha.update(block)
                         out.write(block)
-                digest, size = dl.adopt(tmp, sha.hexdigest())
+                digest, size = ctx.adopt(tmp, sha.hexdigest())
             finally:
                 tmp.unlink(missing_ok=True)
             found[clip_id] = Result(key, "ok", "", digest, size)
-    _store_listing(dl, url, names)
+    ctx.listings.put(listing_key(url), sorted(names))
     return found
 
 
 def archive_rows(cfg, chosen: list[Clip], labels: dict[str, list[str]], ctx: Context):
     """Return rows for the chosen clips, taken from the archives, and per-archive statistics."""
-    f, dl = cfg.fetch, ctx.downloader
+    f = cfg.fetch
     text, _ = read_text(f.archive_list, ctx, f.max_csv_bytes, "archive list")
     wanted = {c.clip_id for c in chosen}
     results: dict[str, Result] = {}
@@ -150,30 +142,30 @@ def archive_rows(cfg, chosen: list[Clip], labels: dict[str, list[str]], ctx: Con
 
     for url in archive_urls(text):
         stats["archives"] += 1
-        known = _known_members(dl, url)
+        known = known_members(ctx, url)
         if known is not None:
-            mine = wanted.intersection(known)
-            prior = {c: dl.ledger.get(f"{url}#{c}.mp4") for c in mine}
+            keys = {c: f"{url}#{c}.mp4" for c in wanted.intersection(known)}
+            standing = ctx.standing(keys.values())
             # Kept members, and permanent failures (too large, not a file), both stand.
-            if all(dl.reusable(r) is not None for r in prior.values()):
-                results.update(prior)
+            if len(standing) == len(keys):
+                results.update((c, standing[key]) for c, key in keys.items())
                 stats["skipped_complete"] += 1
                 continue
-        res = dl.fetch(url, kind="any", refresh=True, max_bytes=f.max_archive_bytes)
+        res = ctx.fetch(url, kind="any", refresh=True, max_bytes=f.max_archive_bytes)
         if res.status != "ok":
             failed(f"{res.status}: {res.reason}")
             continue
         stats["fetched"] += 1
         try:
-            found = _extract(dl, url, dl.object_path(res.sha256), wanted, f.max_clip_bytes)
+            found = _extract(ctx, url, ctx.object_path(res.sha256), wanted, f.max_clip_bytes)
         except READ_ERRORS as exc:
             detail = exc if isinstance(exc, ArchiveError) else type(exc).__name__
             failed(f"unreadable archive: {detail}")
             continue
         finally:
             # Only its members are kept (archives are always fetched afresh: refresh=True).
-            dl.object_path(res.sha256).unlink(missing_ok=True)
-        dl.ledger.put(*found.values())
+            ctx.object_path(res.sha256).unlink(missing_ok=True)
+        ctx.record(*found.values())
         results.update(found)
     rows = []
     for clip in chosen:

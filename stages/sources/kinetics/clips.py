@@ -96,11 +96,10 @@ def parse_clips(text: str) -> tuple[list[Clip], bool, int]:
 def read_text(location: str, ctx: Context, max_bytes: int, what: str) -> tuple[str, str]:
     """Return (text, sha256) of a local file or a URL fetched through the shared downloader."""
     if location.startswith(("http://", "https://")):
-        dl = ctx.downloader
-        res = dl.fetch(location, kind="any", refresh=True, max_bytes=max_bytes)
+        res = ctx.fetch(location, kind="any", refresh=True, max_bytes=max_bytes)
         if res.status != "ok":
             raise MetadataError(f"cannot download the {what}: {res.status} ({res.reason})")
-        data, digest = dl.object_path(res.sha256).read_bytes(), res.sha256
+        data, digest = ctx.object_path(res.sha256).read_bytes(), res.sha256
     else:
         path = Path(location)
         if not path.is_file():

@@ -12,6 +12,7 @@ in, and a crash in a codec is that clip's failure, never the stage's.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from stages.core.errors import StageError
 from stages.core.files import sha256_file
 from stages.core.parallel import pmap, progress
 from stages.core.store import Row
-from stages.net.download import WORKER_DIED, WorkerSpec, worker_downloader
+from stages.net.batches import WORKER_DIED, WorkerSpec
 from stages.net.ledger import Result
 from stages.net.retry import Action, Transient
 from stages.sources import Context
@@ -223,8 +225,8 @@ def _kill_group(proc) -> None:
 
 def attempt(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
     """Run one attempt in a child process under the attempt deadline; return the outcome."""
-    f, dl = cfg.fetch, ctx.downloader
-    work = dl.work_path()
+    f = cfg.fetch
+    work = ctx.work_path()
     work.mkdir()
     job = Job(
         url=row.url.split("#", 1)[0],
@@ -242,7 +244,7 @@ def attempt(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
     try:
         proc.start()
         send.close()
-        deadline = time.monotonic() + dl.policy.attempt_timeout
+        deadline = time.monotonic() + ctx.policy.attempt_timeout
         outcome = None
         while outcome is None:
             if _stop.is_set():
@@ -257,7 +259,7 @@ def attempt(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
                     return Result(row.url, "failed", "downloader process died")
         if outcome.status != "ok":
             return Result(row.url, outcome.status, outcome.reason, http_status=outcome.http_status)
-        sha, size = dl.adopt(Path(outcome.path), outcome.sha256)
+        sha, size = ctx.adopt(Path(outcome.path), outcome.sha256)
         return Result(row.url, "ok", "", sha, size)
     finally:
         if proc.is_alive():
@@ -268,7 +270,6 @@ def attempt(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
 
 def fetch_clip(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
     """Download one clip, retrying transient failures as the downloader's policy says."""
-    dl = ctx.downloader
     tries = 0
 
     def once() -> Result:
@@ -279,12 +280,12 @@ def fetch_clip(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
         # yt-dlp's own retries are off: a failure without an HTTP status (a timeout, a cut
         # transfer, an unusable clip) or with a transient one is tried again here.
         if res.status == "failed" and not _stop.is_set():
-            if dl.policy.judge(res.http_status).action is Action.RETRY:
+            if ctx.policy.judge(res.http_status).action is Action.RETRY:
                 raise Transient(res.reason, None, res)
         return res
 
     try:
-        return dl.policy.run(once, sleep=dl.sleep, clock=dl.clock)
+        return ctx.retry(once)
     except Transient as exc:
         res = exc.outcome
         if res.reason.startswith(BAD_CLIP):
@@ -293,38 +294,35 @@ def fetch_clip(row: Row, cfg, ctx: Context, bindir: Path) -> Result:
 
 
 @dataclass(frozen=True)
-class ClipTask:
-    """One clip to fetch on a Dask worker (into the shared cache; the driver keeps the ledger)."""
+class ClipJob:
+    """What a Dask worker needs to fetch clips (into the shared cache; the driver records)."""
 
     spec: WorkerSpec
-    row: Row
     cfg: Any
     bindir: str
     source_name: str
 
 
-def clip_task(task: ClipTask) -> Result:
-    """Fetch one clip on a worker; return its outcome (small)."""
+def clip_batch(job: ClipJob, rows: tuple[Row, ...]) -> list[Result]:
+    """Fetch clips on a worker; return their outcomes (small)."""
     if multiprocessing.current_process().daemon:  # each attempt runs in a child process
         raise StageError(
             "Dask workers run as daemon processes, which cannot start yt-dlp's child process: "
             "start them with DASK_DISTRIBUTED__WORKER__DAEMON=False (README: Scale out)"
         )
-    dl = worker_downloader(task.spec)
-    ctx = Context(downloader=dl, source_name=task.source_name)
-    return fetch_clip(task.row, task.cfg, ctx, Path(task.bindir))
+    ctx = Context.on_worker(job.spec, job.source_name)
+    return [fetch_clip(row, job.cfg, ctx, Path(job.bindir)) for row in rows]
 
 
-def lost_clip(task: ClipTask) -> Result:
-    """Return the outcome of a clip whose task kept killing its worker (retried next run)."""
-    return Result(task.row.url, "failed", WORKER_DIED)
+def lost_clips(rows: tuple[Row, ...]) -> list[Result]:
+    """Return the outcomes of clips whose task kept killing its worker (retried next run)."""
+    return [Result(row.url, "failed", WORKER_DIED) for row in rows]
 
 
 def download(cfg, rows: list[Row], ctx: Context) -> dict[str, Result]:
     """Fetch pending clips (reusing the ledger's outcomes); return results by row URL."""
-    dl = ctx.downloader
-    bindir = ffmpeg_dir(dl.root)
-    results = dl.standing(r.url for r in rows)
+    bindir = ffmpeg_dir(ctx.cache_dir)
+    results = ctx.standing(r.url for r in rows)
     todo = sorted((r for r in rows if r.url not in results), key=lambda r: r.url)
     bar = progress(
         total=len(rows), initial=len(results), desc=f"fetch@{ctx.source_name}", unit="clip"
@@ -332,23 +330,31 @@ def download(cfg, rows: list[Row], ctx: Context) -> dict[str, Result]:
     start = time.monotonic()
     workers = cfg.fetch.clip_workers
     _stop.clear()
-    if dl.executor is not None and dl.executor.remote:  # each clip a task on a Dask worker
-        spec = dl.worker_spec()
-        tasks = [ClipTask(spec, r, cfg, str(bindir), ctx.source_name) for r in todo]
-        done = dl.executor.map(clip_task, tasks, lost=lost_clip, ordered=False)
-    else:
-        done = pmap(
+
+    def here(clips: list[Row], report: Callable[[Result], None]) -> None:
+        fetched = pmap(
             lambda r: fetch_clip(r, cfg, ctx, bindir),
-            todo,
+            clips,
             workers=workers,
             window=2 * workers,
             on_abort=_stop.set,
         )
+        for res in fetched:
+            report(res)
+
+    def make_task() -> Callable[[tuple[Row, ...]], list[Result]]:
+        return functools.partial(
+            clip_batch, ClipJob(ctx.worker_spec(), cfg, str(bindir), ctx.source_name)
+        )
+
+    def done(res: Result) -> None:
+        ctx.record(res)  # at once: a killed run keeps every finished clip
+        results[res.url] = res
+        bar.update(1)
+
     try:
-        for res in done:
-            dl.ledger.put(res)  # at once: a killed run keeps every finished clip
-            results[res.url] = res
-            bar.update(1)
+        # On a cluster each clip is a task of its own: a clip's attempts are long work.
+        ctx.executor.run_batches(todo, here, make_task, lost_clips, done, per_task=1)
     except BaseException:
         _stop.set()  # running attempts end within POLL seconds; queued ones are dropped
         raise

@@ -16,17 +16,17 @@ log = logging.getLogger("stages.sources.lila")
 
 def plan(cfg, ctx: Context) -> Plan:
     """Read the index and metadata, select images, and return rows to download."""
-    f, dl = cfg.fetch, ctx.downloader
-    res = dl.fetch(f.index_url, kind="any", refresh=True, max_bytes=f.max_index_bytes)
+    f = cfg.fetch
+    res = ctx.fetch(f.index_url, kind="any", refresh=True, max_bytes=f.max_index_bytes)
     if res.status != "ok":
         raise MetadataError(f"cannot download the datasets index: {res.status} ({res.reason})")
     try:
-        text = dl.object_path(res.sha256).read_text(encoding="utf-8-sig")
+        text = ctx.object_path(res.sha256).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise MetadataError(f"datasets index CSV is not UTF-8: {exc.reason}") from None
     entry = parse_index(text, f.dataset, f.cloud.value)
     log.info("%s: metadata %s", entry.name, redact(entry.metadata_url))
-    res = dl.fetch(
+    res = ctx.fetch(
         entry.metadata_url,
         kind="any",
         max_bytes=f.max_metadata_bytes,
@@ -36,7 +36,7 @@ def plan(cfg, ctx: Context) -> Plan:
         raise MetadataError(f"cannot download the metadata: {res.status} ({res.reason})")
     selector = ClassSelector(cfg)
     try:
-        opener, size = open_document(dl.object_path(res.sha256), f.max_metadata_bytes)
+        opener, size = open_document(ctx.object_path(res.sha256), f.max_metadata_bytes)
         meta, _ = read_metadata(
             opener,
             selector,
@@ -48,7 +48,7 @@ def plan(cfg, ctx: Context) -> Plan:
         # A body cut without a Content-Length to tell can look whole: fetch it afresh next
         # run rather than failing on the same bytes forever. (A limit or structure problem
         # keeps the download: re-fetching gigabytes would not change it.)
-        dl.forget(entry.metadata_url)
+        ctx.forget(entry.metadata_url)
         raise
     sel = selector.result
     rows = build_rows(meta, sel, f.dataset, entry.image_base_url, ctx.source_name)

@@ -48,7 +48,7 @@ class Tator(Source):
 
     def download(self, cfg: TatorConf, rows: list[Row], ctx: Context) -> dict[str, Result]:
         """Download the frames (GetFrame answers with no file extension in the URL: JPEG)."""
-        return ctx.downloader.fetch_all([r.url for r in rows], desc="fetch@tator", kind="jpeg")
+        return ctx.fetch_all([r.url for r in rows], desc="fetch@tator", kind="jpeg")
 
     def cleaner(self) -> Cleaner:
         """Return the image cleaner that keeps the classes of the boxes that survived."""

@@ -51,8 +51,7 @@ def plan(cfg, ctx: Context) -> Plan:
     """Read the project's metadata through the tator client; return rows and statistics."""
     f = cfg.fetch
     # The token the fetch stage read from the environment, scoped to the host (credentials()).
-    dl = ctx.downloader
-    api = Api(f.host, dl.creds, f.token_env, dl.cfg, f.max_response_bytes)
+    api = Api(f.host, ctx.credentials, f.token_env, ctx.fetch_conf, f.max_response_bytes)
     try:
         # Independent calls go out together: each costs a round trip to the server.
         _, loc_types, state_types, (media, missing) = together(

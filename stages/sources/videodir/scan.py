@@ -248,7 +248,7 @@ def plan(cfg: VideodirConf, ctx: Context) -> Plan:
             excluded[match.camera] += 1
 
     def digest(match: Matched) -> tuple[str, int]:
-        return ctx.downloader.import_file(match.found.real)
+        return ctx.import_file(match.found.real)
 
     workers = min(HASH_WORKERS, default_workers())
     groups: dict[str, list[Matched]] = {}
