@@ -273,12 +273,13 @@ def check_cache(dest: Path, expected: dict[str, tuple[int, str]]) -> None:
 
 def run_ours(urls: list[str], cache: Path, workers: int) -> tuple[float, dict]:
     """Download with stages.net.download.Downloader into a fresh cache; return seconds, results."""
+    from stages.core.executor import LocalExecutor
     from stages.net.download import Downloader
     from stages.pipeline.compose import group_defaults
 
     cfg = group_defaults("fetch", workers=workers)
     start = time.perf_counter()
-    dl = Downloader(cfg, cache_dir=cache, ledger_name="bench")
+    dl = Downloader(cfg, cache_dir=cache, ledger_name="bench", executor=LocalExecutor(2))
     results = dl.fetch_all(urls)
     dl.close()
     elapsed = time.perf_counter() - start

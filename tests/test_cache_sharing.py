@@ -80,6 +80,7 @@ def test_a_relative_cache_root_still_deletes(tmp_path, monkeypatch):
 
 
 def test_only_previous_payloads_that_match_their_sha256_are_reused(tmp_path):
+    from stages.core.executor import LocalExecutor
     from stages.core.store import Row
     from stages.fetch import reuse_previous
     from stages.net.download import Downloader
@@ -97,7 +98,7 @@ def test_only_previous_payloads_that_match_their_sha256_are_reused(tmp_path):
         "http://h/c": (sha(good), str(tmp_path / "gone.tar"), 0, len(good)),
     }
     rows = [Row(k, "t", k, url=f"http://h/{k}", status="pending") for k in "abc"]
-    dl = Downloader(group_defaults("fetch"), tmp_path / "cache")
+    dl = Downloader(group_defaults("fetch"), tmp_path / "cache", executor=LocalExecutor(2))
     try:
         assert reuse_previous(dl, rows, previous) == 1
         assert dl.cache.object_path(sha(good)).read_bytes() == good

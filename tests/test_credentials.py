@@ -155,7 +155,7 @@ def test_a_rejected_credential_stops_the_stage_and_writes_nothing(
 
 def test_a_403_from_an_origin_without_our_credential_is_an_items_outcome(tmp_path, standin_root):
     with LilaStandin(standin_root, token=SECRET) as srv:
-        dl = Downloader(group_defaults("fetch"), tmp_path / "cache")
+        dl = Downloader(group_defaults("fetch"), tmp_path / "cache", executor=LocalExecutor(2))
         rel = images(standin_root)[0]
         res = dl.fetch(f"{srv.url}/gcp/{rel}")
         assert (res.status, res.reason) == ("failed", "http 403")
@@ -193,7 +193,10 @@ def test_a_header_goes_over_tls_and_an_https_to_http_redirect_is_refused(
             frozenset({origin_of(secure.url)}), header="Authorization", value="Token t"
         )
         dl = Downloader(
-            group_defaults("fetch"), tmp_path / "cache", credentials=Credentials([cred])
+            group_defaults("fetch"),
+            tmp_path / "cache",
+            credentials=Credentials([cred]),
+            executor=LocalExecutor(2),
         )
         assert dl.fetch(f"{secure.url}/gcp/{rel}").status == "ok"
         assert secure.seen[-1].headers.get("Authorization") == "Token t"

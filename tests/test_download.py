@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from stages.core.executor import LocalExecutor
 from stages.core.origins import origin_of
 from stages.net.credentials import Credential, Credentials
 from stages.net.download import Downloader
@@ -74,6 +75,7 @@ def make(tmp_path, retries=3, clock=None, credentials=None, **kw):
         credentials=credentials,
         clock=clock,
         sleep=clock.sleep,
+        executor=LocalExecutor(2),
     )
 
 

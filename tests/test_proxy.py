@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from stages.core.executor import LocalExecutor
 from stages.net.download import Downloader
 from stages.pipeline.compose import group_defaults
 from tests.hostile import wait_until
@@ -126,7 +127,9 @@ def one_image(standin_root) -> str:
 
 
 def fetch(tmp_path, url):
-    dl = Downloader(group_defaults("fetch", retries=0), tmp_path / "cache")
+    dl = Downloader(
+        group_defaults("fetch", retries=0), tmp_path / "cache", executor=LocalExecutor(2)
+    )
     try:
         return dl.fetch(url, refresh=True)
     finally:

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from stages.core.executor import LocalExecutor
 from stages.core.origins import origin_of
 from stages.net.cache import PartFile
 from stages.net.credentials import Credential, Credentials
@@ -74,7 +75,14 @@ def hostile():
 def downloader(tmp_path, name="cache", clock=None, **kw) -> Downloader:
     cfg = group_defaults("fetch", **{**LIMITS, **kw})
     clock = clock or FakeClock()
-    return Downloader(cfg, tmp_path / name, ledger_name="h", clock=clock, sleep=clock.sleep)
+    return Downloader(
+        cfg,
+        tmp_path / name,
+        ledger_name="h",
+        clock=clock,
+        sleep=clock.sleep,
+        executor=LocalExecutor(2),
+    )
 
 
 def test_every_hostile_answer_is_one_items_outcome(tmp_path, hostile):
@@ -171,7 +179,9 @@ def test_drips_and_trickles_are_bounded_by_rate_and_deadline(
 def test_malformed_urls_are_items_failures_even_with_credentials(tmp_path, hostile):
     cred = Credential(frozenset({origin_of(hostile.url)}), header="X-Key", value="k")
     cfg = group_defaults("fetch", **LIMITS)
-    dl = Downloader(cfg, tmp_path / "cache", credentials=Credentials([cred]))
+    dl = Downloader(
+        cfg, tmp_path / "cache", credentials=Credentials([cred]), executor=LocalExecutor(2)
+    )
     bad = ["http://127.0.0.1:99999/x.jpg", f"{hostile.url}/nul\x00.jpg", f"{hostile.url}/a b"]
     results = dl.fetch_all([*bad, f"{hostile.url}/good"])
     assert {u: results[u].reason for u in bad} == dict.fromkeys(bad, "malformed URL")
@@ -182,7 +192,10 @@ def test_malformed_urls_are_items_failures_even_with_credentials(tmp_path, hosti
 def test_a_credentialed_origin_refusing_stops_everything_whatever_the_body(tmp_path, hostile):
     cred = Credential(frozenset({origin_of(hostile.url)}), header="X-Key", value="k", label="K")
     dl = Downloader(
-        group_defaults("fetch", **LIMITS), tmp_path / "cache", credentials=Credentials([cred])
+        group_defaults("fetch", **LIMITS),
+        tmp_path / "cache",
+        credentials=Credentials([cred]),
+        executor=LocalExecutor(2),
     )
     with pytest.raises(CredentialRejected, match="answered http 401 to the credential from K"):
         dl.fetch_all([f"{hostile.url}/big-401", f"{hostile.url}/good", f"{hostile.url}/drip"])

@@ -161,7 +161,7 @@ def test_a_renamed_file_is_the_same_item(tmp_path, tree):
 def test_the_bytes_hashed_are_the_bytes_kept(tmp_path):
     from stages.net.download import Downloader
 
-    dl = Downloader(group_defaults("fetch"), tmp_path / "cache")
+    dl = Downloader(group_defaults("fetch"), tmp_path / "cache", executor=LocalExecutor(2))
     try:
         src = tmp_path / "a.mp4"
         src.write_bytes(b"first" * 100_000)

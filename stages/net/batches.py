@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from stages.core.config import FetchConf
 from stages.core.errors import StageError
+from stages.core.executor import LocalExecutor
 from stages.net.cache import HOST
 from stages.net.credentials import Credentials
 from stages.net.ledger import Result
@@ -69,7 +70,13 @@ def worker_downloader(spec: WorkerSpec) -> Any:
                 f"{list(spec.labels)}: give the workers the same environment"
             )
         dl = spec.factory(
-            spec.cfg, Path(spec.root), ledger_name=None, credentials=creds, throttled=spec.throttled
+            spec.cfg,
+            Path(spec.root),
+            ledger_name=None,
+            credentials=creds,
+            throttled=spec.throttled,
+            # A task's downloads run in this worker's own transfer loop.
+            executor=LocalExecutor(1),
         )
         _WORKER_DOWNLOADERS[key] = dl
     return dl

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from stages.core.config import FetchConf
 from stages.core.errors import StageError
-from stages.core.executor import Executor, LocalExecutor
+from stages.core.executor import Executor
 from stages.core.files import cache_root
 from stages.core.origins import origin_of, redact
 from stages.core.parallel import progress
@@ -88,7 +88,7 @@ class Downloader:
         throttled: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        executor: Executor | None = None,
+        executor: Executor,
         worker_credentials: Callable[[], Credentials] | None = None,
     ):
         self.cfg = cfg
@@ -100,7 +100,7 @@ class Downloader:
         # Only the driver records outcomes (workers return them): None on a worker.
         self.ledger = Ledger(self.root / f"{ledger_name}.sqlite") if ledger_name else None
         # Where transfers run: this process's transfer loop, or the executor's tasks.
-        self.executor = executor if executor is not None else LocalExecutor()
+        self.executor = executor
         # How a worker builds this run's credentials from its own environment (secrets never
         # travel with the tasks).
         self.worker_credentials = worker_credentials
