@@ -772,6 +772,6 @@ def test_items_per_task_comes_from_the_conf_for_both_executors(dask_client):
     assert open_executor(local).items_per_task == common["items_per_task"]
     env = {"DSREPO_EXECUTOR": "local", "DSREPO_EXECUTOR_OVERRIDES": "items_per_task=7 workers=3"}
     with open_executor(load_conf(ROOT / "conf", env)) as ex:
-        assert (ex.items_per_task, ex.slots) == (7, 3)
+        assert (ex.items_per_task, ex.workers) == (7, 3)
     with executor_for(dask_client, items_per_task=7) as ex:
         assert ex.items_per_task == 7

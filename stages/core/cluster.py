@@ -342,6 +342,7 @@ class DaskExecutor(Executor):
 
     @property
     def slots(self) -> int:
+        """Return how many tasks run at once (the workers' threads)."""
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
         return max(1, sum(w.get("nthreads", 1) for w in workers))
 

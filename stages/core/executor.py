@@ -43,11 +43,6 @@ class Executor(ABC):
     items_per_task: int  # items a task takes where one item is too little work (conf/executor/)
     frame_memory: int  # bytes of decoded frames one machine's tasks may hold (conf/executor/)
 
-    @property
-    @abstractmethod
-    def slots(self) -> int:
-        """Return how many tasks run at once."""
-
     @abstractmethod
     def map(
         self,
@@ -151,10 +146,6 @@ class LocalExecutor(Executor):
         self.workers = workers or (cfg.workers if cfg is not None else None) or default_workers()
         if cfg is not None:
             self.items_per_task, self.frame_memory = cfg.items_per_task, cfg.frame_memory
-
-    @property
-    def slots(self) -> int:
-        return self.workers
 
     @property
     def tasks_per_machine(self) -> int:
